@@ -1,0 +1,52 @@
+# Precise MRD — developer entry points. `make help` lists them.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: help venv test test-fast check fmt lint types arch demo bench clean
+
+help:  ## list targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml requirements.lock
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -r requirements.lock
+	$(BIN)/pip install -q --no-deps -e .
+	touch $(STAMP)
+
+venv: $(STAMP)  ## create .venv and install the locked dependencies
+
+test: $(STAMP)  ## run the whole test suite (unit, integration, slow statistical tests)
+	$(BIN)/pytest -n 2 --dist loadgroup $(PYTEST_ARGS)
+
+test-fast: $(STAMP)  ## the suite without slow statistical tests
+	$(BIN)/pytest -n 2 -m "not slow" $(PYTEST_ARGS)
+
+fmt: $(STAMP)  ## format the code
+	$(BIN)/ruff format src tests benchmarks
+	$(BIN)/ruff check --fix src tests benchmarks
+
+lint: $(STAMP)  ## format check + ruff lint
+	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks
+
+types: $(STAMP)  ## mypy, strict on src/
+	$(BIN)/mypy
+
+arch: $(STAMP)  ## the layer dependency rule (import-linter)
+	$(BIN)/lint-imports
+
+check: lint types arch test  ## format check + lint + types + architecture rule + tests
+
+demo: $(STAMP)  ## simulate a small sample, run the pipeline on it, print where the report is
+	$(BIN)/precise-mrd demo --out demo_out
+
+bench: $(STAMP)  ## benchmark against samtools and umi_tools on the standard sample
+	$(BIN)/python benchmarks/bench_pipeline.py
+
+clean:  ## remove the virtual environment and caches
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
