@@ -1,0 +1,271 @@
+"""The ``precise-mrd`` command line: thin wiring over the pipeline (and, later, the service).
+
+User mistakes (:class:`~precise_mrd.core.errors.InputError`, :class:`ConfigError`) print one line
+``error: <file>: <problem>; fix: <fix>`` on stderr and exit with status 2, without a traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from collections.abc import Callable
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any, ParamSpec, TypeVar
+
+import typer
+
+from precise_mrd.core.errors import ConfigError, InputError, PipelineError
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+EXIT_USER_ERROR = 2
+EXIT_PIPELINE_ERROR = 3
+
+app = typer.Typer(
+    name="precise-mrd",
+    help="Tumour-informed MRD detection from UMI-tagged cfDNA sequencing.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _fail(message: str, code: int) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def user_errors_to_exit(function: Callable[P, R]) -> Callable[P, R]:
+    """Turn the package's errors into a one-line message and an exit status."""
+
+    @functools.wraps(function)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return function(*args, **kwargs)
+        except (InputError, ConfigError) as error:
+            _fail(str(error), EXIT_USER_ERROR)
+        except PipelineError as error:
+            _fail(f"pipeline failed: {error}", EXIT_PIPELINE_ERROR)
+        except KeyboardInterrupt:
+            _fail("interrupted; nothing was written to the output directory", 130)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    return wrapper
+
+
+class Preset(str, Enum):
+    smoke = "smoke"
+    standard = "standard"
+
+
+class Strategy(str, Enum):
+    identity = "identity"
+    edit = "edit"
+    adjacency = "adjacency"
+    directional = "directional"
+    paired = "paired"
+
+
+def _print_json(payload: Any) -> None:
+    typer.echo(json.dumps(payload, indent=2, default=str))
+
+
+@app.command()
+@user_errors_to_exit
+def simulate(
+    out_dir: Annotated[Path, typer.Argument(help="Directory to write the simulated sample into.")],
+    preset: Annotated[Preset, typer.Option(help="Starting point for all parameters.")] = Preset.smoke,
+    seed: Annotated[int | None, typer.Option(help="Random seed (same seed, same bytes).")] = None,
+    tumor_fraction: Annotated[float | None, typer.Option(help="Fraction of cfDNA molecules from tumour.")] = None,
+    n_variants: Annotated[int | None, typer.Option(help="Tracked tumour variants.")] = None,
+    molecules_per_locus: Annotated[int | None, typer.Option(help="cfDNA molecules covering each variant.")] = None,
+    mean_family_size: Annotated[float | None, typer.Option(help="Mean PCR copies sequenced per strand.")] = None,
+    duplex: Annotated[bool | None, typer.Option("--duplex/--no-duplex", help="Sequence both strands.")] = None,
+    read_length: Annotated[int | None, typer.Option(help="Template bases per read.")] = None,
+    artifact_rate: Annotated[float | None, typer.Option(help="Damage artefact rate per susceptible base.")] = None,
+    fastq: Annotated[bool, typer.Option("--fastq", help="Also write paired FASTQ with UMIs in the reads.")] = False,
+) -> None:
+    """Simulate a UMI-tagged cfDNA sample with known truth (FASTA, BAM, VCF, truth.json)."""
+    from precise_mrd.core.simulate import SimulationParams
+    from precise_mrd.pipeline.simulation import simulate_sample
+
+    overrides = {
+        "seed": seed,
+        "tumor_fraction": tumor_fraction,
+        "n_variants": n_variants,
+        "molecules_per_locus": molecules_per_locus,
+        "mean_family_size": mean_family_size,
+        "duplex": duplex,
+        "read_length": read_length,
+        "artifact_rate": artifact_rate,
+    }
+    try:
+        params = SimulationParams.preset(
+            preset.value, **{key: value for key, value in overrides.items() if value is not None}
+        )
+    except ValueError as error:
+        raise ConfigError("simulate", str(error), "see `precise-mrd simulate --help`") from None
+    outputs = simulate_sample(out_dir, params, write_fastq=fastq)
+    _print_json(outputs.summary())
+
+
+@app.command()
+@user_errors_to_exit
+def group(
+    bam: Annotated[Path, typer.Option("--bam", help="Coordinate-sorted BAM with UMIs.")],
+    out: Annotated[Path, typer.Option("--out", help="Output BAM with MI tags.")],
+    strategy: Annotated[Strategy, typer.Option(help="UMI clustering method.")] = Strategy.directional,
+    group_out: Annotated[Path | None, typer.Option(help="Also write UMI-tools style groups TSV.")] = None,
+    umi_from_read_name: Annotated[bool, typer.Option(help="Take the UMI from the read name's end.")] = False,
+    umi_separator: Annotated[str, typer.Option(help="Separator before the UMI in read names.")] = "_",
+    max_edits: Annotated[int, typer.Option(help="Mismatches allowed between UMIs of one molecule.")] = 1,
+    umi_tag: Annotated[str, typer.Option(help="SAM tag holding the UMI.")] = "RX",
+) -> None:
+    """Group reads into molecules by UMI (writes MI tags)."""
+    from precise_mrd.pipeline.group import group_bam
+
+    stats = group_bam(
+        bam,
+        out,
+        strategy=strategy.value,
+        max_edits=max_edits,
+        umi_tag=umi_tag,
+        umi_from_read_name=umi_from_read_name,
+        umi_separator=umi_separator,
+        group_out_path=group_out,
+    )
+    _print_json(stats.__dict__)
+
+
+@app.command()
+@user_errors_to_exit
+def consensus(
+    bam: Annotated[Path, typer.Option("--bam", help="Grouped BAM (MI tags), coordinate-sorted.")],
+    out: Annotated[Path, typer.Option("--out", help="Consensus BAM to write.")],
+    config: Annotated[Path | None, typer.Option(help="YAML config (consensus section used).")] = None,
+    min_reads: Annotated[
+        list[int] | None, typer.Option(help="Minimum reads: total [strand A [strand B]].")
+    ] = None,
+) -> None:
+    """Call single-strand and duplex consensus reads per molecule."""
+    from precise_mrd.pipeline.consensus import call_consensus_bam
+    from precise_mrd.pipeline.params import PipelineParams
+    from precise_mrd.pipeline.run import consensus_params_from
+
+    params = PipelineParams.from_yaml(config) if config else PipelineParams()
+    if min_reads:
+        section = params.consensus.model_dump()
+        section["min_reads"] = min_reads
+        params = PipelineParams.from_mapping({**params.model_dump(), "consensus": section})
+    stats = call_consensus_bam(bam, out, params=consensus_params_from(params))
+    _print_json(stats.__dict__)
+
+
+@app.command()
+@user_errors_to_exit
+def run(
+    reference: Annotated[Path, typer.Option("--reference", help="Reference FASTA (indexed or writable dir).")],
+    variants: Annotated[Path, typer.Option("--variants", help="Tumour variants: VCF or TSV.")],
+    out: Annotated[Path, typer.Option("--out", help="Output directory.")],
+    bam: Annotated[Path | None, typer.Option("--bam", help="Coordinate-sorted BAM with UMIs.")] = None,
+    fastq: Annotated[
+        tuple[Path, Path] | None, typer.Option("--fastq", help="R1 and R2 FASTQ (instead of --bam).")
+    ] = None,
+    read_structure: Annotated[
+        str | None, typer.Option(help='Read structures of R1 and R2, e.g. "8M142T 8M142T".')
+    ] = None,
+    targets: Annotated[Path | None, typer.Option(help="Target regions BED (background is measured there).")] = None,
+    config: Annotated[Path | None, typer.Option(help="YAML config.")] = None,
+    threads: Annotated[int | None, typer.Option(help="Worker threads.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed for the calibration draws.")] = None,
+) -> None:
+    """Run the whole pipeline: group, consensus, background, evidence, sample call, report."""
+    from precise_mrd.pipeline.params import PipelineParams
+    from precise_mrd.pipeline.run import RunInputs, run_pipeline
+
+    if (bam is None) == (fastq is None):
+        raise ConfigError("--bam/--fastq", "give exactly one of --bam or --fastq R1 R2", "pick one")
+    if fastq is not None and not read_structure:
+        raise ConfigError("--read-structure", "FASTQ input needs read structures", 'e.g. --read-structure "8M142T 8M142T"')
+    params = PipelineParams.from_yaml(config) if config else PipelineParams()
+    overrides = {k: v for k, v in {"threads": threads, "seed": seed}.items() if v is not None}
+    if overrides:
+        params = params.with_overrides(**overrides)
+    inputs = RunInputs(
+        reference_path=reference,
+        variants_path=variants,
+        bam_path=bam,
+        fastq_paths=fastq,
+        read_structures=read_structure,
+        targets_path=targets,
+    )
+    result = run_pipeline(inputs, params, out, progress=_progress_printer())
+    call = result.sample_call
+    typer.echo(
+        f"{call['decision']}: tumour fraction {call['tumor_fraction']:.3g} "
+        f"(95% CI {call['tumor_fraction_ci'][0]:.3g}-{call['tumor_fraction_ci'][1]:.3g}), "
+        f"p = {call['p_value']:.3g}; report: {result.out_dir / 'report.html'}"
+    )
+
+
+@app.command()
+@user_errors_to_exit
+def demo(
+    out: Annotated[Path, typer.Option("--out", help="Directory for the demo sample and its results.")] = Path(
+        "demo_out"
+    ),
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 7,
+    tumor_fraction: Annotated[float, typer.Option(help="Tumour fraction to simulate.")] = 1e-3,
+) -> None:
+    """Simulate a small sample and run the pipeline on it; print where the report is."""
+    from precise_mrd.core.simulate import SimulationParams
+    from precise_mrd.pipeline.params import PipelineParams
+    from precise_mrd.pipeline.run import RunInputs, run_pipeline
+    from precise_mrd.pipeline.simulation import simulate_sample
+
+    sample = simulate_sample(
+        out / "sample", SimulationParams.preset("smoke", seed=seed, tumor_fraction=tumor_fraction)
+    )
+    inputs = RunInputs(
+        reference_path=sample.reference_path,
+        variants_path=sample.variants_path,
+        bam_path=sample.bam_path,
+    )
+    result = run_pipeline(inputs, PipelineParams(seed=seed), out / "results", progress=_progress_printer())
+    call = result.sample_call
+    typer.echo(
+        f"simulated tumour fraction {tumor_fraction:g}; called {call['decision']} with estimate "
+        f"{call['tumor_fraction']:.3g} (95% CI {call['tumor_fraction_ci'][0]:.3g}-"
+        f"{call['tumor_fraction_ci'][1]:.3g})"
+    )
+    typer.echo(f"report: {(result.out_dir / 'report.html').resolve()}")
+
+
+def _progress_printer() -> Callable[[str, float], None] | None:
+    """A rich progress bar on a terminal; nothing when stderr is a pipe or file."""
+    if not sys.stderr.isatty():
+        return None
+    from rich.progress import Progress
+
+    progress = Progress(transient=True)
+    task = progress.add_task("starting", total=1.0)
+    progress.start()
+
+    def update(stage: str, fraction: float) -> None:
+        progress.update(task, completed=fraction, description=stage)
+        if fraction >= 1.0:
+            progress.stop()
+
+    return update
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

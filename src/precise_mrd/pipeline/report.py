@@ -1,0 +1,267 @@
+"""The self-contained HTML report of one run (plots embedded as PNG, no network needed).
+
+The page puts the call and its evidence first, in words, then QC, plots and the per-variant table.
+Plots are drawn with matplotlib's Agg backend, so no display is needed.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from importlib import resources
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+from jinja2 import Environment, select_autoescape  # noqa: E402
+
+from precise_mrd import __version__  # noqa: E402
+
+#: variant-table columns shown in the report, in order
+REPORT_VARIANT_COLUMNS = (
+    "chrom",
+    "pos",
+    "ref",
+    "alt",
+    "context",
+    "informative_molecules",
+    "alt_molecules",
+    "alt_duplex",
+    "background_rate",
+    "p_value",
+    "q_value",
+    "filters",
+)
+
+
+@dataclass(frozen=True)
+class Plot:
+    """One embedded figure."""
+
+    title: str
+    caption: str
+    png_base64: str
+
+
+@dataclass(frozen=True)
+class Cell:
+    text: str
+    numeric: bool
+
+
+def format_scientific(value: Any) -> str:
+    """Format a number for people: 3 significant digits, scientific below 1e-3.
+
+    >>> format_scientific(0.000123456), format_scientific(0.25), format_scientific(None)
+    ('1.23e-04', '0.25', '—')
+    """
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "—"
+    number = float(value)
+    if number != 0 and abs(number) < 1e-3:
+        return f"{number:.2e}"
+    return f"{number:.3g}"
+
+
+def summary_sentence(call: Mapping[str, Any]) -> str:
+    """One plain-words sentence stating the call and its evidence."""
+    decision = call.get("decision", "undetermined")
+    tf = format_scientific(call.get("tumor_fraction"))
+    low, high = (format_scientific(v) for v in call.get("tumor_fraction_ci", (None, None)))
+    p_value = format_scientific(call.get("p_value"))
+    n_alt = call.get("n_variants_with_alt", 0)
+    n_variants = call.get("n_variants", 0)
+    molecules = f"{call.get('informative_molecules', 0):,}"
+    lod = format_scientific(call.get("personal_lod"))
+    if decision == "positive":
+        return (
+            f"Tumour DNA detected: estimated tumour fraction {tf} (95% CI {low}–{high}), "
+            f"p = {p_value}, with alt molecules at {n_alt} of {n_variants} tracked variants "
+            f"across {molecules} informative molecules."
+        )
+    if decision == "negative":
+        return (
+            f"No tumour DNA detected (p = {p_value}) across {molecules} informative molecules at "
+            f"{n_variants} variants. This sample would have detected a tumour fraction of {lod} "
+            f"with 95% probability (personal LoD); the 95% upper bound on the tumour fraction is {high}."
+        )
+    failed = [name for name, check in call.get("qc", {}).items() if not check.get("passed", True)]
+    reason = f"failed QC: {', '.join(failed)}" if failed else "insufficient evidence"
+    return (
+        f"No call could be made ({reason}); {molecules} informative molecules at {n_variants} "
+        f"variants (personal LoD {lod})."
+    )
+
+
+def _figure_to_base64(figure: Any) -> str:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    plt.close(figure)
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def _family_size_plot(histogram: Mapping[str, int]) -> Plot | None:
+    if not histogram:
+        return None
+    sizes = sorted(int(size) for size in histogram)
+    counts = [histogram[str(size)] if str(size) in histogram else histogram[size] for size in sizes]  # type: ignore[index]
+    figure, axis = plt.subplots(figsize=(5.2, 3.4))
+    axis.bar(sizes, counts, color="#3b6ea8")
+    axis.set_xlabel("reads per molecule (family size)")
+    axis.set_ylabel("molecules")
+    axis.set_title("Family size distribution")
+    return Plot("Family sizes", "Raw reads per UMI family (both strands).", _figure_to_base64(figure))
+
+
+def _background_plot(background: Sequence[Mapping[str, Any]]) -> Plot | None:
+    if not background:
+        return None
+    labels = [str(row["class"]) for row in background]
+    figure, axis = plt.subplots(figsize=(10.5, 3.4))
+    positions = range(len(labels))
+    for key, colour, name in (("simplex_rate", "#d98c3f", "simplex"), ("duplex_rate", "#3b6ea8", "duplex")):
+        values = [max(float(row.get(key) or 0.0), 1e-9) for row in background]
+        axis.scatter(positions, values, s=9, color=colour, label=name)
+    axis.set_yscale("log")
+    axis.set_xticks(list(positions)[::8], labels[::8], rotation=90, fontsize=6)
+    axis.set_ylabel("error rate per molecule")
+    axis.set_title("Background error by trinucleotide context (96 classes)")
+    axis.legend(fontsize=8)
+    return Plot(
+        "Background",
+        "Consensus error rate per substitution class, measured at non-variant target positions.",
+        _figure_to_base64(figure),
+    )
+
+
+def _observed_vs_expected_plot(variants: Mapping[str, Sequence[Any]], call: Mapping[str, Any]) -> Plot | None:
+    if not variants.get("informative_molecules"):
+        return None
+    tf = float(call.get("tumor_fraction") or 0.0)
+    informative = [float(v) for v in variants["informative_molecules"]]
+    observed = [float(v) for v in variants.get("alt_molecules", [0] * len(informative))]
+    background = [float(v or 0.0) for v in variants.get("background_rate", [0.0] * len(informative))]
+    tumor_af = [float(v) for v in variants.get("tumor_af", [0.5] * len(informative))]
+    expected = [
+        n * (tf * af * (1 - e) + (1 - tf * af) * e)
+        for n, af, e in zip(informative, tumor_af, background, strict=True)
+    ]
+    figure, axis = plt.subplots(figsize=(5.2, 3.4))
+    axis.scatter(expected, observed, s=14, color="#3b6ea8", alpha=0.8)
+    top = max([*expected, *observed, 1.0])
+    axis.plot([0, top], [0, top], color="#999", linewidth=1, linestyle="--")
+    axis.set_xlabel("expected alt molecules at the fitted TF")
+    axis.set_ylabel("observed alt molecules")
+    axis.set_title("Per-variant alt molecules")
+    return Plot(
+        "Per-variant evidence",
+        "Each point is a tracked variant; the dashed line is observed = expected.",
+        _figure_to_base64(figure),
+    )
+
+
+def _likelihood_plot(call: Mapping[str, Any]) -> Plot | None:
+    profile = call.get("likelihood_profile") or {}
+    grid = profile.get("tumor_fraction") or []
+    log_likelihood = profile.get("log_likelihood") or []
+    if len(grid) < 2:
+        return None
+    best = max(log_likelihood)
+    figure, axis = plt.subplots(figsize=(5.2, 3.4))
+    axis.plot(grid, [value - best for value in log_likelihood], color="#3b6ea8")
+    low, high = call.get("tumor_fraction_ci", (None, None))
+    for bound in (low, high):
+        if bound:
+            axis.axvline(bound, color="#c62828", linestyle=":", linewidth=1)
+    axis.axhline(-1.92, color="#999", linestyle="--", linewidth=1)
+    axis.set_xscale("symlog", linthresh=max(min(v for v in grid if v > 0), 1e-8))
+    axis.set_ylim(bottom=max(min(value - best for value in log_likelihood), -12))
+    axis.set_xlabel("tumour fraction")
+    axis.set_ylabel("log-likelihood − max")
+    axis.set_title("Likelihood profile of the tumour fraction")
+    return Plot(
+        "Likelihood profile",
+        "Profile log-likelihood; the dashed line (−1.92) marks the 95% CI, dotted lines its bounds.",
+        _figure_to_base64(figure),
+    )
+
+
+def _variant_rows(variants: Mapping[str, Sequence[Any]]) -> tuple[list[str], list[list[Cell]]]:
+    columns = [name for name in REPORT_VARIANT_COLUMNS if name in variants]
+    n_rows = len(next(iter(variants.values()), []))
+    rows: list[list[Cell]] = []
+    for index in range(n_rows):
+        row: list[Cell] = []
+        for name in columns:
+            value = variants[name][index]
+            if isinstance(value, float):
+                row.append(Cell(format_scientific(value), True))
+            elif isinstance(value, int):
+                row.append(Cell(f"{value:,}" if name != "pos" else str(value), True))
+            elif isinstance(value, list | tuple):
+                row.append(Cell(", ".join(str(v) for v in value) or "PASS", False))
+            else:
+                row.append(Cell(str(value) if value not in (None, "") else "PASS", False))
+        rows.append(row)
+    return columns, rows
+
+
+def _metric_rows(metrics: Mapping[str, Any], prefix: str = "") -> list[tuple[str, str]]:
+    rows: list[tuple[str, str]] = []
+    for name, value in metrics.items():
+        label = f"{prefix}{name}"
+        if isinstance(value, Mapping):
+            if name.endswith("histogram"):
+                continue
+            rows.extend(_metric_rows(value, prefix=f"{label}."))
+        elif isinstance(value, float):
+            rows.append((label, format_scientific(value)))
+        elif isinstance(value, list | tuple):
+            continue
+        else:
+            rows.append((label, str(value)))
+    return rows
+
+
+def render_report(
+    *,
+    sample_name: str,
+    sample_call: Mapping[str, Any],
+    variants: Mapping[str, Sequence[Any]],
+    metrics: Mapping[str, Any],
+    background: Sequence[Mapping[str, Any]],
+    config_hash: str,
+) -> str:
+    """Render the report as one self-contained HTML string."""
+    template_text = resources.files("precise_mrd.pipeline").joinpath("templates/report.html.j2").read_text()
+    environment = Environment(autoescape=select_autoescape(default=True))
+    template = environment.from_string(template_text)
+    family_histogram = metrics.get("consensus", {}).get("family_size_histogram", {})
+    candidates = [
+        _likelihood_plot(sample_call),
+        _observed_vs_expected_plot(variants, sample_call),
+        _family_size_plot({str(k): v for k, v in family_histogram.items()}),
+        _background_plot(background),
+    ]
+    columns, rows = _variant_rows(variants)
+    return template.render(
+        sample_name=sample_name,
+        generated=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        version=__version__,
+        config_hash=config_hash,
+        call=sample_call,
+        summary_sentence=summary_sentence(sample_call),
+        fmt_sci=format_scientific,
+        plots=[plot for plot in candidates if plot is not None],
+        variant_columns=columns,
+        variant_rows=rows,
+        metric_rows=_metric_rows(metrics),
+        thresholds=", ".join(f"{k} = {v}" for k, v in sample_call.get("thresholds", {}).items()),
+    )
+

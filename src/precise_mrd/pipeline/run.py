@@ -1,0 +1,320 @@
+"""run_pipeline: reads + reference + tumour variants -> one calibrated sample call and its report.
+
+Stages, in order (each one a module of this package)::
+
+    validate inputs -> [align FASTQ] -> group by UMI -> consensus -> evidence + background
+      -> sample call -> tables, metrics, report
+
+Everything is written into a staging directory beside ``out_dir`` and moved into place only when the
+whole run succeeded, so a failed or interrupted run leaves nothing half-written in ``out_dir``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from precise_mrd import __version__
+from precise_mrd.core.errors import InputFileError
+from precise_mrd.pipeline.artifacts import ARTIFACTS
+from precise_mrd.pipeline.params import PipelineParams
+
+ProgressCallback = Callable[[str, float], None]
+"""Called with (stage name, fraction of the whole run done in 0..1)."""
+
+#: share of the run's wall time each stage takes, for the progress fraction
+STAGE_WEIGHTS: dict[str, float] = {
+    "validate": 0.02,
+    "align": 0.20,
+    "group": 0.20,
+    "consensus": 0.33,
+    "evidence": 0.15,
+    "calling": 0.05,
+    "report": 0.05,
+}
+
+logger = logging.getLogger("precise_mrd.run")
+
+
+@dataclass(frozen=True)
+class RunInputs:
+    """What a user brings. Exactly one of ``bam_path`` and ``fastq_paths`` is set."""
+
+    reference_path: Path
+    variants_path: Path
+    bam_path: Path | None = None
+    fastq_paths: tuple[Path, Path] | None = None
+    read_structures: str | None = None
+    targets_path: Path | None = None
+
+    def __post_init__(self) -> None:
+        if (self.bam_path is None) == (self.fastq_paths is None):
+            raise ValueError("give exactly one of bam_path and fastq_paths")
+        if self.fastq_paths is not None and not self.read_structures:
+            raise ValueError("fastq_paths needs read_structures, e.g. '8M142T 8M142T'")
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """Where the outputs went, and the headline numbers."""
+
+    out_dir: Path
+    sample_call: dict[str, Any]
+    metrics: dict[str, Any]
+    artifacts: dict[str, Path] = field(default_factory=dict)
+
+
+class _Progress:
+    """Turns stage starts/ends into a monotone 0..1 fraction for the callback."""
+
+    def __init__(self, callback: ProgressCallback | None, stages: list[str]) -> None:
+        self._callback = callback
+        total = sum(STAGE_WEIGHTS[stage] for stage in stages)
+        self._weights = {stage: STAGE_WEIGHTS[stage] / total for stage in stages}
+        self._done = 0.0
+        self.timings: dict[str, float] = {}
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        if self._callback:
+            self._callback(name, self._done)
+        logger.info("stage %s started", name)
+        started = time.perf_counter()
+        yield
+        self.timings[name] = round(time.perf_counter() - started, 3)
+        self._done = min(1.0, self._done + self._weights[name])
+        logger.info("stage %s finished in %.2f s", name, self.timings[name])
+        if self._callback:
+            self._callback(name, self._done)
+
+
+def consensus_params_from(params: PipelineParams) -> Any:
+    """The core consensus parameters of a pipeline config."""
+    from precise_mrd.core.consensus import ConsensusParams
+
+    section = params.consensus
+    return ConsensusParams(
+        error_rate_pre_umi=section.error_rate_pre_umi,
+        error_rate_post_umi=section.error_rate_post_umi,
+        min_input_base_quality=section.min_input_base_quality,
+        min_reads=section.min_reads,
+    )
+
+
+def _check_readable(path: Path, what: str) -> None:
+    if not path.exists():
+        raise InputFileError(str(path), f"{what} not found", "check the path")
+    if path.is_dir():
+        raise InputFileError(str(path), f"{what} is a directory, not a file", "give the file's path")
+    if not os.access(path, os.R_OK):
+        raise InputFileError(str(path), f"{what} is not readable", "check the file's permissions")
+
+
+def _versions() -> dict[str, str]:
+    import pysam
+    import scipy
+
+    return {
+        "precise_mrd": __version__,
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "scipy": scipy.__version__,
+        "pysam": pysam.__version__,
+    }
+
+
+@contextmanager
+def _run_log(path: Path) -> Iterator[None]:
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    package_logger = logging.getLogger("precise_mrd")
+    previous_level = package_logger.level
+    package_logger.addHandler(handler)
+    package_logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        package_logger.removeHandler(handler)
+        package_logger.setLevel(previous_level)
+        handler.close()
+
+
+def _publish(staging: Path, out_dir: Path) -> None:
+    """Move the finished outputs into ``out_dir`` (each file atomically)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name in sorted(os.listdir(staging)):
+        os.replace(staging / name, out_dir / name)
+    shutil.rmtree(staging, ignore_errors=True)
+
+
+def run_pipeline(
+    inputs: RunInputs,
+    params: PipelineParams,
+    out_dir: Path,
+    *,
+    progress: ProgressCallback | None = None,
+    sample_name: str | None = None,
+) -> RunResult:
+    """Run every stage and write the outputs named in :data:`ARTIFACTS` into ``out_dir``."""
+    stages = ["validate", *(["align"] if inputs.fastq_paths else []), "group", "consensus"]
+    stages += ["evidence", "calling", "report"]
+    tracker = _Progress(progress, stages)
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
+    try:
+        with _run_log(staging / ARTIFACTS["log"]):
+            logger.info("precise-mrd %s; config hash %s", __version__, params.config_hash)
+            sample_call = _run_stages(inputs, params, staging, tracker, sample_name)
+        _publish(staging, out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    metrics = json.loads((out_dir / ARTIFACTS["metrics"]).read_text())
+    return RunResult(
+        out_dir=out_dir,
+        sample_call=sample_call,
+        metrics=metrics,
+        artifacts={kind: out_dir / name for kind, name in ARTIFACTS.items()},
+    )
+
+
+def _run_stages(
+    inputs: RunInputs,
+    params: PipelineParams,
+    staging: Path,
+    tracker: _Progress,
+    sample_name: str | None,
+) -> dict[str, Any]:
+    from precise_mrd.core.background import fit_background
+    from precise_mrd.core.calling import call_sample, calling_params_from_mapping
+    from precise_mrd.io.bed import read_bed
+    from precise_mrd.io.fasta import open_reference
+    from precise_mrd.io.tables import write_parquet, write_tsv
+    from precise_mrd.io.vcf import read_variants
+    from precise_mrd.pipeline.consensus import call_consensus_bam
+    from precise_mrd.pipeline.evidence import collect_evidence
+    from precise_mrd.pipeline.group import group_bam
+    from precise_mrd.pipeline.report import render_report
+
+    with tracker.stage("validate"):
+        _check_readable(inputs.reference_path, "reference FASTA")
+        _check_readable(inputs.variants_path, "variants file")
+        if inputs.bam_path is not None:
+            _check_readable(inputs.bam_path, "reads BAM")
+        for fastq_path in inputs.fastq_paths or ():
+            _check_readable(fastq_path, "FASTQ")
+        reference = open_reference(inputs.reference_path)
+        variants = read_variants(inputs.variants_path, reference)
+        regions = read_bed(inputs.targets_path, reference) if inputs.targets_path else None
+        logger.info("%d variants to track", len(variants))
+
+    reads_bam = inputs.bam_path
+    if inputs.fastq_paths is not None:
+        from precise_mrd.core.read_structure import parse_read_structures
+        from precise_mrd.pipeline.align import align_fastq_pair
+
+        with tracker.stage("align"):
+            reads_bam = staging / "aligned.bam"
+            align_fastq_pair(
+                inputs.fastq_paths[0],
+                inputs.fastq_paths[1],
+                reference_path=inputs.reference_path,
+                read_structures=parse_read_structures(inputs.read_structures or ""),
+                out_bam_path=reads_bam,
+                threads=params.threads,
+            )
+    assert reads_bam is not None
+
+    grouped_bam = staging / "grouped.bam"
+    with tracker.stage("group"):
+        group_stats = group_bam(
+            reads_bam,
+            grouped_bam,
+            strategy=params.umi.strategy,
+            max_edits=params.umi.max_edits,
+            umi_tag=params.umi.umi_tag,
+            umi_from_read_name=params.umi.umi_from_read_name,
+            umi_separator=params.umi.umi_separator,
+            min_mapq=params.umi.min_mapping_quality,
+        )
+
+    consensus_bam = staging / ARTIFACTS["consensus_bam"]
+    with tracker.stage("consensus"):
+        consensus_stats = call_consensus_bam(
+            grouped_bam, consensus_bam, params=consensus_params_from(params), threads=params.threads
+        )
+    for leftover in (grouped_bam, Path(f"{grouped_bam}.bai"), staging / "aligned.bam", staging / "aligned.bam.bai"):
+        leftover.unlink(missing_ok=True)
+
+    with tracker.stage("evidence"):
+        evidence = collect_evidence(
+            consensus_bam,
+            inputs.reference_path,
+            variants,
+            regions=regions,
+            min_base_quality=params.evidence.min_base_quality,
+            min_mapping_quality=params.evidence.min_mapping_quality,
+            variant_exclusion_window=params.evidence.variant_exclusion_window,
+            flank=params.evidence.flank,
+        )
+        background = fit_background(evidence.background)
+
+    with tracker.stage("calling"):
+        rng = np.random.default_rng(params.seed)
+        call, variant_table = call_sample(
+            evidence,
+            background,
+            calling_params_from_mapping(params.calling.model_dump()),
+            rng,
+        )
+        sample_call = call.to_dict()
+        sample_call["config_hash"] = params.config_hash
+        sample_call["versions"] = _versions()
+        variant_columns = variant_table.to_columns()
+        write_tsv(staging / ARTIFACTS["calls"], variant_columns)
+        write_parquet(staging / ARTIFACTS["calls_parquet"], variant_columns)
+        (staging / ARTIFACTS["sample_call"]).write_text(json.dumps(sample_call, indent=2) + "\n")
+
+    with tracker.stage("report"):
+        metrics = {
+            "grouping": _as_dict(group_stats),
+            "consensus": _as_dict(consensus_stats),
+            "evidence": evidence.summary(),
+            "timings_seconds": dict(tracker.timings),
+            "versions": _versions(),
+            "config_hash": params.config_hash,
+        }
+        (staging / ARTIFACTS["config"]).write_text(params.to_yaml())
+        html = render_report(
+            sample_name=sample_name or (inputs.bam_path or inputs.variants_path).stem,
+            sample_call=sample_call,
+            variants=variant_columns,
+            metrics=metrics,
+            background=background.summary_rows(),
+            config_hash=params.config_hash,
+        )
+        (staging / ARTIFACTS["report"]).write_text(html, encoding="utf-8")
+    metrics["timings_seconds"] = dict(tracker.timings)
+    (staging / ARTIFACTS["metrics"]).write_text(json.dumps(metrics, indent=2, default=str) + "\n")
+    return sample_call
+
+
+def _as_dict(stats: Any) -> dict[str, Any]:
+    from dataclasses import asdict, is_dataclass
+
+    if is_dataclass(stats) and not isinstance(stats, type):
+        return {key: value for key, value in asdict(stats).items()}
+    return dict(stats)
