@@ -1,0 +1,418 @@
+"""Consensus base calling for UMI families, in the style of fgbio's vanilla and duplex callers.
+
+A *family* is the set of raw reads that were copied (by PCR) from one strand of one original
+molecule and that cover the same end of it with the same alignment, so that column ``i`` of every
+read is the same template base. For each column the caller asks: which base ``B`` in ``ACGT`` was
+on the molecule?
+
+1. Every raw base of quality ``q`` is trusted a little less than its Phred score says, because the
+   copy it was read from may itself carry a PCR error made *after* the UMI was attached. The two
+   error chances combine as independent trials (fgbio's ``probabilityOfErrorTwoTrials``)::
+
+       e = p_q + p_post - 4/3 * p_q * p_post    (p_q = 10^(-q/10); p_post from error_rate_post_umi)
+
+   An error turns the base into one of the three others with equal chance.
+2. The log-likelihood of each candidate ``B`` sums ``log(1 - e)`` over reads that show ``B`` and
+   ``log(e / 3)`` over reads that show another base. Bases that are ``N`` or whose quality is below
+   ``min_input_base_quality`` are ignored. With a flat prior the posterior of the best base is its
+   normalised likelihood, and ``1 - posterior`` is the consensus error probability.
+3. Errors made before the UMI was attached (in the first copy, or damage) are copied into every
+   read of the family and cannot be seen; ``error_rate_pre_umi`` is combined with the consensus
+   error in the same two-trials way, which caps the quality near ``error_rate_pre_umi``.
+4. A column without usable bases, or where two bases tie, is a no-call: ``N`` with quality 2.
+   Qualities are floored to an integer and capped at ``max_consensus_quality``; a consensus base
+   with quality below ``min_consensus_base_quality`` is masked to ``N``/2.
+
+A **duplex** molecule has a single-strand consensus from each of its two strands (``/A`` and
+``/B``). Per column (fgbio's ``DuplexConsensusCaller``): if either strand is ``N`` the duplex base
+is ``N``; if they agree the qualities add (capped); if they disagree the base with the higher
+quality wins with quality ``high - low``; a tie is ``N``. A PCR error on one strand's first copy,
+present in all of that strand's reads, therefore cannot pass as a confident duplex base.
+
+Everything here is vectorised over many families at once: reads are rows of a 2-D ``uint8`` array
+(bases coded ``A=0 C=1 G=2 T=3 N=4``, padded with ``N``), families are contiguous row ranges given
+by their start ``offsets``, and per-family sums are one :func:`numpy.add.reduceat`.
+
+Three agreeing Q30 reads give a quality bounded by the pre-UMI error rate (Q45):
+
+>>> params = ConsensusParams()
+>>> reads = encode_bases([b"ACGT", b"ACGT", b"ACGT"])
+>>> quals = np.full((3, 4), 30, dtype=np.uint8)
+>>> result = call_families(reads, quals, np.array([0]), params)
+>>> decode_bases(result.bases[0]), result.quals[0].tolist(), result.depths[0].tolist()
+('ACGT', [45, 45, 45, 45], [3, 3, 3, 3])
+
+One read disagreeing at the last base lowers that quality; its error is counted:
+
+>>> reads = encode_bases([b"ACGT", b"ACGT", b"ACGA"])
+>>> result = call_families(reads, quals, np.array([0]), params)
+>>> decode_bases(result.bases[0]), result.quals[0].tolist(), result.errors[0].tolist()
+('ACGT', [45, 45, 45, 33], [0, 0, 0, 1])
+
+Duplex: agreement adds qualities, disagreement subtracts, a tie is ``N``:
+
+>>> bases, q = combine_duplex(encode_bases([b"AAC"]), np.array([[30, 30, 30]], dtype=np.uint8),
+...                           encode_bases([b"ATG"]), np.array([[40, 20, 30]], dtype=np.uint8),
+...                           params)
+>>> decode_bases(bases[0]), q[0].tolist()
+('AAN', [70, 10, 2])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TypeAlias
+
+import numpy as np
+import numpy.typing as npt
+
+PhredScore: TypeAlias = int
+"""A Phred-scaled quality or error rate: ``-10 * log10(p_error)``."""
+
+U8Array: TypeAlias = npt.NDArray[np.uint8]
+I32Array: TypeAlias = npt.NDArray[np.int32]
+I64Array: TypeAlias = npt.NDArray[np.int64]
+
+NO_CALL: int = 4
+"""Code of ``N`` (and of padding) in the 0..4 base coding."""
+NO_CALL_QUALITY: PhredScore = 2
+"""Quality given to every ``N`` consensus base (fgbio's ``NoCallQual``)."""
+MAX_PHRED: PhredScore = 93
+"""Largest quality a SAM/BAM record can carry as a printable character."""
+
+_CODE_OF_ASCII = np.full(256, NO_CALL, dtype=np.uint8)
+for _code, _letter in enumerate("ACGT"):
+    _CODE_OF_ASCII[ord(_letter)] = _code
+    _CODE_OF_ASCII[ord(_letter.lower())] = _code
+_ASCII_OF_CODE = np.frombuffer(b"ACGTN", dtype=np.uint8)
+
+
+def encode_bases(seqs: Sequence[bytes]) -> U8Array:
+    """Encode equal-length ASCII sequences as a 2-D array of codes (``A=0 C=1 G=2 T=3``, else 4).
+
+    >>> encode_bases([b"ACGTN", b"acgtx"]).tolist()
+    [[0, 1, 2, 3, 4], [0, 1, 2, 3, 4]]
+    """
+    flat = np.frombuffer(b"".join(seqs), dtype=np.uint8)
+    width = len(seqs[0]) if seqs else 0
+    return _CODE_OF_ASCII[flat].reshape(len(seqs), width)
+
+
+def encode_ascii(flat: U8Array) -> U8Array:
+    """Map ASCII base letters (any shape) to codes 0..4."""
+    return _CODE_OF_ASCII[flat]
+
+
+def decode_bases(codes: U8Array) -> str:
+    """Decode a 1-D array of base codes to a string (``4`` becomes ``N``).
+
+    >>> decode_bases(np.array([0, 1, 2, 3, 4], dtype=np.uint8))
+    'ACGTN'
+    """
+    return _ASCII_OF_CODE[codes].tobytes().decode("ascii")
+
+
+def decode_ascii(codes: U8Array) -> U8Array:
+    """Map base codes (any shape) back to ASCII letters as ``uint8``."""
+    return _ASCII_OF_CODE[codes]
+
+
+def phred_to_probability(phred: float | npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    """``10 ** (-phred / 10)``.
+
+    >>> float(phred_to_probability(30))
+    0.001
+    """
+    return np.asarray(np.power(10.0, -np.asarray(phred, dtype=np.float64) / 10.0))
+
+
+def probability_of_error_two_trials(
+    p1: float | npt.NDArray[np.float64], p2: float | npt.NDArray[np.float64]
+) -> npt.NDArray[np.float64]:
+    """Probability that a base is wrong after two independent error chances ``p1`` and ``p2``.
+
+    Exactly one error, or two errors that do not restore the original base (2 of 3 ways):
+    ``p1 (1 - p2) + p2 (1 - p1) + 2/3 p1 p2 = p1 + p2 - 4/3 p1 p2``.
+
+    >>> round(float(probability_of_error_two_trials(0.001, 0.0001)), 10)
+    0.0010998667
+    """
+    a = np.asarray(p1, dtype=np.float64)
+    b = np.asarray(p2, dtype=np.float64)
+    return np.asarray(a + b - (4.0 / 3.0) * a * b)
+
+
+def probability_to_phred(p_error: npt.NDArray[np.float64], cap: PhredScore) -> U8Array:
+    """Phred score of an error probability, floored with fgbio's 0.001 tolerance, and capped."""
+    with np.errstate(divide="ignore"):
+        phred = -10.0 * np.log10(np.maximum(p_error, 1e-300))
+    return np.minimum(np.floor(phred + 1e-3), cap).astype(np.uint8)
+
+
+@dataclass(frozen=True, slots=True)
+class ConsensusParams:
+    """Settings of the consensus caller (names and defaults follow fgbio).
+
+    ``min_reads`` is ``(total, larger strand, smaller strand)`` as fgbio duplex ``--min-reads``:
+    a duplex molecule needs at least ``total`` reads over both strands, ``larger strand`` reads on
+    its better-covered strand and ``smaller strand`` on the other (0 keeps single-strand
+    molecules). A simplex molecule (no ``/A``/``/B``) uses ``total`` only. Reads are counted as
+    read pairs (templates) per strand.
+
+    >>> ConsensusParams(min_reads=(2, 1, 1)).min_reads
+    (2, 1, 1)
+    >>> ConsensusParams(min_reads=(1, 2, 0))
+    Traceback (most recent call last):
+    ...
+    ValueError: min_reads must be non-increasing (total >= strand >= other strand); got (1, 2, 0)
+    """
+
+    error_rate_pre_umi: PhredScore = 45
+    error_rate_post_umi: PhredScore = 40
+    min_input_base_quality: PhredScore = 10
+    min_consensus_base_quality: PhredScore = 2
+    min_reads: tuple[int, int, int] = (1, 1, 0)
+    max_consensus_quality: PhredScore = 90
+
+    def __post_init__(self) -> None:
+        for name in ("error_rate_pre_umi", "error_rate_post_umi"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or not 1 <= value <= MAX_PHRED:
+                raise ValueError(f"{name} must be a Phred score in [1, {MAX_PHRED}]; got {value!r}")
+        for name in ("min_input_base_quality", "min_consensus_base_quality"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or not 0 <= value <= MAX_PHRED:
+                raise ValueError(f"{name} must be a Phred score in [0, {MAX_PHRED}]; got {value!r}")
+        cap = self.max_consensus_quality
+        if not isinstance(cap, int) or not NO_CALL_QUALITY < cap <= MAX_PHRED:
+            raise ValueError(
+                f"max_consensus_quality must be in ({NO_CALL_QUALITY}, {MAX_PHRED}]; got {cap!r}"
+            )
+        reads = self.min_reads
+        if (
+            not isinstance(reads, tuple)
+            or len(reads) != 3
+            or not all(isinstance(n, int) and n >= 0 for n in reads)
+        ):
+            raise ValueError(f"min_reads must be a tuple of three integers >= 0; got {reads!r}")
+        if reads[0] < 1:
+            raise ValueError(f"min_reads[0] (total reads) must be >= 1; got {reads!r}")
+        if not reads[0] >= reads[1] >= reads[2]:
+            raise ValueError(
+                f"min_reads must be non-increasing (total >= strand >= other strand); got {reads!r}"
+            )
+
+    def passes_min_reads(
+        self, n_a: I64Array, n_b: I64Array, is_duplex: npt.NDArray[np.bool_]
+    ) -> npt.NDArray[np.bool_]:
+        """Vectorised ``min_reads`` test for molecules with ``n_a``/``n_b`` reads per strand.
+
+        >>> p = ConsensusParams(min_reads=(3, 2, 1))
+        >>> p.passes_min_reads(np.array([2, 3, 3]), np.array([1, 0, 0]),
+        ...                    np.array([True, True, False])).tolist()
+        [True, False, True]
+        """
+        total = n_a + n_b
+        high = np.maximum(n_a, n_b)
+        low = np.minimum(n_a, n_b)
+        duplex_ok = (total >= self.min_reads[0]) & (high >= self.min_reads[1])
+        duplex_ok &= low >= self.min_reads[2]
+        simplex_ok = total >= self.min_reads[0]
+        return np.where(is_duplex, duplex_ok, simplex_ok)
+
+
+@dataclass(frozen=True)
+class FamilyConsensus:
+    """Single-strand consensus of ``n`` families, each padded to ``width`` columns.
+
+    ``bases``/``quals`` are the called consensus (``N``/2 where masked); ``raw_bases`` is the most
+    likely base before masking (``N`` only without coverage), which raw-read errors are counted
+    against; ``counts[f, i, b]`` is how many usable raw bases of family ``f`` show base ``b`` at
+    column ``i``; ``depths`` is their sum and ``errors`` the raw bases that differ from
+    ``raw_bases``.
+    """
+
+    bases: U8Array
+    quals: U8Array
+    raw_bases: U8Array
+    counts: I32Array
+    depths: I32Array
+    errors: I32Array
+
+
+def _delta_table(params: ConsensusParams) -> npt.NDArray[np.float32]:
+    """``table[b * 256 + q]`` = per-candidate log-likelihood gain (4 columns) of a raw base.
+
+    For a usable observation of base ``b`` with quality ``q``, candidate ``b`` gains
+    ``log(1 - e) - log(e / 3)`` relative to the other three; the ``log(e/3)`` term common to all
+    candidates cancels in the posterior and is dropped.
+    """
+    q = np.arange(256, dtype=np.float64)
+    e = probability_of_error_two_trials(
+        phred_to_probability(np.minimum(q, MAX_PHRED)),
+        phred_to_probability(params.error_rate_post_umi),
+    )
+    gain = np.log1p(-e) - np.log(e / 3.0)
+    gain[: params.min_input_base_quality] = 0.0
+    table = np.zeros((5 * 256, 4), dtype=np.float32)
+    for base in range(4):
+        table[base * 256 : (base + 1) * 256, base] = gain
+    return table
+
+
+def call_families(
+    bases: U8Array, quals: U8Array, offsets: I64Array, params: ConsensusParams
+) -> FamilyConsensus:
+    """Single-strand consensus of every family at once.
+
+    ``bases`` and ``quals`` are ``(n_reads, width)`` (codes 0..4, padding coded ``N``); the reads
+    of family ``f`` are rows ``offsets[f]`` up to ``offsets[f + 1]`` (or the end). Every family
+    must have at least one read (``offsets`` strictly increasing, starting at 0).
+    """
+    n_reads, width = bases.shape
+    offsets = np.asarray(offsets, dtype=np.int64)
+    if quals.shape != bases.shape:
+        raise ValueError(f"quals shape {quals.shape} differs from bases shape {bases.shape}")
+    if len(offsets) == 0:
+        empty = np.zeros((0, width), dtype=np.uint8)
+        zeros = np.zeros((0, width), dtype=np.int32)
+        return FamilyConsensus(empty, empty, empty, np.zeros((0, width, 4), np.int32), zeros, zeros)
+    if offsets[0] != 0 or np.any(np.diff(offsets) <= 0) or offsets[-1] >= n_reads:
+        raise ValueError("offsets must start at 0, increase strictly and stay below n_reads")
+    usable = (bases < NO_CALL) & (quals >= params.min_input_base_quality)
+    index = np.where(usable, bases.astype(np.int32) * 256 + quals, 4 * 256)
+    # NB: one gather + one reduceat gives every candidate's log-likelihood for all families.
+    loglik = np.add.reduceat(_delta_table(params)[index], offsets, axis=0).astype(np.float64)
+    onehot = np.zeros((n_reads, width, 4), dtype=np.int32)
+    np.put_along_axis(
+        onehot, np.minimum(bases, 3)[..., None].astype(np.intp), usable[..., None], axis=2
+    )
+    counts = np.add.reduceat(onehot, offsets, axis=0)
+    depths = counts.sum(axis=2, dtype=np.int32)
+
+    best = np.argmax(loglik, axis=2)
+    best_ll = np.take_along_axis(loglik, best[..., None], axis=2)
+    relative = np.exp(loglik - best_ll)  # 1 for the best base, < 1 otherwise
+    others = relative.sum(axis=2) - 1.0
+    n_best = (loglik >= best_ll - 1e-9).sum(axis=2)
+    p_error = others / (1.0 + others)
+    p_error = probability_of_error_two_trials(
+        phred_to_probability(params.error_rate_pre_umi), p_error
+    )
+    quals_out = probability_to_phred(p_error, params.max_consensus_quality)
+
+    covered = depths > 0
+    raw_bases = np.where(covered, best, NO_CALL).astype(np.uint8)
+    is_call = covered & (n_best == 1) & (quals_out >= params.min_consensus_base_quality)
+    bases_out = np.where(is_call, raw_bases, NO_CALL).astype(np.uint8)
+    quals_out = np.where(is_call, quals_out, NO_CALL_QUALITY).astype(np.uint8)
+    errors = _errors_against(counts, depths, raw_bases)
+    return FamilyConsensus(bases_out, quals_out, raw_bases, counts, depths, errors)
+
+
+def _errors_against(counts: I32Array, depths: I32Array, reference: U8Array) -> I32Array:
+    """Raw bases that differ from ``reference`` (none where ``reference`` is ``N``)."""
+    agree = np.take_along_axis(counts, np.minimum(reference, 3)[..., None].astype(np.intp), axis=2)
+    return np.where(reference < NO_CALL, depths - agree[..., 0], 0).astype(np.int32)
+
+
+def combine_duplex(
+    a_bases: U8Array,
+    a_quals: U8Array,
+    b_bases: U8Array,
+    b_quals: U8Array,
+    params: ConsensusParams,
+) -> tuple[U8Array, U8Array]:
+    """Duplex base and quality from two aligned single-strand consensuses (same shape)."""
+    raw, quals = _duplex_raw(a_bases, a_quals, b_bases, b_quals, params)
+    masked = (a_bases == NO_CALL) | (b_bases == NO_CALL) | (quals <= NO_CALL_QUALITY)
+    masked |= quals < params.min_consensus_base_quality
+    bases = np.where(masked, NO_CALL, raw).astype(np.uint8)
+    return bases, np.where(masked, NO_CALL_QUALITY, quals).astype(np.uint8)
+
+
+def _duplex_raw(
+    a_bases: U8Array,
+    a_quals: U8Array,
+    b_bases: U8Array,
+    b_quals: U8Array,
+    params: ConsensusParams,
+) -> tuple[U8Array, U8Array]:
+    """fgbio's raw duplex call before masking: the base the errors are counted against."""
+    qa = a_quals.astype(np.int32)
+    qb = b_quals.astype(np.int32)
+    agree = a_bases == b_bases
+    raw = np.where(agree | (qa >= qb), a_bases, b_bases).astype(np.uint8)
+    quals = np.where(agree, np.minimum(qa + qb, params.max_consensus_quality), np.abs(qa - qb))
+    quals = np.where(~agree & (qa == qb), 0, quals)
+    return raw, quals.astype(np.uint8)
+
+
+@dataclass(frozen=True)
+class DuplexConsensus:
+    """Duplex consensus of aligned family pairs, with errors of all raw reads of both strands."""
+
+    bases: U8Array
+    quals: U8Array
+    depths: I32Array
+    errors: I32Array
+
+
+def call_duplex(a: FamilyConsensus, b: FamilyConsensus, params: ConsensusParams) -> DuplexConsensus:
+    """Combine row ``i`` of ``a`` with row ``i`` of ``b`` (same shapes) into duplex consensuses.
+
+    Raw-read errors are counted against the raw duplex base, over the reads of both strands.
+
+    >>> p = ConsensusParams()
+    >>> q = np.full((2, 3), 30, dtype=np.uint8)
+    >>> a = call_families(encode_bases([b"ACG", b"ACG"]), q, np.array([0]), p)
+    >>> b = call_families(encode_bases([b"ACT", b"ACT"]), q, np.array([0]), p)
+    >>> d = call_duplex(a, b, p)
+    >>> decode_bases(d.bases[0]), d.quals[0].tolist(), d.depths[0].tolist(), d.errors[0].tolist()
+    ('ACN', [88, 88, 2], [4, 4, 4], [0, 0, 2])
+    """
+    bases, quals = combine_duplex(a.bases, a.quals, b.bases, b.quals, params)
+    raw, _ = _duplex_raw(a.bases, a.quals, b.bases, b.quals, params)
+    counts = a.counts + b.counts
+    depths = a.depths + b.depths
+    return DuplexConsensus(bases, quals, depths, _errors_against(counts, depths, raw))
+
+
+def reconcile_overlap(
+    r1_bases: U8Array,
+    r1_quals: U8Array,
+    r1_depths: I32Array,
+    r2_bases: U8Array,
+    r2_quals: U8Array,
+    r2_depths: I32Array,
+) -> tuple[U8Array, U8Array]:
+    """Reconcile the overlapping columns of a molecule's R1 and R2 consensus (1-D, aligned).
+
+    Returns the shared ``(bases, quals)`` both records must carry there:
+
+    * both called and equal: that base, with the larger quality (not the sum: the mates of one
+      molecule share its PCR history, so they are not independent evidence);
+    * one side had no raw coverage (depth 0): the other side's call;
+    * anything else (disagreement, or an ``N`` that came from conflicting evidence): ``N``/2.
+
+    >>> b, q = reconcile_overlap(encode_bases([b"ACGN"])[0], np.array([30, 30, 30, 2], np.uint8),
+    ...                          np.array([3, 3, 3, 0], np.int32),
+    ...                          encode_bases([b"ACTT"])[0], np.array([20, 40, 30, 30], np.uint8),
+    ...                          np.array([3, 3, 3, 3], np.int32))
+    >>> decode_bases(b), q.tolist()
+    ('ACNT', [30, 40, 2, 30])
+    """
+    called1 = r1_bases < NO_CALL
+    called2 = r2_bases < NO_CALL
+    agree = called1 & called2 & (r1_bases == r2_bases)
+    take1 = called1 & (r2_depths == 0)
+    take2 = called2 & (r1_depths == 0)
+    bases = np.full(r1_bases.shape, NO_CALL, dtype=np.uint8)
+    quals = np.full(r1_bases.shape, NO_CALL_QUALITY, dtype=np.uint8)
+    bases = np.where(agree | take1, r1_bases, bases)
+    bases = np.where(take2 & ~agree, r2_bases, bases)
+    quals = np.where(agree, np.maximum(r1_quals, r2_quals), quals)
+    quals = np.where(take1 & ~agree, r1_quals, quals)
+    quals = np.where(take2 & ~agree, r2_quals, quals)
+    return bases.astype(np.uint8), quals.astype(np.uint8)
