@@ -1,0 +1,427 @@
+"""Evidence stage: molecule counts at tracked variants and background counts from ``consensus.bam``.
+
+Input contract (docs/internals.md): a coordinate-sorted, indexed consensus BAM with one record per
+consensus read, ``MI`` the molecule id shared by read 1 and read 2, duplex molecules with ``aD`` and
+``bD`` both > 0, overlapping mates reconciled (same base or N in both).
+
+What is counted, per target window:
+
+* every aligned base (``M``/``=``/``X`` CIGAR blocks) of a primary, mapped, non-QC-fail record with
+  mapping quality >= ``min_mapping_quality`` and base quality >= ``min_base_quality`` (N never
+  counts);
+* **molecules, not reads**: a position covered by both mates of a molecule counts once; if the two
+  mates disagree there (should not happen after reconciliation) the molecule is dropped there;
+* at a tracked variant: informative molecules (ref or alt) and alt molecules, simplex and duplex,
+  by template orientation (the strand read 1 came from; read 2 is flipped so mates agree), the
+  alt base's distance from the nearest end of its read, and molecules lost to low mapping quality;
+* background: every other target position with an ACGT reference trinucleotide that is more than
+  ``variant_exclusion_window`` bases from every tracked variant (tracked positions are never used):
+  opportunities per pyrimidine context and errors per SBS-96 class, by molecule type and by template
+  orientation of the pyrimidine (see :mod:`precise_mrd.core.background`), plus per-position totals
+  for the locus-dispersion estimate.
+
+Reading is vectorised: per record only the sequence, qualities, CIGAR and three tags are touched in
+Python; positions, dedup and class counts are numpy over a window (``_WINDOW`` bp), so memory is
+bounded by the depth of one window, not by the BAM.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+import pysam
+
+from precise_mrd.core.background import N_CLASSES, BackgroundCounts
+from precise_mrd.core.calling import Evidence, VariantCounts
+from precise_mrd.core.errors import InputDataError, InputFileError
+from precise_mrd.core.records import Variant
+
+IntArray = npt.NDArray[np.int64]
+_WINDOW = 5000
+_BASE_CODE = np.full(256, 4, dtype=np.int8)
+for _i, _b in enumerate("ACGT"):
+    _BASE_CODE[ord(_b)] = _i
+    _BASE_CODE[ord(_b.lower())] = _i
+_COMPLEMENT_CODE = np.array([3, 2, 1, 0, 4], dtype=np.int8)
+# substitution index by (centre is T, pyrimidine-oriented alt base); -1 impossible
+_SUB_LUT = np.array([[0, -1, 1, 2], [3, 4, 5, -1]], dtype=np.int64)
+_SKIP_FLAGS = 0x4 | 0x100 | 0x200 | 0x800  # unmapped, secondary, QC fail, supplementary
+_CIGAR_MATCH = (0, 7, 8)
+_CIGAR_QUERY = (0, 1, 4, 7, 8)
+_CIGAR_REF = (0, 2, 3, 7, 8)
+
+
+def _merge_regions(regions: Sequence[tuple[str, int, int]]) -> list[tuple[str, int, int]]:
+    by_chrom: dict[str, list[tuple[int, int]]] = defaultdict(list)
+    for chrom, start, end in regions:
+        by_chrom[chrom].append((start, end))
+    merged: list[tuple[str, int, int]] = []
+    for chrom, spans in by_chrom.items():
+        spans.sort()
+        cur_s, cur_e = spans[0]
+        for s, e in spans[1:]:
+            if s <= cur_e:
+                cur_e = max(cur_e, e)
+            else:
+                merged.append((chrom, cur_s, cur_e))
+                cur_s, cur_e = s, e
+        merged.append((chrom, cur_s, cur_e))
+    return merged
+
+
+@dataclass
+class _Accumulator:
+    errors: IntArray = field(default_factory=lambda: np.zeros(2 * 2 * N_CLASSES, dtype=np.int64))
+    opportunities: IntArray = field(default_factory=lambda: np.zeros(2 * 2 * 32, dtype=np.int64))
+    position_context: list[IntArray] = field(default_factory=list)
+    position_errors: list[IntArray] = field(default_factory=list)
+    position_opportunities: list[IntArray] = field(default_factory=list)
+    variant_counts: dict[int, VariantCounts] = field(default_factory=dict)
+    n_records: int = 0
+    n_skipped: int = 0
+
+
+@dataclass
+class _Window:
+    """Aligned, deduplicated molecule observations of one window."""
+
+    rel: IntArray  # position - window start
+    base: IntArray
+    duplex: IntArray
+    template: IntArray  # 0: read-1 strand is the + strand
+    distance: IntArray
+    low_mapq: list[tuple[str, int, int]]
+
+
+def _read_window(
+    bam: pysam.AlignmentFile,
+    chrom: str,
+    start: int,
+    end: int,
+    min_base_quality: int,
+    min_mapping_quality: int,
+    acc: _Accumulator,
+) -> _Window:
+    seqs: list[str] = []
+    quals: list[str] = []
+    blk_q: list[int] = []  # query start of a block in the concatenated sequence
+    blk_qr: list[int] = []  # query start of the block within its read
+    blk_r: list[int] = []
+    blk_len: list[int] = []
+    blk_read: list[int] = []
+    read_mol: list[int] = []
+    read_duplex: list[bool] = []
+    read_template: list[int] = []
+    read_qlen: list[int] = []
+    molecules: dict[str, int] = {}
+    low_mapq: list[tuple[str, int, int]] = []
+    offset = 0
+    for read in bam.fetch(chrom, start, end):
+        flag = read.flag
+        if flag & _SKIP_FLAGS:
+            continue
+        counted = read.reference_start >= start  # NB: a read is seen by every window it spans
+        acc.n_records += counted
+        try:
+            mi = read.get_tag("MI")
+        except KeyError:
+            acc.n_skipped += counted
+            continue
+        if read.mapping_quality < min_mapping_quality:
+            low_mapq.append((str(mi), read.reference_start, read.reference_end or 0))
+            continue
+        seq = read.query_sequence
+        qual = read.query_qualities_str
+        cigar = read.cigartuples
+        if seq is None or not qual or cigar is None:
+            acc.n_skipped += counted
+            continue
+        try:
+            is_duplex = read.get_tag("bD") > 0 and read.get_tag("aD") > 0  # type: ignore[operator]
+        except KeyError:
+            is_duplex = False
+        r_index = len(read_qlen)
+        read_mol.append(molecules.setdefault(str(mi), len(molecules)))
+        read_duplex.append(is_duplex)
+        read_template.append(((flag >> 4) ^ (flag >> 7)) & 1)  # reverse XOR read 2
+        qlen = len(seq)
+        read_qlen.append(qlen)
+        if len(cigar) == 1 and cigar[0][0] in _CIGAR_MATCH:
+            blk_q.append(offset)
+            blk_qr.append(0)
+            blk_r.append(read.reference_start)
+            blk_len.append(qlen)
+            blk_read.append(r_index)
+        else:
+            q = 0
+            r = read.reference_start
+            for op, length in cigar:
+                if op in _CIGAR_MATCH:
+                    blk_q.append(offset + q)
+                    blk_qr.append(q)
+                    blk_r.append(r)
+                    blk_len.append(length)
+                    blk_read.append(r_index)
+                if op in _CIGAR_QUERY:
+                    q += length
+                if op in _CIGAR_REF:
+                    r += length
+        seqs.append(seq)
+        quals.append(qual)
+        offset += qlen
+    empty = np.zeros(0, dtype=np.int64)
+    if not blk_len:
+        return _Window(empty, empty, empty, empty, empty, low_mapq)
+    seq_codes = _BASE_CODE[np.frombuffer("".join(seqs).encode("ascii"), dtype=np.uint8)]
+    qual_arr = np.frombuffer("".join(quals).encode("ascii"), dtype=np.uint8) - 33
+    lengths = np.asarray(blk_len, dtype=np.int64)
+    total = int(lengths.sum())
+    block_of = np.repeat(np.arange(lengths.size), lengths)
+    within = np.arange(total) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    qidx = np.asarray(blk_q, dtype=np.int64)[block_of] + within
+    rel = np.asarray(blk_r, dtype=np.int64)[block_of] + within - start
+    read_idx = np.asarray(blk_read, dtype=np.int64)[block_of]
+    keep = (
+        (rel >= 0)
+        & (rel < end - start)
+        & (qual_arr[qidx] >= min_base_quality)
+        & (seq_codes[qidx] < 4)
+    )
+    qidx, rel, read_idx = qidx[keep], rel[keep], read_idx[keep]
+    qpos = np.asarray(blk_qr, dtype=np.int64)[block_of[keep]] + within[keep]
+    qlen = np.asarray(read_qlen, dtype=np.int64)[read_idx]
+    base = seq_codes[qidx].astype(np.int64)
+    mol_arr = np.asarray(read_mol, dtype=np.int64)[read_idx]
+    # molecule dedup: one observation per (molecule, position); conflicting mates dropped
+    key = mol_arr * (end - start) + rel
+    order = np.argsort(key, kind="stable")
+    key_s, base_s = key[order], base[order]
+    first = np.flatnonzero(np.r_[True, key_s[1:] != key_s[:-1]])
+    bmin = np.minimum.reduceat(base_s, first)
+    bmax = np.maximum.reduceat(base_s, first)
+    chosen = order[first[bmin == bmax]]
+    return _Window(
+        rel=rel[chosen],
+        base=base[chosen],
+        duplex=np.asarray(read_duplex, dtype=np.int64)[read_idx[chosen]],
+        template=np.asarray(read_template, dtype=np.int64)[read_idx[chosen]],
+        distance=np.minimum(qpos, qlen - 1 - qpos)[chosen],
+        low_mapq=low_mapq,
+    )
+
+
+def _reference_window(
+    fasta: pysam.FastaFile, chrom: str, start: int, end: int
+) -> tuple[IntArray, IntArray, IntArray]:
+    """Codes of the reference at start-1..end+1 and per-position context index / flipped."""
+    length = fasta.get_reference_length(chrom)
+    lo, hi = max(0, start - 1), min(length, end + 1)
+    raw = fasta.fetch(chrom, lo, hi).upper()
+    codes = np.full(end - start + 2, 4, dtype=np.int64)
+    codes[lo - (start - 1) : lo - (start - 1) + len(raw)] = _BASE_CODE[
+        np.frombuffer(raw.encode("ascii"), dtype=np.uint8)
+    ]
+    left, centre, right = codes[:-2], codes[1:-1], codes[2:]
+    valid = (left < 4) & (centre < 4) & (right < 4)
+    flipped = (centre == 0) | (centre == 2)
+    comp = _COMPLEMENT_CODE.astype(np.int64)
+    c_py = np.where(flipped, comp[np.minimum(centre, 4)], centre)
+    five = np.where(flipped, comp[np.minimum(right, 4)], left)
+    three = np.where(flipped, comp[np.minimum(left, 4)], right)
+    ctx = 16 * (c_py == 3) + 4 * five + three
+    ctx = np.where(valid, ctx, -1)
+    return centre, ctx, flipped.astype(np.int64)
+
+
+def _check_inputs(
+    bam_path: Path, reference_path: Path, fasta: pysam.FastaFile, variants: Sequence[Variant]
+) -> None:
+    for variant in variants:
+        if variant.chrom not in fasta.references:
+            raise InputDataError(
+                str(reference_path),
+                f"variant {variant.key} is on contig {variant.chrom!r}, absent from the reference",
+                "use the reference the variants were called against",
+            )
+        if not 0 < variant.start0 < fasta.get_reference_length(variant.chrom) - 1:
+            raise InputDataError(
+                str(reference_path),
+                f"variant {variant.key} is at a contig end and has no trinucleotide context",
+                "remove it from the tracked variants",
+            )
+        ref = fasta.fetch(variant.chrom, variant.start0, variant.pos).upper()
+        if ref != variant.ref:
+            raise InputDataError(
+                str(reference_path),
+                f"variant {variant.key} has REF {variant.ref} but the reference has {ref!r}",
+                "check the genome build of the variant file and the reference",
+            )
+
+
+def collect_evidence(
+    consensus_bam_path: Path,
+    reference_path: Path,
+    variants: Sequence[Variant],
+    *,
+    regions: Sequence[tuple[str, int, int]] | None = None,
+    min_base_quality: int = 30,
+    min_mapping_quality: int = 20,
+    variant_exclusion_window: int = 5,
+    flank: int = 100,
+) -> Evidence:
+    """Count molecules at ``variants`` and background errors in ``regions`` (0-based half-open;
+    default each variant +/- ``flank``) of an indexed consensus BAM."""
+    if not variants:
+        raise InputDataError("variants", "no variants to track", "supply at least one variant")
+    for path, kind in ((consensus_bam_path, "consensus BAM"), (reference_path, "reference FASTA")):
+        if not Path(path).is_file():
+            raise InputFileError(str(path), f"{kind} not found", "check the path")
+    try:
+        fasta = pysam.FastaFile(str(reference_path))
+    except (OSError, ValueError) as exc:
+        raise InputFileError(
+            str(reference_path), f"cannot open as indexed FASTA ({exc})", "run `samtools faidx`"
+        ) from exc
+    try:
+        bam = pysam.AlignmentFile(str(consensus_bam_path), "rb")
+    except (OSError, ValueError) as exc:
+        raise InputFileError(
+            str(consensus_bam_path), f"cannot open as BAM ({exc})", "supply a BAM file"
+        ) from exc
+    with fasta, bam:
+        if not bam.has_index():
+            raise InputFileError(
+                str(consensus_bam_path), "has no index", "run `samtools index` on it"
+            )
+        _check_inputs(consensus_bam_path, reference_path, fasta, variants)
+        if regions is None:
+            regions = [(v.chrom, max(0, v.start0 - flank), v.pos + flank) for v in variants]
+        lengths = dict(zip(fasta.references, fasta.lengths, strict=True))
+        clipped = [
+            (c, max(0, s), min(e, lengths.get(c, e)))
+            for c, s, e in regions
+            if c in lengths and min(e, lengths[c]) > max(0, s)
+        ]
+        missing = [v.key for v in variants if v.chrom not in set(bam.references)]
+        if missing:
+            raise InputDataError(
+                str(consensus_bam_path),
+                f"contig of variants {', '.join(missing[:3])} is absent from the BAM header",
+                "align the reads to the same reference as the variants",
+            )
+        acc = _Accumulator()
+        by_chrom: dict[str, list[Variant]] = defaultdict(list)
+        for v in variants:
+            by_chrom[v.chrom].append(v)
+        variant_index = {v: i for i, v in enumerate(variants)}
+        windows = []
+        for chrom, s, e in _merge_regions(clipped):
+            windows += [(chrom, w, min(e, w + _WINDOW)) for w in range(s, e, _WINDOW)]
+        # variant positions outside every region still need their counts
+        for v in variants:
+            if not any(c == v.chrom and s <= v.start0 < e for c, s, e in windows):
+                windows.append((v.chrom, v.start0, v.pos))
+        for chrom, start, end in windows:
+            _count_window(
+                bam,
+                fasta,
+                chrom,
+                start,
+                end,
+                by_chrom[chrom],
+                variant_index,
+                min_base_quality,
+                min_mapping_quality,
+                variant_exclusion_window,
+                acc,
+            )
+    background = BackgroundCounts(
+        errors=acc.errors.reshape(2, 2, N_CLASSES),
+        opportunities=acc.opportunities.reshape(2, 2, 32),
+        position_context=np.concatenate(acc.position_context or [np.zeros(0, np.int64)]),
+        position_errors=np.concatenate(acc.position_errors or [np.zeros((2, 0), np.int64)], axis=1),
+        position_opportunities=np.concatenate(
+            acc.position_opportunities or [np.zeros((2, 0), np.int64)], axis=1
+        ),
+    )
+    counts = tuple(acc.variant_counts[i] for i in range(len(variants)))
+    return Evidence(
+        variants=counts,
+        background=background,
+        n_records=acc.n_records,
+        n_records_skipped=acc.n_skipped,
+    )
+
+
+def _count_window(
+    bam: pysam.AlignmentFile,
+    fasta: pysam.FastaFile,
+    chrom: str,
+    start: int,
+    end: int,
+    chrom_variants: Sequence[Variant],
+    variant_index: dict[Variant, int],
+    min_base_quality: int,
+    min_mapping_quality: int,
+    exclusion: int,
+    acc: _Accumulator,
+) -> None:
+    span = end - start
+    win = _read_window(bam, chrom, start, end, min_base_quality, min_mapping_quality, acc)
+    centre, ctx, flipped = _reference_window(fasta, chrom, start, end)
+    excluded = np.zeros(span, dtype=bool)
+    for v in chrom_variants:
+        lo, hi = max(0, v.start0 - exclusion - start), min(span, v.start0 + exclusion + 1 - start)
+        if lo < hi:
+            excluded[lo:hi] = True
+        v_rel = v.start0 - start
+        if not 0 <= v_rel < span:
+            continue
+        at = win.rel == v_rel
+        base, duplex, template = win.base[at], win.duplex[at], win.template[at]
+        ref_code, alt_code = "ACGT".index(v.ref), "ACGT".index(v.alt)
+        informative = (base == ref_code) | (base == alt_code)
+        is_alt = base == alt_code
+        low = {mi for mi, s, e in win.low_mapq if s <= v.start0 < e}
+        ctx_str = fasta.fetch(chrom, v.start0 - 1, v.start0 + 2).upper()
+        acc.variant_counts[variant_index[v]] = VariantCounts(
+            variant=v,
+            ref_context=ctx_str,
+            n_simplex=int((informative & (duplex == 0)).sum()),
+            alt_simplex=int((is_alt & (duplex == 0)).sum()),
+            n_duplex=int((informative & (duplex == 1)).sum()),
+            alt_duplex=int((is_alt & (duplex == 1)).sum()),
+            n_forward=int((informative & (template == 0)).sum()),
+            n_reverse=int((informative & (template == 1)).sum()),
+            alt_forward=int((is_alt & (template == 0)).sum()),
+            alt_reverse=int((is_alt & (template == 1)).sum()),
+            alt_read_end_distances=tuple(int(d) for d in win.distance[at][is_alt]),
+            n_low_mapq=len(low),
+        )
+    usable = (ctx >= 0) & ~excluded
+    obs = usable[win.rel]
+    rel = win.rel[obs]
+    base, m, t = win.base[obs], win.duplex[obs], win.template[obs]
+    c, f = ctx[rel], flipped[rel]
+    orientation = f ^ t
+    acc.opportunities += np.bincount(m * 64 + orientation * 32 + c, minlength=128)
+    err = base != centre[rel]
+    alt_py = np.where(f[err] == 1, _COMPLEMENT_CODE[base[err]], base[err])
+    cls = 16 * _SUB_LUT[(c[err] >= 16).astype(np.int64), alt_py] + c[err] % 16
+    acc.errors += np.bincount(
+        m[err] * 2 * N_CLASSES + orientation[err] * N_CLASSES + cls, minlength=4 * N_CLASSES
+    )
+    positions = np.flatnonzero(usable)
+    index_of = np.full(span, -1, dtype=np.int64)
+    index_of[positions] = np.arange(positions.size)
+    npos = positions.size
+    pos_opp = np.bincount(m * npos + index_of[rel], minlength=2 * npos).reshape(2, npos)
+    pos_err = np.bincount(m[err] * npos + index_of[rel[err]], minlength=2 * npos).reshape(2, npos)
+    acc.position_context.append(ctx[positions])
+    acc.position_errors.append(pos_err)
+    acc.position_opportunities.append(pos_opp)
