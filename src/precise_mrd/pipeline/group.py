@@ -1,0 +1,606 @@
+"""Stage 1: group reads by molecule and write an ``MI`` tag (UMI-tools ``group`` semantics).
+
+:func:`group_bam` streams a coordinate-sorted BAM twice and never holds reads as pysam objects:
+
+1. **Collect.** Each read that can be grouped (mapped, primary, not QC-failed, ``MAPQ >=
+   min_mapq``, with a UMI) leaves a few integers in typed arrays: its own unclipped 5' end
+   (contig, position, strand), its mate's (from the mate fields and the ``MC`` tag), a hash of its
+   name and a UMI code. Everything else is counted by reason and dropped.
+2. **Cluster.** Mates are joined by name into templates; a template takes the ends and UMI of its
+   first record in the file. Templates are bundled by their ends, as UMI-tools does:
+   single-end ``(contig, strand, unclipped 5' position)``; paired-end ``(R1's end and strand,
+   R2's end and strand)``. For the duplex strategy ``paired`` the two ends are put in coordinate
+   order, so the top-strand pair (R1 forward at the left end) and the bottom-strand pair (R1
+   reverse at the right end) of one molecule share a bundle; the bottom strand's UMI ``B-A`` is
+   swapped to ``A-B``; the directional rule clusters the swapped UMIs and the strands are labelled
+   ``/A`` (R1 at the left end) and ``/B``. All UMI clustering is one call into
+   :func:`precise_mrd.core.umi.cluster_bundles`; a UMI's count is its number of templates.
+3. **Write.** A second pass writes the kept records in their input order (still coordinate-sorted)
+   with ``MI:Z:<int>`` (``<int>/A`` / ``<int>/B`` for ``paired``) to a temporary file, indexes
+   it and renames both into place. Optionally a TSV with UMI-tools' ``--group-out`` columns is
+   written.
+
+Memory is a few dozen bytes per read plus the distinct UMIs; the grouped BAM keeps the input's
+header, plus a ``@PG`` line.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+from array import array
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Final, cast
+
+import numpy as np
+import numpy.typing as npt
+import pysam
+
+from precise_mrd.core.errors import InputDataError
+from precise_mrd.core.umi import (
+    DUPLEX_SEPARATOR,
+    STRATEGIES,
+    canonical_duplex_umi,
+    cluster_bundles,
+    encode_umis,
+    lexicographic_ranks,
+    swap_duplex_umi,
+)
+from precise_mrd.io.bam import iter_alignments, open_bam, require_umis
+
+GROUP_STRATEGIES: Final[tuple[str, ...]] = (*STRATEGIES, "paired")
+GROUP_TSV_COLUMNS: Final[tuple[str, ...]] = (
+    "read_id",
+    "contig",
+    "position",
+    "gene",
+    "umi",
+    "umi_count",
+    "final_umi",
+    "final_umi_count",
+    "unique_id",
+)
+SKIP_REASONS: Final[tuple[str, ...]] = (
+    "unmapped",
+    "secondary",
+    "supplementary",
+    "qc_fail",
+    "low_mapq",
+    "no_umi",
+)
+
+_FLAG_PAIRED: Final[int] = 0x1
+_FLAG_UNMAPPED: Final[int] = 0x4
+_FLAG_MATE_UNMAPPED: Final[int] = 0x8
+_FLAG_REVERSE: Final[int] = 0x10
+_FLAG_MATE_REVERSE: Final[int] = 0x20
+_FLAG_READ2: Final[int] = 0x80
+_FLAG_SECONDARY: Final[int] = 0x100
+_FLAG_QC_FAIL: Final[int] = 0x200
+_FLAG_SUPPLEMENTARY: Final[int] = 0x800
+_CIGAR_OP = re.compile(r"(\d+)([MIDNSHP=X])")
+_REFERENCE_OPS: Final[frozenset[str]] = frozenset("MDN=X")
+_CLIP_OPS: Final[frozenset[str]] = frozenset("SH")
+
+Int64Array = npt.NDArray[np.int64]
+
+
+@dataclass(frozen=True)
+class GroupStats:
+    """What :func:`group_bam` did. Family sizes count templates (read pairs) per molecule."""
+
+    n_reads_in: int
+    n_reads_out: int
+    n_reads_skipped_by_reason: dict[str, int] = field(default_factory=dict)
+    n_bundles: int = 0
+    n_molecules: int = 0
+    family_size_histogram: dict[int, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.n_reads_in < 0 or self.n_reads_out < 0:
+            raise ValueError(
+                f"read counts must be >= 0; got in={self.n_reads_in}, out={self.n_reads_out}"
+            )
+        n_skipped = sum(self.n_reads_skipped_by_reason.values())
+        if self.n_reads_out + n_skipped != self.n_reads_in:
+            raise ValueError(
+                f"n_reads_out ({self.n_reads_out}) + skipped ({n_skipped}) must equal "
+                f"n_reads_in ({self.n_reads_in})"
+            )
+        if sum(self.family_size_histogram.values()) != self.n_molecules:
+            raise ValueError("family_size_histogram must count every molecule exactly once")
+
+
+def _cigar_geometry(cigar: str, cache: dict[str, tuple[int, int, int]]) -> tuple[int, int, int]:
+    """(reference length, leading clip, trailing clip) of a CIGAR string; soft and hard clips."""
+    found = cache.get(cigar)
+    if found is not None:
+        return found
+    ops = [(int(n), op) for n, op in _CIGAR_OP.findall(cigar)]
+    reference_length = sum(n for n, op in ops if op in _REFERENCE_OPS)
+    leading = 0
+    for n, op in ops:
+        if op not in _CLIP_OPS:
+            break
+        leading += n
+    trailing = 0
+    for n, op in reversed(ops):
+        if op not in _CLIP_OPS:
+            break
+        trailing += n
+    cache[cigar] = (reference_length, leading, trailing)
+    return cache[cigar]
+
+
+@dataclass
+class _Collected:
+    """Pass-1 output: one row per kept read, plus the record -> row map (-1 = dropped)."""
+
+    slot_of_record: array[int]
+    flags: Int64Array
+    tid: Int64Array
+    pos5: Int64Array
+    mate_tid: Int64Array
+    mate_pos5: Int64Array
+    name_hash: Int64Array
+    umi_code: Int64Array
+    umis: list[str]
+    skipped: dict[str, int]
+    n_records: int
+
+
+def _collect(
+    path: Path,
+    *,
+    umi_tag: str,
+    umi_from_read_name: bool,
+    umi_separator: str,
+    min_mapq: int,
+) -> _Collected:
+    slot_of_record: array[int] = array("q")
+    flags: array[int] = array("q")
+    tids: array[int] = array("q")
+    pos5s: array[int] = array("q")
+    mate_tids: array[int] = array("q")
+    mate_pos5s: array[int] = array("q")
+    name_hashes: array[int] = array("q")
+    umi_codes: array[int] = array("q")
+    umi_index: dict[str, int] = {}
+    skipped = dict.fromkeys(SKIP_REASONS, 0)
+    cigar_cache: dict[str, tuple[int, int, int]] = {}
+    n_records = 0
+    n_kept = 0
+    drop = slot_of_record.append
+    with open_bam(path, require_sorted=True, threads=2) as bam:
+        for read in iter_alignments(bam, path):
+            n_records += 1
+            flag = read.flag
+            if flag & (_FLAG_UNMAPPED | _FLAG_SECONDARY | _FLAG_QC_FAIL | _FLAG_SUPPLEMENTARY):
+                if flag & _FLAG_UNMAPPED:
+                    skipped["unmapped"] += 1
+                elif flag & _FLAG_SECONDARY:
+                    skipped["secondary"] += 1
+                elif flag & _FLAG_SUPPLEMENTARY:
+                    skipped["supplementary"] += 1
+                else:
+                    skipped["qc_fail"] += 1
+                drop(-1)
+                continue
+            if read.mapping_quality < min_mapq:
+                skipped["low_mapq"] += 1
+                drop(-1)
+                continue
+            name = cast(str, read.query_name)
+            if umi_from_read_name:
+                head, sep, umi = name.rpartition(umi_separator)
+                if not (sep and head and umi):
+                    skipped["no_umi"] += 1
+                    drop(-1)
+                    continue
+            else:
+                try:
+                    umi = str(read.get_tag(umi_tag))
+                except KeyError:
+                    skipped["no_umi"] += 1
+                    drop(-1)
+                    continue
+                if not umi:
+                    skipped["no_umi"] += 1
+                    drop(-1)
+                    continue
+            code = umi_index.get(umi)
+            if code is None:
+                code = umi_index[umi] = len(umi_index)
+            start = read.reference_start
+            cigar = cast(str, read.cigarstring)
+            reference_length, leading, trailing = _cigar_geometry(cigar, cigar_cache)
+            pos5 = start + reference_length + trailing if flag & _FLAG_REVERSE else start - leading
+            if flag & _FLAG_PAIRED and not flag & _FLAG_MATE_UNMAPPED:
+                mate_start = read.next_reference_start
+                try:
+                    mate_cigar = str(read.get_tag("MC"))
+                except KeyError:
+                    mate_pos5 = mate_start  # NB: without MC the mate's clipping is unknown
+                else:
+                    m_length, m_leading, m_trailing = _cigar_geometry(mate_cigar, cigar_cache)
+                    if flag & _FLAG_MATE_REVERSE:
+                        mate_pos5 = mate_start + m_length + m_trailing
+                    else:
+                        mate_pos5 = mate_start - m_leading
+                mate_tids.append(read.next_reference_id)
+                mate_pos5s.append(mate_pos5)
+                name_hashes.append(hash(name))
+            else:
+                mate_tids.append(-1)
+                mate_pos5s.append(-1)
+                name_hashes.append(0)
+            slot_of_record.append(n_kept)
+            n_kept += 1
+            flags.append(flag)
+            tids.append(read.reference_id)
+            pos5s.append(pos5)
+            umi_codes.append(code)
+
+    def as_array(values: array[int]) -> Int64Array:
+        return np.frombuffer(values, dtype=np.int64) if len(values) else np.zeros(0, np.int64)
+
+    return _Collected(
+        slot_of_record=slot_of_record,
+        flags=as_array(flags),
+        tid=as_array(tids),
+        pos5=as_array(pos5s),
+        mate_tid=as_array(mate_tids),
+        mate_pos5=as_array(mate_pos5s),
+        name_hash=as_array(name_hashes),
+        umi_code=as_array(umi_codes),
+        umis=list(umi_index),
+        skipped=skipped,
+        n_records=n_records,
+    )
+
+
+@dataclass
+class _Grouping:
+    """Per kept read: molecule id, strand label (0 none, 1 A, 2 B) and its template's node."""
+
+    molecule_of_read: Int64Array
+    strand_of_read: npt.NDArray[np.int8]
+    node_of_read: Int64Array
+    node_umi: Int64Array
+    node_count: Int64Array
+    cluster_of_node: Int64Array
+    representative_umi: Int64Array
+    cluster_total: Int64Array
+    umis: list[str]
+    n_bundles: int
+    n_molecules: int
+    family_sizes: Int64Array
+
+
+def _template_of_reads(collected: _Collected) -> Int64Array:
+    """The index of each kept read's template representative (its first mate in the file)."""
+    n = len(collected.flags)
+    template = np.arange(n, dtype=np.int64)
+    has_mate = collected.mate_tid >= 0
+    mated = np.flatnonzero(has_mate)
+    if len(mated) == 0:
+        return template
+    order = mated[np.argsort(collected.name_hash[mated], kind="stable")]
+    hashes = collected.name_hash[order]
+    starts_run = np.ones(len(order), dtype=bool)
+    starts_run[1:] = hashes[1:] != hashes[:-1]
+    run_id = np.cumsum(starts_run) - 1
+    first_of_run = order[starts_run]  # stable sort: the earliest record of each name
+    template[order] = first_of_run[run_id]
+    return template
+
+
+def _group(collected: _Collected, *, strategy: str, max_edits: int) -> _Grouping:
+    is_duplex = strategy == "paired"
+    umis = list(collected.umis)
+    template_of_read = _template_of_reads(collected)
+    reps = np.flatnonzero(template_of_read == np.arange(len(template_of_read)))
+    flags = collected.flags[reps]
+    own = (collected.tid[reps], collected.pos5[reps], (flags & _FLAG_REVERSE) > 0)
+    mate = (collected.mate_tid[reps], collected.mate_pos5[reps], (flags & _FLAG_MATE_REVERSE) > 0)
+    has_mate = mate[0] >= 0
+    mate_rev = mate[2] & has_mate
+    is_read2 = (flags & _FLAG_READ2) > 0
+    umi_code = collected.umi_code[reps].copy()
+    strand = np.zeros(len(reps), dtype=np.int8)
+    if is_duplex:
+        own_first = _pack_end(own[0], own[1], own[2]) <= _pack_end(mate[0], mate[1], mate_rev)
+        own_first |= ~has_mate
+        swap = ~own_first
+        # top strand (A): R1 is the left end
+        r1_first = np.where(is_read2, ~own_first, own_first)
+        swapped_code, lexical_label = _duplex_tables(umis)
+        strand = np.where(r1_first, 1, 2).astype(np.int8)
+        paired_bottom = has_mate & ~r1_first
+        umi_code = np.where(paired_bottom, swapped_code[umi_code], umi_code)
+        single = ~has_mate
+        strand[single] = lexical_label[umi_code[single]]
+        umi_code[single] = np.where(
+            lexical_label[umi_code[single]] == 2, swapped_code[umi_code[single]], umi_code[single]
+        )
+    else:
+        swap = is_read2 & has_mate
+    # one int64 per end: contig, position (+2**32 so clipped ends below 0 stay ordered), strand
+    own_end = _pack_end(own[0], own[1], own[2])
+    mate_end = np.where(has_mate, _pack_end(mate[0], mate[1], mate_rev), -1)
+    first_end = np.where(swap, mate_end, own_end)
+    second_end = np.where(swap, own_end, mate_end)
+    del own_end, mate_end
+    first_seen = reps  # kept-read order is file order
+    order = np.lexsort((first_seen, umi_code, second_end, first_end))
+    sorted_first = first_end[order]
+    sorted_second = second_end[order]
+    sorted_umi = umi_code[order]
+    del first_end, second_end
+    n_templates = len(order)
+    new_bundle = np.ones(n_templates, dtype=bool)
+    if n_templates:
+        new_bundle[1:] = (sorted_first[1:] != sorted_first[:-1]) | (
+            sorted_second[1:] != sorted_second[:-1]
+        )
+    del sorted_first, sorted_second
+    new_node = new_bundle.copy()
+    if n_templates:
+        new_node[1:] |= sorted_umi[1:] != sorted_umi[:-1]
+    bundle_of_sorted = np.cumsum(new_bundle) - 1
+    node_of_sorted = np.cumsum(new_node) - 1
+    node_starts = np.flatnonzero(new_node)
+    node_bundle = bundle_of_sorted[node_starts]
+    node_umi = sorted_umi[node_starts]
+    node_first = first_seen[order][node_starts]
+    node_count = np.diff(np.append(node_starts, n_templates)).astype(np.int64)
+    # within a bundle, nodes in first-seen order (UMI-tools' insertion order)
+    node_order = np.lexsort((node_first, node_bundle))
+    rank_of_node = np.empty_like(node_order)
+    rank_of_node[node_order] = np.arange(len(node_order))
+    n_bundles = int(bundle_of_sorted[-1]) + 1 if n_templates else 0
+    bundle_starts = np.searchsorted(node_bundle[node_order], np.arange(n_bundles + 1))
+    codes, lengths = (
+        encode_umis(umis) if umis else (np.zeros((0, 0), np.uint8), np.zeros(0, np.int64))
+    )
+    ranks = lexicographic_ranks(umis)
+    ordered_umi = node_umi[node_order]
+    cluster_sorted, is_rep_sorted = cluster_bundles(
+        codes[ordered_umi],
+        lengths[ordered_umi],
+        node_count[node_order],
+        ranks[ordered_umi],
+        bundle_starts.astype(np.int64),
+        strategy="directional" if is_duplex else strategy,
+        max_edits=max_edits,
+    )
+    cluster_of_node = cluster_sorted[rank_of_node]
+    n_molecules = int(cluster_sorted.max()) + 1 if len(cluster_sorted) else 0
+    representative_umi = np.zeros(n_molecules, dtype=np.int64)
+    representative_umi[cluster_sorted[is_rep_sorted]] = ordered_umi[is_rep_sorted]
+    cluster_total = np.bincount(cluster_of_node, weights=node_count, minlength=n_molecules)
+    node_of_template = np.empty(n_templates, dtype=np.int64)
+    node_of_template[order] = node_of_sorted
+    template_index = np.empty(len(template_of_read), dtype=np.int64)
+    template_index[reps] = np.arange(len(reps))
+    template_of_each = template_index[template_of_read]
+    node_of_read = node_of_template[template_of_each]
+    return _Grouping(
+        molecule_of_read=cluster_of_node[node_of_read],
+        strand_of_read=strand[template_of_each],
+        node_of_read=node_of_read,
+        node_umi=node_umi,
+        node_count=node_count,
+        cluster_of_node=cluster_of_node,
+        representative_umi=representative_umi,
+        cluster_total=cluster_total.astype(np.int64),
+        umis=umis,
+        n_bundles=n_bundles,
+        n_molecules=n_molecules,
+        family_sizes=np.bincount(cluster_of_node, weights=node_count).astype(np.int64),
+    )
+
+
+def _pack_end(tid: Int64Array, pos: Int64Array, reverse: npt.NDArray[np.bool_]) -> Int64Array:
+    """Contig, 5' position and strand of one read end as one sortable int64."""
+    return (tid.astype(np.int64) << 34) | ((pos.astype(np.int64) + (1 << 32)) << 1) | reverse
+
+
+def _duplex_tables(umis: list[str]) -> tuple[Int64Array, npt.NDArray[np.int8]]:
+    """Per UMI code: the code of its swapped form (added to ``umis``) and its lexical label."""
+    index = {umi: code for code, umi in enumerate(umis)}
+    n_original = len(umis)
+    swapped = np.empty(n_original, dtype=np.int64)
+    label = np.empty(n_original, dtype=np.int8)
+    for code in range(n_original):
+        umi = umis[code]
+        if umi.count(DUPLEX_SEPARATOR) != 1:
+            raise InputDataError(
+                "UMIs",
+                f"UMI {umi!r} is not a duplex UMI 'A-B' but strategy 'paired' needs one",
+                "use a single-strand strategy (e.g. --strategy directional) or duplex UMIs",
+            )
+        other = swap_duplex_umi(umi)
+        other_code = index.get(other)
+        if other_code is None:
+            other_code = index[other] = len(umis)
+            umis.append(other)
+        swapped[code] = other_code
+        label[code] = 1 if canonical_duplex_umi(umi)[1] == "A" else 2
+    # swapped forms that were not seen themselves only ever need their own entries
+    extra = len(umis) - n_original
+    if extra:
+        swapped = np.concatenate([swapped, np.zeros(extra, dtype=np.int64)])
+        label = np.concatenate([label, np.ones(extra, dtype=np.int8)])
+        for code in range(n_original, len(umis)):
+            swapped[code] = index[swap_duplex_umi(umis[code])]
+    return swapped, label
+
+
+def _temporary_path(path: Path) -> Path:
+    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+
+
+def group_bam(
+    in_bam_path: Path,
+    out_bam_path: Path,
+    *,
+    strategy: str = "directional",
+    max_edits: int = 1,
+    umi_tag: str = "RX",
+    umi_from_read_name: bool = False,
+    umi_separator: str = "_",
+    group_out_path: Path | None = None,
+    min_mapq: int = 0,
+) -> GroupStats:
+    """Group the reads of ``in_bam_path`` by molecule and write them with ``MI`` tags.
+
+    See the module docstring for the rules. Raises :class:`InputFileError` for a missing,
+    truncated, unsorted or UMI-less BAM and ``ValueError`` for an unknown strategy.
+    """
+    if strategy not in GROUP_STRATEGIES:
+        raise ValueError(f"strategy must be one of {', '.join(GROUP_STRATEGIES)}; got {strategy!r}")
+    if max_edits < 0:
+        raise ValueError(f"max_edits must be >= 0; got {max_edits}")
+    if min_mapq < 0:
+        raise ValueError(f"min_mapq must be >= 0; got {min_mapq}")
+    if not umi_separator:
+        raise ValueError("umi_separator must not be empty")
+    in_bam_path = Path(in_bam_path)
+    out_bam_path = Path(out_bam_path)
+    require_umis(
+        in_bam_path,
+        umi_tag=umi_tag,
+        from_read_name=umi_from_read_name,
+        separator=umi_separator,
+    )
+    collected = _collect(
+        in_bam_path,
+        umi_tag=umi_tag,
+        umi_from_read_name=umi_from_read_name,
+        umi_separator=umi_separator,
+        min_mapq=min_mapq,
+    )
+    grouping = _group(collected, strategy=strategy, max_edits=max_edits)
+    n_out = _write(
+        in_bam_path,
+        out_bam_path,
+        collected,
+        grouping,
+        is_duplex=strategy == "paired",
+        umi_tag=umi_tag,
+        umi_from_read_name=umi_from_read_name,
+        umi_separator=umi_separator,
+        group_out_path=group_out_path,
+    )
+    sizes, n_with_size = np.unique(grouping.family_sizes, return_counts=True)
+    return GroupStats(
+        n_reads_in=collected.n_records,
+        n_reads_out=n_out,
+        n_reads_skipped_by_reason=dict(collected.skipped),
+        n_bundles=grouping.n_bundles,
+        n_molecules=grouping.n_molecules,
+        family_size_histogram={
+            int(s): int(c) for s, c in zip(sizes.tolist(), n_with_size.tolist(), strict=True)
+        },
+    )
+
+
+def _write(
+    in_bam_path: Path,
+    out_bam_path: Path,
+    collected: _Collected,
+    grouping: _Grouping,
+    *,
+    is_duplex: bool,
+    umi_tag: str,
+    umi_from_read_name: bool,
+    umi_separator: str,
+    group_out_path: Path | None,
+) -> int:
+    slot_of_record = collected.slot_of_record
+    molecule: array[int] = array("q", grouping.molecule_of_read.astype(np.int64).tobytes())
+    strand: array[int] = array("b", grouping.strand_of_read.astype(np.int8).tobytes())
+    suffixes = ("", "/A", "/B")
+    tmp_bam = _temporary_path(out_bam_path)
+    tmp_tsv = _temporary_path(group_out_path) if group_out_path is not None else None
+    n_out = 0
+    try:
+        with open_bam(in_bam_path, require_sorted=True, threads=2) as bam:
+            header = bam.header.to_dict()
+            programs = header.setdefault("PG", [])
+            ids = {entry.get("ID") for entry in programs}
+            program_id = "precise-mrd.group"
+            while program_id in ids:
+                program_id += "'"
+            programs.append({"ID": program_id, "PN": "precise-mrd", "CL": "precise-mrd group"})
+            with contextlib.ExitStack() as stack:
+                tsv = (
+                    stack.enter_context(open(tmp_tsv, "w", encoding="ascii"))
+                    if tmp_tsv is not None
+                    else None
+                )
+                if tsv is not None:
+                    tsv.write("\t".join(GROUP_TSV_COLUMNS) + "\n")
+                out = stack.enter_context(
+                    pysam.AlignmentFile(str(tmp_bam), "wb", header=header, threads=2)
+                )
+                write = out.write
+                for record, read in enumerate(iter_alignments(bam, in_bam_path)):
+                    slot = slot_of_record[record]
+                    if slot < 0:
+                        continue
+                    label = str(molecule[slot])
+                    if is_duplex:
+                        label += suffixes[strand[slot]]
+                    read.set_tag("MI", label, value_type="Z")
+                    write(read)
+                    n_out += 1
+                    if tsv is not None:
+                        tsv.write(
+                            _tsv_row(
+                                read, slot, grouping, umi_tag, umi_from_read_name, umi_separator
+                            )
+                        )
+        pysam.index(str(tmp_bam), str(tmp_bam) + ".bai")
+        os.replace(tmp_bam, out_bam_path)
+        os.replace(str(tmp_bam) + ".bai", str(out_bam_path) + ".bai")
+        if tmp_tsv is not None and group_out_path is not None:
+            os.replace(tmp_tsv, group_out_path)
+    finally:
+        for leftover in (tmp_bam, Path(str(tmp_bam) + ".bai"), tmp_tsv):
+            if leftover is not None and leftover.exists():
+                leftover.unlink()
+    return n_out
+
+
+def _tsv_row(
+    read: pysam.AlignedSegment,
+    slot: int,
+    grouping: _Grouping,
+    umi_tag: str,
+    umi_from_read_name: bool,
+    umi_separator: str,
+) -> str:
+    node = int(grouping.node_of_read[slot])
+    cluster = int(grouping.cluster_of_node[node])
+    name = read.query_name or ""
+    umi = name.rpartition(umi_separator)[2] if umi_from_read_name else str(read.get_tag(umi_tag))
+    if read.is_reverse:
+        cigar = read.cigartuples or []
+        position = read.reference_end or 0
+        if cigar and cigar[-1][0] == pysam.CSOFT_CLIP:
+            position += cigar[-1][1]
+    else:
+        cigar = read.cigartuples or []
+        position = read.reference_start
+        if cigar and cigar[0][0] == pysam.CSOFT_CLIP:
+            position -= cigar[0][1]
+    return (
+        f"{name}\t{read.reference_name}\t{position}\tNA\t{umi}\t"
+        f"{int(grouping.node_count[node])}\t"
+        f"{grouping.umis[int(grouping.representative_umi[cluster])]}\t"
+        f"{int(grouping.cluster_total[cluster])}\t{cluster}\n"
+    )
