@@ -6,7 +6,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from precise_mrd.core.read_structure import ReadSegment, ReadStructure, SegmentType
+from precise_mrd.core.errors import InputDataError
+from precise_mrd.core.read_structure import (
+    ReadSegment,
+    ReadStructure,
+    ReadStructureError,
+    SegmentType,
+)
 
 
 @pytest.mark.parametrize(
@@ -43,12 +49,14 @@ def test_parse_valid(text: str, fixed: int, min_length: int, has_umi: bool) -> N
     ],
 )
 def test_malformed_structure_names_string_and_gives_example(text: str, problem: str) -> None:
-    with pytest.raises(ValueError, match="invalid read structure") as caught:
+    with pytest.raises(ReadStructureError) as caught:
         ReadStructure.parse(text)
+    assert isinstance(caught.value, ValueError) and isinstance(caught.value, InputDataError)
     message = str(caught.value)
-    assert repr(text) in message
+    assert message.startswith(f"read structure {text!r}: ")
     assert problem in message
-    assert "a valid example is '8M142T'" in message
+    assert message.endswith("; fix: write <length or +><T|M|B|S> segments, e.g. '8M142T' or '8M+T'")
+    assert "\n" not in message
 
 
 def test_extract_fixed_structure_ignores_trailing_bases() -> None:

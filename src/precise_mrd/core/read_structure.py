@@ -37,7 +37,10 @@ ValueError: read of length 7 is shorter than read structure 8M142T needs (150 ba
 >>> ReadStructure.parse("8X+T")  # doctest: +ELLIPSIS
 Traceback (most recent call last):
 ...
-ValueError: invalid read structure '8X+T': unknown segment type 'X' ...; a valid example is ...
+precise_mrd.core.read_structure.ReadStructureError: read structure '8X+T': unknown segment type ...
+
+A malformed structure raises :class:`ReadStructureError`, which is both a ``ValueError`` and an
+:class:`~precise_mrd.core.errors.InputDataError`, so the CLI prints it on one line.
 """
 
 from __future__ import annotations
@@ -45,6 +48,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from enum import Enum
+
+from precise_mrd.core.errors import InputDataError
 
 EXAMPLE = "'8M142T' or '8M+T'"
 _SEGMENT_PATTERN = re.compile(r"(\d+|\+)([A-Za-z])")
@@ -77,8 +82,16 @@ class ReadSegment:
         return f"{'+' if self.length is None else self.length}{self.kind.value}"
 
 
-def _invalid(text: str, problem: str) -> ValueError:
-    return ValueError(f"invalid read structure {text!r}: {problem}; a valid example is {EXAMPLE}")
+class ReadStructureError(InputDataError, ValueError):
+    """A read structure string is malformed; the message quotes it and shows a valid one."""
+
+
+def _invalid(text: str, problem: str) -> ReadStructureError:
+    return ReadStructureError(
+        f"read structure {text!r}",
+        problem,
+        f"write <length or +><T|M|B|S> segments, e.g. {EXAMPLE}",
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -107,8 +107,10 @@ def _open_text_for_reading(path: Path) -> IO[str]:
 
 
 def _strip_name(header: str) -> str:
-    name = header[1:].split(maxsplit=1)[0] if len(header) > 1 else ""
-    if name.endswith(("/1", "/2")):
+    """``@name/1 comment`` -> ``name``."""
+    fields = header.split(maxsplit=1)
+    name = fields[0][1:] if fields else ""
+    if name[-2:] in ("/1", "/2"):
         return name[:-2]
     return name
 
@@ -120,14 +122,15 @@ def _iter_records(path: Path, handle: IO[str]) -> Iterator[FastqRecord]:
     try:
         with handle:
             lines = iter(handle)
-            for header in lines:
+            # NB: zipping one iterator four times pulls a whole record per step in C.
+            for header, seq_line, plus, qual_line in zip_longest(
+                lines, lines, lines, lines, fillvalue=""
+            ):
                 index += 1
-                seq = next(lines, "").rstrip("\r\n")
-                plus = next(lines, "")
-                qual = next(lines, "").rstrip("\r\n")
-                if not header.startswith("@") or not plus.startswith("+"):
-                    if not header.strip() and not seq:
-                        return  # trailing blank line at the end of the file
+                seq, qual = seq_line.rstrip("\r\n"), qual_line.rstrip("\r\n")
+                if header[:1] != "@" or plus[:1] != "+":
+                    if not header.strip() and not seq and not plus and not qual:
+                        return  # a trailing blank line at the end of the file
                     raise InputFileError(
                         source,
                         f"record {index} (line {4 * index - 3}) is malformed: expected '@name', "
@@ -137,11 +140,11 @@ def _iter_records(path: Path, handle: IO[str]) -> Iterator[FastqRecord]:
                 if len(seq) != len(qual):
                     raise InputFileError(
                         source,
-                        f"record {index} ({_strip_name(header.rstrip())}) has {len(seq)} bases "
+                        f"record {index} ({_strip_name(header)}) has {len(seq)} bases "
                         f"but {len(qual)} qualities",
                         "the file is truncated or corrupt; re-export it",
                     )
-                yield FastqRecord(_strip_name(header.rstrip("\r\n")), seq, qual)
+                yield FastqRecord(_strip_name(header), seq, qual)
     except (EOFError, gzip.BadGzipFile, zlib.error) as error:
         raise InputFileError(
             source,
