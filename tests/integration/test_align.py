@@ -204,6 +204,24 @@ def test_read_structure_longer_than_reads_is_an_input_error(tmp_path: Path) -> N
     assert not (tmp_path / "x.bam").exists()
 
 
+def test_empty_fastq_pair_is_an_input_error(tmp_path: Path) -> None:
+    rng = np.random.default_rng(10)
+    _r1, _r2, reference, _truth = simulate_pairs(tmp_path, rng, 1, {"chrA": 5_000})
+    empty1, empty2 = tmp_path / "e_R1.fq", tmp_path / "e_R2.fq"
+    empty1.write_text("")
+    empty2.write_text("")
+    with pytest.raises(InputFileError, match=r"e_R1\.fq: contains no reads"):
+        align_fastq_pair(
+            empty1,
+            empty2,
+            reference_path=reference,
+            read_structures=(STRUCTURE, STRUCTURE),
+            out_bam_path=tmp_path / "x.bam",
+        )
+    assert not (tmp_path / "x.bam").exists()
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
 def test_missing_reference_is_an_input_error(tmp_path: Path) -> None:
     rng = np.random.default_rng(9)
     r1, r2, _reference, _truth = simulate_pairs(tmp_path, rng, 5, {"chrA": 5_000})

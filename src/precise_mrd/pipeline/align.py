@@ -308,6 +308,10 @@ def align_fastq_pair(
                     counts[2] += is_proper
                     counts[3] += (pair[6] is None) + (pair[7] is None)
                     counts[4] += pair[8]
+        if counts[0] == 0:
+            raise InputFileError(
+                str(r1_path), "contains no reads", "pass the FASTQ pair of a sequencing run"
+            )
         pysam.sort(
             "-@",
             str(threads),
