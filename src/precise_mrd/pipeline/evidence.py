@@ -32,6 +32,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numba
 import numpy as np
 import numpy.typing as npt
 import pysam
@@ -178,40 +179,121 @@ def _read_window(
     if not blk_len:
         return _Window(empty, empty, empty, empty, empty, low_mapq)
     seq_codes = _BASE_CODE[np.frombuffer("".join(seqs).encode("ascii"), dtype=np.uint8)]
-    qual_arr = np.frombuffer("".join(quals).encode("ascii"), dtype=np.uint8) - 33
-    lengths = np.asarray(blk_len, dtype=np.int64)
-    total = int(lengths.sum())
-    block_of = np.repeat(np.arange(lengths.size), lengths)
-    within = np.arange(total) - np.repeat(np.cumsum(lengths) - lengths, lengths)
-    qidx = np.asarray(blk_q, dtype=np.int64)[block_of] + within
-    rel = np.asarray(blk_r, dtype=np.int64)[block_of] + within - start
-    read_idx = np.asarray(blk_read, dtype=np.int64)[block_of]
-    keep = (
-        (rel >= 0)
-        & (rel < end - start)
-        & (qual_arr[qidx] >= min_base_quality)
-        & (seq_codes[qidx] < 4)
+    qual_arr = np.frombuffer("".join(quals).encode("ascii"), dtype=np.uint8)
+    _, rel, base, read_idx, distance = _molecule_observations(
+        seq_codes,
+        qual_arr,
+        np.asarray(blk_q, dtype=np.int64),
+        np.asarray(blk_qr, dtype=np.int64),
+        np.asarray(blk_r, dtype=np.int64),
+        np.asarray(blk_len, dtype=np.int64),
+        np.asarray(blk_read, dtype=np.int64),
+        np.asarray(read_mol, dtype=np.int64),
+        np.asarray(read_qlen, dtype=np.int64),
+        len(molecules),
+        start,
+        end,
+        min_base_quality + 33,
     )
-    qidx, rel, read_idx = qidx[keep], rel[keep], read_idx[keep]
-    qpos = np.asarray(blk_qr, dtype=np.int64)[block_of[keep]] + within[keep]
-    qlen = np.asarray(read_qlen, dtype=np.int64)[read_idx]
-    base = seq_codes[qidx].astype(np.int64)
-    mol_arr = np.asarray(read_mol, dtype=np.int64)[read_idx]
-    # molecule dedup: one observation per (molecule, position); conflicting mates dropped
-    key = mol_arr * (end - start) + rel
-    order = np.argsort(key, kind="stable")
-    key_s, base_s = key[order], base[order]
-    first = np.flatnonzero(np.r_[True, key_s[1:] != key_s[:-1]])
-    bmin = np.minimum.reduceat(base_s, first)
-    bmax = np.maximum.reduceat(base_s, first)
-    chosen = order[first[bmin == bmax]]
     return _Window(
-        rel=rel[chosen],
-        base=base[chosen],
-        duplex=np.asarray(read_duplex, dtype=np.int64)[read_idx[chosen]],
-        template=np.asarray(read_template, dtype=np.int64)[read_idx[chosen]],
-        distance=np.minimum(qpos, qlen - 1 - qpos)[chosen],
+        rel=rel,
+        base=base,
+        duplex=np.asarray(read_duplex, dtype=np.int64)[read_idx],
+        template=np.asarray(read_template, dtype=np.int64)[read_idx],
+        distance=distance,
         low_mapq=low_mapq,
+    )
+
+
+@numba.njit(cache=True, nogil=True)
+def _molecule_observations(
+    seq: npt.NDArray[np.int8],
+    qual33: npt.NDArray[np.uint8],
+    blk_q: IntArray,
+    blk_qr: IntArray,
+    blk_r: IntArray,
+    blk_len: IntArray,
+    blk_read: IntArray,
+    read_mol: IntArray,
+    read_qlen: IntArray,
+    n_mol: int,
+    win_start: int,
+    win_end: int,
+    min_qual33: int,
+) -> tuple[IntArray, IntArray, IntArray, IntArray, IntArray]:
+    """One observation per (molecule, window position) with a confident base.
+
+    Blocks are grouped by molecule (counting sort); each molecule fills a small buffer over the
+    window; a position seen by two reads of the molecule keeps the first read's observation, or
+    none if the bases disagree. ``qual33`` are ASCII (Phred+33) qualities.
+    """
+    n_blk = blk_len.shape[0]
+    blk_mol = np.empty(n_blk, dtype=np.int64)
+    per_mol = np.zeros(n_mol + 1, dtype=np.int64)
+    for i in range(n_blk):
+        m = read_mol[blk_read[i]]
+        blk_mol[i] = m
+        per_mol[m + 1] += 1
+    for m in range(n_mol):
+        per_mol[m + 1] += per_mol[m]
+    fill = per_mol[:-1].copy()
+    order = np.empty(n_blk, dtype=np.int64)
+    for i in range(n_blk):
+        m = blk_mol[i]
+        order[fill[m]] = i
+        fill[m] += 1
+    span = win_end - win_start
+    buf_base = np.full(span, -1, dtype=np.int64)
+    buf_read = np.zeros(span, dtype=np.int64)
+    buf_dist = np.zeros(span, dtype=np.int64)
+    total = 0
+    for i in range(n_blk):
+        total += blk_len[i]
+    out_mol = np.empty(total, dtype=np.int64)
+    out_rel = np.empty(total, dtype=np.int64)
+    out_base = np.empty(total, dtype=np.int64)
+    out_read = np.empty(total, dtype=np.int64)
+    out_dist = np.empty(total, dtype=np.int64)
+    n_out = 0
+    for m in range(n_mol):
+        lo = span
+        hi = 0
+        for j in range(per_mol[m], per_mol[m + 1]):
+            i = order[j]
+            r0 = max(blk_r[i] - win_start, 0)
+            r1 = min(blk_r[i] + blk_len[i] - win_start, span)
+            for rel in range(r0, r1):
+                k = rel + win_start - blk_r[i]
+                qi = blk_q[i] + k
+                b = seq[qi]
+                if b > 3 or qual33[qi] < min_qual33:
+                    continue
+                cur = buf_base[rel]
+                if cur == -1:
+                    buf_base[rel] = b
+                    buf_read[rel] = blk_read[i]
+                    qpos = blk_qr[i] + k
+                    qlen = read_qlen[blk_read[i]]
+                    buf_dist[rel] = min(qpos, qlen - 1 - qpos)
+                    lo = min(lo, rel)
+                    hi = max(hi, rel + 1)
+                elif cur >= 0 and cur != b:
+                    buf_base[rel] = -2  # mates disagree: drop the molecule here
+        for rel in range(lo, hi):
+            if buf_base[rel] >= 0:
+                out_mol[n_out] = m
+                out_rel[n_out] = rel
+                out_base[n_out] = buf_base[rel]
+                out_read[n_out] = buf_read[rel]
+                out_dist[n_out] = buf_dist[rel]
+                n_out += 1
+            buf_base[rel] = -1
+    return (
+        out_mol[:n_out],
+        out_rel[:n_out],
+        out_base[:n_out],
+        out_read[:n_out],
+        out_dist[:n_out],
     )
 
 
