@@ -31,7 +31,7 @@ present in all of that strand's reads, therefore cannot pass as a confident dupl
 
 Everything here is vectorised over many families at once: reads are rows of a 2-D ``uint8`` array
 (bases coded ``A=0 C=1 G=2 T=3 N=4``, padded with ``N``), families are contiguous row ranges given
-by their start ``offsets``, and per-family sums are one :func:`numpy.add.reduceat`.
+by their start ``offsets``, and all per-family sums are one :func:`numpy.bincount`.
 
 Three agreeing Q30 reads give a quality bounded by the pre-UMI error rate (Q45):
 
@@ -80,6 +80,8 @@ NO_CALL_QUALITY: PhredScore = 2
 """Quality given to every ``N`` consensus base (fgbio's ``NoCallQual``)."""
 MAX_PHRED: PhredScore = 93
 """Largest quality a SAM/BAM record can carry as a printable character."""
+_COUNT_UNIT = float(2**20)
+_MAX_FAMILY_READS = 90_000
 
 _CODE_OF_ASCII = np.full(256, NO_CALL, dtype=np.uint8)
 for _code, _letter in enumerate("ACGT"):
@@ -228,7 +230,7 @@ class FamilyConsensus:
 
     ``bases``/``quals`` are the called consensus (``N``/2 where masked); ``raw_bases`` is the most
     likely base before masking (``N`` only without coverage), which raw-read errors are counted
-    against; ``counts[f, i, b]`` is how many usable raw bases of family ``f`` show base ``b`` at
+    against; ``counts[f, b, i]`` is how many usable raw bases of family ``f`` show base ``b`` at
     column ``i``; ``depths`` is their sum and ``errors`` the raw bases that differ from
     ``raw_bases``.
     """
@@ -241,12 +243,12 @@ class FamilyConsensus:
     errors: I32Array
 
 
-def _delta_table(params: ConsensusParams) -> npt.NDArray[np.float32]:
-    """``table[b * 256 + q]`` = per-candidate log-likelihood gain (4 columns) of a raw base.
+def _gain_table(params: ConsensusParams) -> npt.NDArray[np.float32]:
+    """``table[q]``: log-likelihood gain of the observed base over each other base, quality ``q``.
 
-    For a usable observation of base ``b`` with quality ``q``, candidate ``b`` gains
-    ``log(1 - e) - log(e / 3)`` relative to the other three; the ``log(e/3)`` term common to all
-    candidates cancels in the posterior and is dropped.
+    A usable raw base of quality ``q`` adds ``log(1 - e)`` to the candidate it shows and
+    ``log(e / 3)`` to the other three; the common ``log(e / 3)`` cancels in the posterior, so only
+    the difference is summed. Qualities below ``min_input_base_quality`` gain nothing.
     """
     q = np.arange(256, dtype=np.float64)
     e = probability_of_error_two_trials(
@@ -255,10 +257,7 @@ def _delta_table(params: ConsensusParams) -> npt.NDArray[np.float32]:
     )
     gain = np.log1p(-e) - np.log(e / 3.0)
     gain[: params.min_input_base_quality] = 0.0
-    table = np.zeros((5 * 256, 4), dtype=np.float32)
-    for base in range(4):
-        table[base * 256 : (base + 1) * 256, base] = gain
-    return table
+    return gain.astype(np.float32)
 
 
 def call_families(
@@ -277,25 +276,40 @@ def call_families(
     if len(offsets) == 0:
         empty = np.zeros((0, width), dtype=np.uint8)
         zeros = np.zeros((0, width), dtype=np.int32)
-        return FamilyConsensus(empty, empty, empty, np.zeros((0, width, 4), np.int32), zeros, zeros)
+        return FamilyConsensus(empty, empty, empty, np.zeros((0, 4, width), np.int32), zeros, zeros)
     if offsets[0] != 0 or np.any(np.diff(offsets) <= 0) or offsets[-1] >= n_reads:
         raise ValueError("offsets must start at 0, increase strictly and stay below n_reads")
     usable = (bases < NO_CALL) & (quals >= params.min_input_base_quality)
-    index = np.where(usable, bases.astype(np.int32) * 256 + quals, 4 * 256)
-    # NB: one gather + one reduceat gives every candidate's log-likelihood for all families.
-    loglik = np.add.reduceat(_delta_table(params)[index], offsets, axis=0).astype(np.float64)
-    onehot = np.zeros((n_reads, width, 4), dtype=np.int32)
-    np.put_along_axis(
-        onehot, np.minimum(bases, 3)[..., None].astype(np.intp), usable[..., None], axis=2
+    codes = np.where(usable, bases, NO_CALL).astype(np.int64)
+    n_families = len(offsets)
+    family_of_read = np.repeat(
+        np.arange(n_families, dtype=np.int64), np.diff(np.append(offsets, n_reads))
     )
-    counts = np.add.reduceat(onehot, offsets, axis=0)
-    depths = counts.sum(axis=2, dtype=np.int32)
+    # NB: one bincount over (family, base, column) cells sums every candidate's log-likelihood
+    # gain AND counts the raw bases of every family at once: each usable raw base weighs
+    # 2**20 + gain, so a cell's sum is count * 2**20 + total gain (gain < 11 per base; exact while
+    # a family has < 90,000 reads, checked below). Unusable bases land in a dropped fifth slot.
+    cell = (family_of_read[:, None] * 5 + codes) * width + np.arange(width, dtype=np.int64)
+    weights = _gain_table(params)[quals].astype(np.float64) + _COUNT_UNIT
+    total = np.bincount(cell.ravel(), weights=weights.ravel(), minlength=n_families * 5 * width)
+    total = total.reshape(n_families, 5, width)[:, :4]
+    counts_float = np.floor(total / _COUNT_UNIT)
+    loglik = total - counts_float * _COUNT_UNIT
+    counts = counts_float.astype(np.int32)
+    if n_families and int(np.diff(np.append(offsets, n_reads)).max()) >= _MAX_FAMILY_READS:
+        raise ValueError(f"a family has >= {_MAX_FAMILY_READS} reads; downsample it first")
+    depths = counts.sum(axis=1, dtype=np.int32)
 
-    best = np.argmax(loglik, axis=2)
-    best_ll = np.take_along_axis(loglik, best[..., None], axis=2)
-    relative = np.exp(loglik - best_ll)  # 1 for the best base, < 1 otherwise
-    others = relative.sum(axis=2) - 1.0
-    n_best = (loglik >= best_ll - 1e-9).sum(axis=2)
+    # NB: an explicit running max over the 4 candidates beats np.argmax along a length-4 axis.
+    best = np.zeros((n_families, width), dtype=np.uint8)
+    best_ll = loglik[:, 0].copy()
+    for base in (1, 2, 3):
+        better = loglik[:, base] > best_ll
+        best[better] = base
+        np.maximum(best_ll, loglik[:, base], out=best_ll)
+    relative = loglik - best_ll[:, None, :]
+    others = np.exp(relative).sum(axis=1) - 1.0  # the best base contributes exp(0) = 1
+    n_best = (relative >= -1e-6).sum(axis=1)  # ties, within the packing's rounding
     p_error = others / (1.0 + others)
     p_error = probability_of_error_two_trials(
         phred_to_probability(params.error_rate_pre_umi), p_error
@@ -313,8 +327,9 @@ def call_families(
 
 def _errors_against(counts: I32Array, depths: I32Array, reference: U8Array) -> I32Array:
     """Raw bases that differ from ``reference`` (none where ``reference`` is ``N``)."""
-    agree = np.take_along_axis(counts, np.minimum(reference, 3)[..., None].astype(np.intp), axis=2)
-    return np.where(reference < NO_CALL, depths - agree[..., 0], 0).astype(np.int32)
+    index = np.minimum(reference, 3)[:, None, :].astype(np.intp)
+    agree = np.take_along_axis(counts, index, axis=1)[:, 0]
+    return np.where(reference < NO_CALL, depths - agree, 0).astype(np.int32)
 
 
 def combine_duplex(

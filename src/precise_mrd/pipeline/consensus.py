@@ -1,0 +1,691 @@
+"""Consensus stage: grouped BAM in, one consensus read (pair) per molecule out.
+
+The input is the group stage's BAM (see ``docs/internals.md``): coordinate-sorted aligned reads,
+each with an ``MI`` tag (``"7"``, or ``"7/A"``/``"7/B"`` for the two strands of duplex molecule 7)
+and the UMI in ``RX``. The stage:
+
+1. **streams** the BAM and buffers each molecule's reads until the stream has passed every read
+   and mate position of the molecule (memory stays bounded by the reads of the current loci);
+2. splits a finished molecule into the reads of each **end** of the original fragment: for a
+   paired molecule the reads from the strand-A ``R1`` and strand-B ``R2`` cover the same end with
+   the same orientation (fgbio's ``abR1s ++ baR2s``), likewise ``A/R2`` with ``B/R1``;
+3. keeps, per end, only the reads with the most common alignment (start, CIGAR, strand), so that
+   column ``i`` of every read is the same template base (fgbio's
+   ``filterToMostCommonAlignment``);
+4. drops molecules below ``params.min_reads`` (templates per strand; see
+   :class:`~precise_mrd.core.consensus.ConsensusParams`);
+5. calls single-strand consensus for every (molecule, end, strand) family of a batch in one
+   vectorised call, combines the two strands of duplex ends, reconciles the overlap of R1 and R2
+   (same base in both records, ``N`` where they conflict);
+6. writes ``R1``/``R2`` consensus records (or one record per strand for single-end reads) with
+   fgbio's tags ``MI RX cD cM cE`` and, for duplex-grouped molecules, ``aD bD aM bM aE bE``
+   (``a`` is the ``/A`` strand when both were seen; with one strand seen it is that strand and
+   ``bD == 0``); then sorts and indexes the output, writing to a temporary name first.
+
+The consensus maths lives in :mod:`precise_mrd.core.consensus`; this module is only bookkeeping.
+"""
+
+from __future__ import annotations
+
+import os
+from array import array
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import pysam
+
+from precise_mrd.core.consensus import (
+    ConsensusParams,
+    FamilyConsensus,
+    call_duplex,
+    call_families,
+    decode_ascii,
+    encode_ascii,
+    reconcile_overlap,
+)
+from precise_mrd.core.errors import InputDataError, InputFileError
+
+__all__ = ["ConsensusStats", "call_consensus_bam"]
+
+_SKIP_FLAGS = 0x4 | 0x100 | 0x800  # unmapped, secondary, supplementary
+_FLUSH_EVERY = 4096  # reads between scans of the buffer for finished molecules
+_MIN_BATCH_READS = 20_000  # finished molecules are processed together once this many reads wait
+_CIGAR_QUERY_OPS = frozenset((0, 1, 4, 7, 8))  # M I S = X consume the read
+_CIGAR_REF_OPS = frozenset((0, 2, 3, 7, 8))  # M D N = X consume the reference
+
+
+@dataclass(frozen=True)
+class ConsensusStats:
+    """What the consensus stage did.
+
+    ``family_size_histogram`` maps templates per molecule (both strands) to molecule counts over
+    every molecule seen; ``duplex_family_size_histogram`` maps ``(reads on A, reads on B)`` to
+    counts for duplex-grouped molecules (``B = 0``: one strand only). Filtered molecules are in
+    the histograms but produce no output.
+    """
+
+    n_reads_in: int
+    n_reads_skipped: int
+    n_reads_filtered_alignment: int
+    n_molecules: int
+    n_duplex_molecules: int
+    n_simplex_molecules: int
+    n_molecules_filtered_min_reads: int
+    n_molecules_filtered_missing_end: int
+    n_consensus_reads_out: int
+    family_size_histogram: dict[int, int] = field(default_factory=dict)
+    duplex_family_size_histogram: dict[tuple[int, int], int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        counts = {
+            "n_reads_in": self.n_reads_in,
+            "n_reads_skipped": self.n_reads_skipped,
+            "n_molecules": self.n_molecules,
+            "n_consensus_reads_out": self.n_consensus_reads_out,
+        }
+        for name, value in counts.items():
+            if value < 0:
+                raise ValueError(f"{name} must be >= 0; got {value}")
+        emitted = self.n_duplex_molecules + self.n_simplex_molecules
+        filtered = self.n_molecules_filtered_min_reads + self.n_molecules_filtered_missing_end
+        if emitted + filtered != self.n_molecules:
+            raise ValueError(
+                f"emitted ({emitted}) + filtered ({filtered}) molecules must equal n_molecules "
+                f"({self.n_molecules})"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready view (tuple keys of the duplex histogram become ``"a/b"`` strings)."""
+        out: dict[str, Any] = {
+            name: getattr(self, name)
+            for name in self.__dataclass_fields__
+            if name not in ("family_size_histogram", "duplex_family_size_histogram")
+        }
+        out["family_size_histogram"] = {str(k): v for k, v in self.family_size_histogram.items()}
+        out["duplex_family_size_histogram"] = {
+            f"{a}/{b}": v for (a, b), v in self.duplex_family_size_histogram.items()
+        }
+        return out
+
+
+@dataclass
+class _Molecule:
+    """Reads of one molecule waiting until the stream has passed all of them and their mates."""
+
+    molecule_id: str
+    is_duplex: bool
+    needed_key: int
+    reads: list[tuple[int, int, int, str, str, str, int, str, int]]
+    # (is_strand_b, flag, start, cigar, sequence, qualities as ASCII, mapping quality, RX, tid)
+
+
+@dataclass
+class _Counters:
+    n_reads_in: int = 0
+    n_reads_skipped: int = 0
+    n_reads_filtered_alignment: int = 0
+    n_molecules: int = 0
+    n_duplex: int = 0
+    n_simplex: int = 0
+    n_filtered_min_reads: int = 0
+    n_filtered_missing_end: int = 0
+    n_records_out: int = 0
+    family_sizes: Counter[int] = field(default_factory=Counter)
+    duplex_sizes: Counter[tuple[int, int]] = field(default_factory=Counter)
+
+
+class _CigarTable:
+    """Interns CIGAR strings; caches query length, reference span and query->reference offsets."""
+
+    def __init__(self) -> None:
+        self.ids: dict[str, int] = {}
+        self.strings: list[str] = []
+        self.query_lengths: list[int] = []
+        self.ref_spans: list[int] = []
+        self.ref_offsets: list[npt.NDArray[np.int64]] = []
+
+    def intern(self, cigar: str) -> int:
+        found = self.ids.get(cigar)
+        if found is not None:
+            return found
+        ops = _parse_cigar(cigar)
+        offsets: list[int] = []
+        ref = 0
+        for op, length in ops:
+            if op in (0, 7, 8):
+                offsets.extend(range(ref, ref + length))
+            elif op in (1, 4):
+                offsets.extend([-1] * length)
+            if op in _CIGAR_REF_OPS:
+                ref += length
+        new_id = len(self.strings)
+        self.ids[cigar] = new_id
+        self.strings.append(cigar)
+        self.query_lengths.append(sum(n for op, n in ops if op in _CIGAR_QUERY_OPS))
+        self.ref_spans.append(ref)
+        self.ref_offsets.append(np.asarray(offsets, dtype=np.int64))
+        return new_id
+
+
+def _parse_cigar(cigar: str) -> list[tuple[int, int]]:
+    codes = {"M": 0, "I": 1, "D": 2, "N": 3, "S": 4, "H": 5, "P": 6, "=": 7, "X": 8}
+    ops: list[tuple[int, int]] = []
+    number = ""
+    for char in cigar:
+        if char.isdigit():
+            number += char
+        else:
+            ops.append((codes[char], int(number)))
+            number = ""
+    return ops
+
+
+def call_consensus_bam(
+    grouped_bam_path: Path,
+    out_bam_path: Path,
+    *,
+    params: ConsensusParams,
+    threads: int = 1,
+) -> ConsensusStats:
+    """Call one consensus read (pair) per molecule of ``grouped_bam_path`` into ``out_bam_path``.
+
+    The output is coordinate-sorted and indexed (``<out>.bai``); it appears only when complete.
+    Raises :class:`InputFileError` if the input is missing, unreadable or not coordinate-sorted
+    and :class:`InputDataError` if a read lacks its ``MI`` tag.
+    """
+    grouped_bam_path = Path(grouped_bam_path)
+    out_bam_path = Path(out_bam_path)
+    if threads < 1:
+        raise ValueError(f"threads must be >= 1; got {threads}")
+    source = str(grouped_bam_path)
+    if not grouped_bam_path.is_file():
+        raise InputFileError(source, "does not exist", "pass the grouped BAM written by `group`")
+    try:
+        bam = pysam.AlignmentFile(source, "rb", threads=threads)
+    except (OSError, ValueError) as error:
+        raise InputFileError(
+            source, f"is not a readable BAM ({error})", "pass a BAM file"
+        ) from None
+    header = bam.header.to_dict()
+    if header.get("HD", {}).get("SO") != "coordinate":
+        bam.close()
+        raise InputFileError(
+            source, "is not coordinate-sorted (@HD SO is not 'coordinate')", "run `samtools sort`"
+        )
+    header["HD"] = {**header.get("HD", {"VN": "1.6"}), "SO": "unsorted"}
+    header.setdefault("PG", []).append(
+        {"ID": "precise_mrd.consensus", "PN": "precise_mrd", "CL": f"consensus {params}"}
+    )
+
+    out_bam_path.parent.mkdir(parents=True, exist_ok=True)
+    unsorted_path = out_bam_path.with_name(f".{out_bam_path.name}.unsorted.tmp")
+    sorted_path = out_bam_path.with_name(f".{out_bam_path.name}.sorted.tmp")
+    index_path = out_bam_path.with_name(f".{out_bam_path.name}.bai.tmp")
+    counters = _Counters()
+    cigars = _CigarTable()
+    try:
+        with (
+            bam,
+            pysam.AlignmentFile(
+                str(unsorted_path), "wbu", header=header, threads=threads
+            ) as writer,
+        ):
+            for batch in _finished_molecules(bam, source, counters):
+                _process_batch(batch, params, cigars, writer, counters)
+        pysam.sort("-@", str(threads), "-o", str(sorted_path), str(unsorted_path))
+        pysam.index(str(sorted_path), str(index_path))
+        os.replace(sorted_path, out_bam_path)
+        os.replace(index_path, Path(f"{out_bam_path}.bai"))
+    finally:
+        for path in (unsorted_path, sorted_path, index_path):
+            path.unlink(missing_ok=True)
+    return ConsensusStats(
+        n_reads_in=counters.n_reads_in,
+        n_reads_skipped=counters.n_reads_skipped,
+        n_reads_filtered_alignment=counters.n_reads_filtered_alignment,
+        n_molecules=counters.n_molecules,
+        n_duplex_molecules=counters.n_duplex,
+        n_simplex_molecules=counters.n_simplex,
+        n_molecules_filtered_min_reads=counters.n_filtered_min_reads,
+        n_molecules_filtered_missing_end=counters.n_filtered_missing_end,
+        n_consensus_reads_out=counters.n_records_out,
+        family_size_histogram=dict(sorted(counters.family_sizes.items())),
+        duplex_family_size_histogram=dict(sorted(counters.duplex_sizes.items())),
+    )
+
+
+def _finished_molecules(
+    bam: pysam.AlignmentFile, source: str, counters: _Counters
+) -> Iterator[list[_Molecule]]:
+    """Stream ``bam``; yield batches of molecules whose reads and mates have all been seen."""
+    pending: dict[str, _Molecule] = {}
+    finished: list[_Molecule] = []
+    n_finished_reads = 0
+    last_key = -1
+    since_scan = 0
+    for read in bam.fetch(until_eof=True):
+        counters.n_reads_in += 1
+        flag = read.flag
+        if flag & _SKIP_FLAGS:
+            counters.n_reads_skipped += 1
+            continue
+        start = read.reference_start
+        key = (read.reference_id << 32) | start
+        if key < last_key:
+            raise InputFileError(
+                source,
+                f"is not coordinate-sorted (read {read.query_name} comes after a later position)",
+                "run `samtools sort`",
+            )
+        last_key = key
+        try:
+            mi = read.get_tag("MI")
+        except KeyError:
+            raise InputDataError(
+                source,
+                f"read {read.query_name} has no MI tag",
+                "run the group stage first (every read needs an MI molecule id)",
+            ) from None
+        mi = str(mi)
+        strand_b = 0
+        is_duplex = False
+        if mi.endswith(("/A", "/B")):
+            is_duplex = True
+            strand_b = int(mi[-1] == "B")
+            mi = mi[:-2]
+        needed = key
+        if flag & 0x1 and not flag & 0x8:
+            needed = max(key, (read.next_reference_id << 32) | read.next_reference_start)
+        molecule = pending.get(mi)
+        if molecule is None:
+            molecule = _Molecule(mi, is_duplex, needed, [])
+            pending[mi] = molecule
+        elif needed > molecule.needed_key:
+            molecule.needed_key = needed
+        rx = read.get_tag("RX") if read.has_tag("RX") else ""
+        molecule.reads.append(
+            (
+                strand_b,
+                flag,
+                start,
+                read.cigarstring or "",
+                read.query_sequence or "",
+                read.query_qualities_str or "",
+                read.mapping_quality,
+                str(rx),
+                read.reference_id,
+            )
+        )
+        since_scan += 1
+        if since_scan >= _FLUSH_EVERY:
+            since_scan = 0
+            done = [m for m in pending.values() if m.needed_key < key]
+            for molecule in done:
+                del pending[molecule.molecule_id]
+                n_finished_reads += len(molecule.reads)
+            finished.extend(done)
+            if n_finished_reads >= _MIN_BATCH_READS:
+                yield finished
+                finished, n_finished_reads = [], 0
+    finished.extend(pending.values())
+    if finished:
+        yield finished
+
+
+def _process_batch(
+    molecules: list[_Molecule],
+    params: ConsensusParams,
+    cigars: _CigarTable,
+    writer: pysam.AlignmentFile,
+    counters: _Counters,
+) -> None:
+    """Consensus of a batch of finished molecules, vectorised across all of their families."""
+    rows = [(m_index, r) for m_index, m in enumerate(molecules) for r in m.reads]
+    n_reads = len(rows)
+    mol = np.fromiter((m for m, _ in rows), dtype=np.int64, count=n_reads)
+    strand = np.fromiter((r[0] for _, r in rows), dtype=np.int64, count=n_reads)
+    flag = np.fromiter((r[1] for _, r in rows), dtype=np.int64, count=n_reads)
+    start = np.fromiter((r[2] for _, r in rows), dtype=np.int64, count=n_reads)
+    cigar = np.fromiter((cigars.intern(r[3]) for _, r in rows), dtype=np.int64, count=n_reads)
+    mapq = np.fromiter((r[6] for _, r in rows), dtype=np.int64, count=n_reads)
+    tid = np.fromiter((r[8] for _, r in rows), dtype=np.int64, count=n_reads)
+    is_duplex_mol = np.fromiter((m.is_duplex for m in molecules), dtype=bool)
+    n_mol = len(molecules)
+    is_paired = (flag & 0x1).astype(bool)
+    is_reverse = ((flag >> 4) & 1).astype(np.int64)
+    is_r2 = ((flag >> 7) & 1).astype(np.int64)
+    # End 0 holds A/R1 + B/R2 (the same end of the fragment, same orientation); single-end reads
+    # of the two strands cover opposite ends, so the strand is the end.
+    end = np.where(is_paired, is_r2 ^ strand, strand)
+
+    # 1. most common alignment per (molecule, end)
+    order = np.lexsort((is_reverse, cigar, start, end, mol))
+    group_key = mol[order] * 2 + end[order]
+    align_change = np.ones(n_reads, dtype=bool)
+    align_change[1:] = (
+        (np.diff(group_key) != 0)
+        | (np.diff(start[order]) != 0)
+        | (np.diff(cigar[order]) != 0)
+        | (np.diff(is_reverse[order]) != 0)
+    )
+    run_starts = np.flatnonzero(align_change)
+    run_sizes = np.diff(np.append(run_starts, n_reads))
+    run_group = group_key[run_starts]
+    group_change = np.ones(len(run_starts), dtype=bool)
+    group_change[1:] = np.diff(run_group) != 0
+    group_first_run = np.flatnonzero(group_change)
+    group_max = np.maximum.reduceat(run_sizes, group_first_run)
+    run_group_index = np.cumsum(group_change) - 1
+    is_max = run_sizes == group_max[run_group_index]
+    # NB: ties go to the first run in sort order (smallest start), as deterministic as fgbio.
+    best_run = np.zeros(len(run_starts), dtype=bool)
+    _, first_max = np.unique(run_group_index[is_max], return_index=True)
+    best_run[np.flatnonzero(is_max)[first_max]] = True
+    keep_sorted = np.repeat(best_run, run_sizes)
+    keep = np.zeros(n_reads, dtype=bool)
+    keep[order[keep_sorted]] = True
+    counters.n_reads_filtered_alignment += int(n_reads - keep.sum())
+
+    # 2. families (molecule, end, strand) and the min_reads filter
+    fam_size = np.zeros((n_mol, 2, 2), dtype=np.int64)
+    np.add.at(fam_size, (mol[keep], end[keep], strand[keep]), 1)
+    per_strand = fam_size.max(axis=1)  # templates per strand = the better-covered end
+    n_a, n_b = per_strand[:, 0], per_strand[:, 1]
+    mol_paired = np.zeros(n_mol, dtype=bool)
+    mol_paired[mol[is_paired]] = True
+    has_end = fam_size.sum(axis=2) > 0
+    complete = np.where(mol_paired, has_end.all(axis=1), has_end.any(axis=1))
+    passes = params.passes_min_reads(n_a, n_b, is_duplex_mol)
+    emit = passes & complete
+    counters.n_molecules += n_mol
+    counters.n_filtered_min_reads += int((~passes).sum())
+    counters.n_filtered_missing_end += int((passes & ~complete).sum())
+    both_strands = (n_a > 0) & (n_b > 0)
+    counters.n_duplex += int((emit & is_duplex_mol & both_strands).sum())
+    counters.n_simplex += int((emit & ~(is_duplex_mol & both_strands)).sum())
+    counters.family_sizes.update((n_a + n_b).tolist())
+    counters.duplex_sizes.update(
+        zip(n_a[is_duplex_mol].tolist(), n_b[is_duplex_mol].tolist(), strict=True)
+    )
+
+    use = keep & emit[mol]
+    idx = np.flatnonzero(use)
+    if len(idx) == 0:
+        return
+    fam_order = idx[np.lexsort((strand[idx], end[idx], mol[idx]))]
+    fam_key = (mol[fam_order] * 2 + end[fam_order]) * 2 + strand[fam_order]
+    fam_change = np.ones(len(fam_order), dtype=bool)
+    fam_change[1:] = np.diff(fam_key) != 0
+    offsets = np.flatnonzero(fam_change)
+    first = fam_order[offsets]
+    f_mol, f_end = mol[first], end[first]
+    f_start, f_cigar, f_reverse, f_tid = start[first], cigar[first], is_reverse[first], tid[first]
+    f_mapq = np.minimum.reduceat(mapq[fam_order], offsets)
+
+    # 3. matrices of the family reads, padded with N, and the consensus of every family
+    seqs = [rows[i][1][4] for i in fam_order.tolist()]
+    quals = [rows[i][1][5] for i in fam_order.tolist()]
+    lengths = np.fromiter((len(s) for s in seqs), dtype=np.int64, count=len(seqs))
+    width = int(lengths.max())
+    base_matrix = _ragged_to_matrix("".join(seqs), lengths, width, ord("N"))
+    qual_matrix = _ragged_to_matrix("".join(quals), lengths, width, 33 + 2)
+    base_codes = encode_ascii(base_matrix)
+    ss = call_families(base_codes, qual_matrix - np.uint8(33), offsets, params)
+
+    # 4. one consensus per (molecule, end): duplex where both strands have a family
+    end_key = f_mol * 2 + f_end
+    end_change = np.ones(len(end_key), dtype=bool)
+    end_change[1:] = np.diff(end_key) != 0
+    end_first = np.flatnonzero(end_change)
+    end_count = np.diff(np.append(end_first, len(end_key)))
+    has_two = end_count == 2
+    a_fam = end_first
+    b_fam = np.where(has_two, end_first + 1, -1)
+    bases = ss.bases[a_fam].copy()
+    cons_quals = ss.quals[a_fam].copy()
+    depths = ss.depths[a_fam].copy()
+    errors = ss.errors[a_fam].copy()
+    two = np.flatnonzero(has_two)
+    if len(two):
+        duplex = call_duplex(_take(ss, a_fam[two]), _take(ss, b_fam[two]), params)
+        bases[two], cons_quals[two] = duplex.bases, duplex.quals
+        depths[two], errors[two] = duplex.depths, duplex.errors
+    e_mol = f_mol[a_fam]
+    e_end = f_end[a_fam]
+    e_start = f_start[a_fam]
+    e_tid = f_tid[a_fam]
+    e_cigar = f_cigar[a_fam]
+    e_reverse = f_reverse[a_fam]
+    e_length = np.asarray(cigars.query_lengths, dtype=np.int64)[e_cigar]
+    e_span = np.asarray(cigars.ref_spans, dtype=np.int64)[e_cigar]
+    e_mapq = f_mapq[a_fam].copy()
+    e_mapq[two] = np.minimum(e_mapq[two], f_mapq[b_fam[two]])
+
+    # 5. overlap of R1 and R2 consensus of paired molecules
+    paired_end = mol_paired[e_mol]
+    mate = np.full(len(e_mol), -1, dtype=np.int64)
+    pair_first = np.flatnonzero(paired_end[:-1] & (e_mol[1:] == e_mol[:-1]))
+    mate[pair_first] = pair_first + 1
+    mate[pair_first + 1] = pair_first
+    _reconcile_pairs(pair_first, e_start, e_cigar, e_length, cigars, bases, cons_quals, depths)
+
+    # 6. per-record tags, vectorised, then the records
+    column = np.arange(width)[None, :]
+    inside = column < e_length[:, None]
+    tags = _depth_tags(depths, errors, inside)
+    a_tags = _depth_tags(ss.depths[a_fam], ss.errors[a_fam], inside)
+    b_tags = [np.zeros(len(e_mol), dtype=np.int64)] * 2 + [np.zeros(len(e_mol))]
+    if len(two):
+        b_inside = inside[two]
+        b_part = _depth_tags(ss.depths[b_fam[two]], ss.errors[b_fam[two]], b_inside)
+        b_tags = [b_tags[0].copy(), b_tags[1].copy(), b_tags[2].copy()]
+        for k in range(3):
+            b_tags[k][two] = b_part[k]
+    seq_ascii = decode_ascii(bases)
+    umis = [_molecule_umi(m) for m in molecules]
+    _write_records(
+        writer,
+        molecules,
+        umis,
+        e_mol,
+        e_end,
+        e_start,
+        e_tid,
+        e_cigar,
+        e_reverse,
+        e_length,
+        e_span,
+        e_mapq,
+        mate,
+        paired_end,
+        seq_ascii,
+        cons_quals,
+        tags,
+        a_tags,
+        b_tags,
+        cigars,
+        counters,
+    )
+
+
+def _ragged_to_matrix(
+    flat: str, lengths: npt.NDArray[np.int64], width: int, fill: int
+) -> npt.NDArray[np.uint8]:
+    """A ``(len(lengths), width)`` matrix of concatenated strings, right-padded with ``fill``."""
+    data = np.frombuffer(flat.encode("ascii"), dtype=np.uint8)
+    n = len(lengths)
+    if n and bool(np.all(lengths == width)):
+        return data.reshape(n, width)
+    matrix = np.full((n, width), fill, dtype=np.uint8)
+    row_starts = np.cumsum(lengths) - lengths
+    rows = np.repeat(np.arange(n), lengths)
+    cols = np.arange(len(data)) - np.repeat(row_starts, lengths)
+    matrix[rows, cols] = data
+    return matrix
+
+
+def _take(ss: FamilyConsensus, index: npt.NDArray[np.int64]) -> FamilyConsensus:
+    return FamilyConsensus(
+        ss.bases[index],
+        ss.quals[index],
+        ss.raw_bases[index],
+        ss.counts[index],
+        ss.depths[index],
+        ss.errors[index],
+    )
+
+
+def _reconcile_pairs(
+    pair_first: npt.NDArray[np.int64],
+    e_start: npt.NDArray[np.int64],
+    e_cigar: npt.NDArray[np.int64],
+    e_length: npt.NDArray[np.int64],
+    cigars: _CigarTable,
+    bases: npt.NDArray[np.uint8],
+    quals: npt.NDArray[np.uint8],
+    depths: npt.NDArray[np.int32],
+) -> None:
+    """Make R1 and R2 agree where they cover the same reference base (edits in place)."""
+    if len(pair_first) == 0:
+        return
+    width = bases.shape[1]
+    # Reference position of every query column (-1: soft clip, insertion or padding).
+    offset_rows = np.full((len(cigars.strings), width), -1, dtype=np.int64)
+    for cigar_id, offsets in enumerate(cigars.ref_offsets):
+        n = min(len(offsets), width)
+        offset_rows[cigar_id, :n] = offsets[:n]
+
+    def ref_positions(records: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+        rel = offset_rows[e_cigar[records]]
+        return np.where(rel >= 0, rel + e_start[records][:, None], -1)
+
+    ref1 = ref_positions(pair_first)
+    ref2 = ref_positions(pair_first + 1)
+    # NB: key = pair * BIG + ref position; within a pair the aligned columns increase with the
+    # reference position, so one searchsorted finds every shared position of every pair.
+    big = np.int64(1) << 40
+    pair_index = np.arange(len(pair_first), dtype=np.int64)[:, None]
+    valid1 = ref1 >= 0
+    valid2 = ref2 >= 0
+    key1 = (pair_index * big + ref1)[valid1]
+    key2 = (pair_index * big + ref2)[valid2]
+    hit = np.searchsorted(key2, key1)
+    hit_clipped = np.minimum(hit, len(key2) - 1)
+    shared = (hit < len(key2)) & (key2[hit_clipped] == key1)
+    if not shared.any():
+        return
+    rows1, cols1 = np.nonzero(valid1)
+    rows2, cols2 = np.nonzero(valid2)
+    r1_row = pair_first[rows1[shared]]
+    r1_col = cols1[shared]
+    r2_row = pair_first[rows2[hit_clipped[shared]]] + 1
+    r2_col = cols2[hit_clipped[shared]]
+    new_bases, new_quals = reconcile_overlap(
+        bases[r1_row, r1_col],
+        quals[r1_row, r1_col],
+        depths[r1_row, r1_col],
+        bases[r2_row, r2_col],
+        quals[r2_row, r2_col],
+        depths[r2_row, r2_col],
+    )
+    bases[r1_row, r1_col] = new_bases
+    bases[r2_row, r2_col] = new_bases
+    quals[r1_row, r1_col] = new_quals
+    quals[r2_row, r2_col] = new_quals
+
+
+def _depth_tags(
+    depths: npt.NDArray[np.int32], errors: npt.NDArray[np.int32], inside: npt.NDArray[np.bool_]
+) -> list[npt.NDArray[Any]]:
+    """Per record: max depth, min depth and raw error rate (errors / depth) over its columns."""
+    max_depth = np.where(inside, depths, 0).max(axis=1).astype(np.int64)
+    min_depth = np.where(inside, depths, np.iinfo(np.int32).max).min(axis=1).astype(np.int64)
+    total_depth = np.where(inside, depths, 0).sum(axis=1)
+    total_errors = np.where(inside, errors, 0).sum(axis=1)
+    rate = np.divide(
+        total_errors,
+        total_depth,
+        out=np.zeros(len(total_depth), dtype=np.float64),
+        where=total_depth > 0,
+    )
+    return [max_depth, min_depth, rate]
+
+
+def _molecule_umi(molecule: _Molecule) -> str:
+    """Most common ``RX`` of the molecule, written as seen on strand A (``B-A`` swapped)."""
+    a_umis = [r[7] for r in molecule.reads if r[0] == 0]
+    if a_umis:
+        return Counter(a_umis).most_common(1)[0][0]
+    umi = Counter(r[7] for r in molecule.reads).most_common(1)[0][0]
+    left, dash, right = umi.partition("-")
+    return f"{right}-{left}" if dash else umi
+
+
+def _write_records(
+    writer: pysam.AlignmentFile,
+    molecules: list[_Molecule],
+    umis: list[str],
+    e_mol: npt.NDArray[np.int64],
+    e_end: npt.NDArray[np.int64],
+    e_start: npt.NDArray[np.int64],
+    e_tid: npt.NDArray[np.int64],
+    e_cigar: npt.NDArray[np.int64],
+    e_reverse: npt.NDArray[np.int64],
+    e_length: npt.NDArray[np.int64],
+    e_span: npt.NDArray[np.int64],
+    e_mapq: npt.NDArray[np.int64],
+    mate: npt.NDArray[np.int64],
+    paired_end: npt.NDArray[np.bool_],
+    seq_ascii: npt.NDArray[np.uint8],
+    quals: npt.NDArray[np.uint8],
+    tags: list[npt.NDArray[Any]],
+    a_tags: list[npt.NDArray[Any]],
+    b_tags: list[npt.NDArray[Any]],
+    cigars: _CigarTable,
+    counters: _Counters,
+) -> None:
+    header = writer.header  # NB: the output header is the input's, so read tids carry over
+    ref_end = e_start + e_span
+    for i in range(len(e_mol)):
+        molecule = molecules[int(e_mol[i])]
+        record = pysam.AlignedSegment(header)
+        n = int(e_length[i])
+        record.query_name = molecule.molecule_id
+        flag = 0x10 if e_reverse[i] else 0
+        j = int(mate[i])
+        if paired_end[i] and j >= 0:
+            flag |= 0x1 | 0x2 | (0x40 if e_end[i] == 0 else 0x80)
+            if e_reverse[j]:
+                flag |= 0x20
+            record.next_reference_id = int(e_tid[j])
+            record.next_reference_start = int(e_start[j])
+            left = min(int(e_start[i]), int(e_start[j]))
+            right = max(int(ref_end[i]), int(ref_end[j]))
+            is_left = e_start[i] < e_start[j] or (e_start[i] == e_start[j] and e_end[i] == 0)
+            record.template_length = (right - left) if is_left else -(right - left)
+        record.flag = flag
+        record.reference_id = int(e_tid[i])
+        record.reference_start = int(e_start[i])
+        record.mapping_quality = int(e_mapq[i])
+        record.cigarstring = cigars.strings[int(e_cigar[i])]
+        record.query_sequence = seq_ascii[i, :n].tobytes().decode("ascii")
+        record.query_qualities = array("B", quals[i, :n].tobytes())
+        record.set_tag("MI", molecule.molecule_id, "Z")
+        record.set_tag("RX", umis[int(e_mol[i])], "Z")
+        record.set_tag("cD", int(tags[0][i]), "i")
+        record.set_tag("cM", int(tags[1][i]), "i")
+        record.set_tag("cE", float(tags[2][i]), "f")
+        if molecule.is_duplex:
+            record.set_tag("aD", int(a_tags[0][i]), "i")
+            record.set_tag("bD", int(b_tags[0][i]), "i")
+            record.set_tag("aM", int(a_tags[1][i]), "i")
+            record.set_tag("bM", int(b_tags[1][i]), "i")
+            record.set_tag("aE", float(a_tags[2][i]), "f")
+            record.set_tag("bE", float(b_tags[2][i]), "f")
+        writer.write(record)
+        counters.n_records_out += 1
