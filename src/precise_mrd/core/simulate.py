@@ -366,8 +366,9 @@ class SimulatedLocus:
     Molecule columns (length ``n_molecules``): ``molecule_*``. Read-pair columns (length
     ``n_pairs``): ``pair_*``, ``r1_*``, ``r2_*``. Positions are 0-based on the contig.
     ``r*_bases`` (n_pairs, read_length) are in reference orientation, valid up to
-    ``pair_read_length``; ``r*_quality`` (n_pairs, umi_length + read_length) are in cycle order
-    (UMI cycles first). ``pair_strand`` is 0 for the top strand, 1 for the bottom strand.
+    ``pair_read_length``; so are ``r*_quality`` (same shape, Phred, as BAM stores them);
+    ``r*_umi_quality`` (n_pairs, umi_length) are the UMI cycles' qualities. ``pair_strand`` is
+    0 for the top strand, 1 for the bottom strand.
     ``pair_name_index`` is a random permutation used for read names (it reveals nothing).
     """
 
@@ -389,6 +390,8 @@ class SimulatedLocus:
     r2_bases: U8
     r1_quality: U8
     r2_quality: U8
+    r1_umi_quality: U8
+    r2_umi_quality: U8
     r1_umi: U8
     r2_umi: U8
     damage_top: Bool
@@ -501,6 +504,17 @@ def draw_qualities(n_reads: int, params: SimulationParams, rng: np.random.Genera
     return quality
 
 
+def reference_orientation(values: U8, read_len: I64, is_reverse: Bool) -> U8:
+    """Per-base values from cycle order to reference order (and back): reverse reads flip.
+
+    Only the first ``read_len`` columns of each row are meaningful; the rest are padding.
+    """
+    offsets = np.arange(values.shape[1])
+    index = np.where(is_reverse[:, None], read_len[:, None] - 1 - offsets, offsets)
+    flipped: U8 = np.take_along_axis(values, np.clip(index, 0, values.shape[1] - 1), 1)
+    return flipped
+
+
 def _threshold(probability: float | F64) -> npt.NDArray[np.uint32]:
     """Integer thresholds for :func:`_bernoulli` (resolution 2**-32, so Q93 is still honoured)."""
     return np.asarray(np.floor(np.asarray(probability) * 2.0**32).clip(0, 2**32 - 1), np.uint32)
@@ -512,6 +526,14 @@ def _bernoulli(
     """Independent Bernoulli draws ``u < threshold`` on 32-bit integers (cheaper than float64)."""
     draws = rng.integers(0, 2**32, size=shape, dtype=np.uint32)
     return np.less(draws, threshold)
+
+
+def _sparse_bernoulli(rng: np.random.Generator, eligible: Bool, probability: float) -> Bool:
+    """A mask that is True at each eligible cell with ``probability`` (draws only there)."""
+    cells = np.flatnonzero(eligible)
+    hits = np.zeros(eligible.shape, dtype=bool)
+    hits.flat[cells[_bernoulli(rng, (cells.size,), _threshold(probability))]] = True
+    return hits
 
 
 def _substitute(codes: U8, where: Bool, rng: np.random.Generator) -> int:
@@ -565,8 +587,8 @@ def simulate_locus(
     cpg_c[:, :-1] = is_c[:, :-1] & is_g[:, 1:]
     cpg_g = np.zeros_like(is_g)
     cpg_g[:, 1:] = is_g[:, 1:] & is_c[:, :-1]
-    hit_top = inside & _bernoulli(rng, (n, width), _threshold(p.artifact_rate))
-    hit_bottom = inside & _bernoulli(rng, (n, width), _threshold(p.artifact_rate))
+    hit_top = _sparse_bernoulli(rng, inside & (cpg_c | is_g), p.artifact_rate)
+    hit_bottom = _sparse_bernoulli(rng, inside & (cpg_g | is_c), p.artifact_rate)
     deam_top, ox_top = hit_top & cpg_c, hit_top & is_g  # C>T, G>T
     deam_bottom, ox_bottom = hit_bottom & cpg_g, hit_bottom & is_c  # G>A, C>A
     strands = np.stack([molecules, molecules.copy()])
@@ -621,20 +643,15 @@ def simulate_locus(
     )
 
     # Qualities and sequencing errors ----------------------------------------------------------
-    r1_quality = draw_qualities(n_pairs, p, rng)
-    r2_quality = draw_qualities(n_pairs, p, rng)
+    r1_cycle_quality = draw_qualities(n_pairs, p, rng)
+    r2_cycle_quality = draw_qualities(n_pairs, p, rng)
+    r1_quality = reference_orientation(r1_cycle_quality[:, p.umi_length :], read_len, ~top)
+    r2_quality = reference_orientation(r2_cycle_quality[:, p.umi_length :], read_len, top)
     error_threshold = _threshold(10.0 ** (-np.arange(256) / 10.0))
     n_seq_errors = 0
     valid = offsets < read_len[:, None]
-    for bases, quality, reverse in (
-        (r1_bases, r1_quality, ~top),
-        (r2_bases, r2_quality, top),
-    ):
-        cycle_quality = quality[:, p.umi_length :]
-        # reference-orientation quality: reverse reads were sequenced from their last base
-        index = np.where(reverse[:, None], read_len[:, None] - 1 - offsets, offsets)
-        ref_quality = np.take_along_axis(cycle_quality, np.clip(index, 0, p.read_length - 1), 1)
-        is_error = valid & (_bernoulli(rng, bases.shape, error_threshold[ref_quality]))
+    for bases, quality in ((r1_bases, r1_quality), (r2_bases, r2_quality)):
+        is_error = valid & (_bernoulli(rng, bases.shape, error_threshold[quality]))
         n_seq_errors += _substitute(bases, is_error, rng)
 
     # UMIs as read ---------------------------------------------------------------------------
@@ -691,6 +708,8 @@ def simulate_locus(
         r2_bases=r2_bases,
         r1_quality=r1_quality,
         r2_quality=r2_quality,
+        r1_umi_quality=r1_cycle_quality[:, : p.umi_length],
+        r2_umi_quality=r2_cycle_quality[:, : p.umi_length],
         r1_umi=r1_umi,
         r2_umi=r2_umi,
         damage_top=deam_top | ox_top,

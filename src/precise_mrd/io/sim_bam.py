@@ -3,8 +3,9 @@
 Writing through one ``pysam.AlignedSegment`` per read costs ~10-20 us a record; a simulated
 benchmark sample has millions. This writer takes a batch of records as columns (numpy arrays),
 lays out the binary BAM records (SAM spec section 4.2) for the whole batch at once and hands
-the bytes to htslib's BGZF compressor (``pysam.libcbgzf.BGZFile``), which also writes the
-end-of-file marker. Output is deterministic: no timestamps anywhere, fixed compression level.
+the bytes to a small BGZF compressor (:class:`BgzfWriter`: fixed 0xFF00-byte blocks deflated by
+``zlib`` on worker threads, then the end-of-file marker). Output is deterministic: no
+timestamps anywhere, fixed block boundaries and compression level, whatever the thread count.
 
 Scope: mapped records with a single ``M`` CIGAR operation (no indels, no clipping), as the
 simulator produces, and string (``Z``) tags. Batches must arrive in coordinate order (checked),
@@ -32,14 +33,17 @@ records back to back.
 
 from __future__ import annotations
 
+import struct
+import zlib
+from collections import deque
 from collections.abc import Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
 import numpy as np
 import numpy.typing as npt
-from pysam.libcbgzf import BGZFile
 
 U8 = npt.NDArray[np.uint8]
 I64 = npt.NDArray[np.int64]
@@ -253,6 +257,65 @@ def encode_header(header_text: str, references: Sequence[tuple[str, int]]) -> by
     return b"".join(parts)
 
 
+#: zlib level 4 deflates ~3x faster than the default 6 for ~15% larger BAM files.
+DEFAULT_COMPRESSION_LEVEL = 4
+BGZF_BLOCK_SIZE = 0xFF00  # uncompressed bytes per block, as htslib
+BGZF_EOF = bytes.fromhex("1f8b08040000000000ff0600424302001b0003000000000000000000")
+_BGZF_HEADER = struct.Struct("<4BI2BH2BHH")
+
+
+def bgzf_block(data: bytes, level: int) -> bytes:
+    """One BGZF block (RFC 1952 gzip member with the ``BC`` extra field) holding ``data``."""
+    compressed = zlib.compress(data, level, wbits=-15)
+    if len(compressed) > len(data):  # incompressible: store
+        compressed = zlib.compress(data, 0, wbits=-15)
+    header = _BGZF_HEADER.pack(31, 139, 8, 4, 0, 0, 255, 6, 66, 67, 2, len(compressed) + 25)
+    return header + compressed + struct.pack("<II", zlib.crc32(data), len(data))
+
+
+class BgzfWriter:
+    """Deterministic multi-threaded BGZF writer: fixed 0xFF00-byte blocks, no timestamps.
+
+    ``zlib`` releases the GIL while deflating, so blocks compress on ``threads`` worker threads
+    while the caller prepares the next batch; blocks are written in order.
+    """
+
+    def __init__(
+        self, path: Path, *, level: int = DEFAULT_COMPRESSION_LEVEL, threads: int = 2
+    ) -> None:
+        self._file = open(path, "wb")  # noqa: SIM115 - closed in close()
+        self._level = level
+        self._pool = ThreadPoolExecutor(max_workers=threads)
+        self._pending: deque[Future[bytes]] = deque()
+        self._max_pending = 8 * threads
+        self._buffer = bytearray()
+
+    def write(self, data: bytes) -> None:
+        self._buffer += data
+        n_full = len(self._buffer) // BGZF_BLOCK_SIZE
+        for i in range(n_full):
+            block = bytes(self._buffer[i * BGZF_BLOCK_SIZE : (i + 1) * BGZF_BLOCK_SIZE])
+            self._submit(block)
+        del self._buffer[: n_full * BGZF_BLOCK_SIZE]
+
+    def _submit(self, block: bytes) -> None:
+        self._pending.append(self._pool.submit(bgzf_block, block, self._level))
+        while len(self._pending) > self._max_pending or (self._pending and self._pending[0].done()):
+            self._file.write(self._pending.popleft().result())
+
+    def close(self) -> None:
+        try:
+            if self._buffer:
+                self._submit(bytes(self._buffer))
+                self._buffer.clear()
+            while self._pending:
+                self._file.write(self._pending.popleft().result())
+            self._file.write(BGZF_EOF)
+        finally:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._file.close()
+
+
 class ColumnarBamWriter:
     """Writes a coordinate-sorted BAM from batches of :class:`BamRecordColumns`.
 
@@ -261,11 +324,19 @@ class ColumnarBamWriter:
     afterwards with ``pysam.index``.
     """
 
-    def __init__(self, path: Path, header_text: str, references: Sequence[tuple[str, int]]) -> None:
+    def __init__(
+        self,
+        path: Path,
+        header_text: str,
+        references: Sequence[tuple[str, int]],
+        *,
+        threads: int = 2,
+        compression_level: int = DEFAULT_COMPRESSION_LEVEL,
+    ) -> None:
         if "SO:coordinate" not in header_text.split("\n", 1)[0]:
             raise ValueError("header_text must start with an @HD line declaring SO:coordinate")
         self._path = path
-        self._handle = BGZFile(str(path), "wb", index=None)
+        self._handle = BgzfWriter(path, level=compression_level, threads=threads)
         self._handle.write(encode_header(header_text, references))
         self._last = (-1, -1)
         self.n_records = 0

@@ -49,6 +49,7 @@ from precise_mrd.core.simulate import (
     SimulatedGenome,
     SimulatedLocus,
     SimulationParams,
+    reference_orientation,
     simulate_genome,
     simulate_locus,
 )
@@ -200,16 +201,6 @@ def _digits_table(max_value: int, suffix: str) -> tuple[U8, I64]:
     return table, np.array([len(t) for t in texts], dtype=np.int64)
 
 
-def _reference_orientation_quality(
-    params: SimulationParams, cycle_quality: U8, read_len: I64, is_reverse: npt.NDArray[np.bool_]
-) -> U8:
-    template = cycle_quality[:, params.umi_length :]
-    offsets = np.arange(params.read_length)
-    index = np.where(is_reverse[:, None], read_len[:, None] - 1 - offsets, offsets)
-    quality: U8 = np.take_along_axis(template, np.clip(index, 0, params.read_length - 1), 1)
-    return quality
-
-
 def locus_records(params: SimulationParams, locus: SimulatedLocus, names: U8) -> BamRecordColumns:
     """The BAM records of one locus (R1 and R2 of every pair), coordinate-sorted."""
     n = locus.n_pairs
@@ -241,8 +232,6 @@ def locus_records(params: SimulationParams, locus: SimulatedLocus, names: U8) ->
             both(locus.r1_start, locus.r2_start),
         )
     )
-    q1 = _reference_orientation_quality(params, locus.r1_quality, read_len, ~top)
-    q2 = _reference_orientation_quality(params, locus.r2_quality, read_len, top)
     n_records = 2 * n
     return BamRecordColumns(
         reference_id=np.full(n_records, locus.contig_index, dtype=np.int64),
@@ -255,7 +244,7 @@ def locus_records(params: SimulationParams, locus: SimulatedLocus, names: U8) ->
         names=both(names, names)[order],
         name_length=np.full(n_records, names.shape[1], dtype=np.int64),
         bases=BASE_ASCII[both(locus.r1_bases, locus.r2_bases)[order]],
-        qualities=both(q1, q2)[order],
+        qualities=both(locus.r1_quality, locus.r2_quality)[order],
         read_length=both(read_len, read_len)[order],
         string_tags=(
             ("RX", both(rx, rx)[order], np.full(n_records, rx.shape[1], dtype=np.int64)),
@@ -276,26 +265,28 @@ def locus_records(params: SimulationParams, locus: SimulatedLocus, names: U8) ->
 def _sequencing_orientation(
     params: SimulationParams,
     umi: U8,
+    umi_quality: U8,
     bases: U8,
-    cycle_quality: U8,
+    quality: U8,
     read_len: I64,
     is_reverse: npt.NDArray[np.bool_],
     adapter: str,
 ) -> tuple[str, str, int]:
-    """FASTQ text blocks (all reads concatenated) of one read end, in sequencing orientation."""
-    n = bases.shape[0]
+    """FASTQ text blocks (all reads concatenated) of one read end, in sequencing orientation.
+
+    Past the end of a short fragment the read runs into the adapter (bases after the adapter
+    are A); those cycles keep the qualities drawn for them.
+    """
     offsets = np.arange(params.read_length)
-    index = np.where(is_reverse[:, None], read_len[:, None] - 1 - offsets, offsets)
-    template = np.take_along_axis(BASE_ASCII[bases], np.clip(index, 0, params.read_length - 1), 1)
+    template = reference_orientation(BASE_ASCII[bases], read_len, is_reverse)
     template = np.where(is_reverse[:, None], _COMPLEMENT[template], template)
     tail_index = np.clip(offsets - read_len[:, None], 0, None)
     tail = np.frombuffer(adapter.encode("ascii").ljust(params.read_length, b"A"), dtype=np.uint8)
     template = np.where(offsets < read_len[:, None], template, tail[tail_index])
     sequence = np.concatenate([BASE_ASCII[umi], template], axis=1).astype(np.uint8)
-    width = sequence.shape[1]
-    quality = (cycle_quality + 33).astype(np.uint8)
-    del n
-    return sequence.tobytes().decode("ascii"), quality.tobytes().decode("ascii"), width
+    cycle_quality = reference_orientation(quality, read_len, is_reverse)
+    phred33 = (np.concatenate([umi_quality, cycle_quality], axis=1) + 33).astype(np.uint8)
+    return sequence.tobytes().decode("ascii"), phred33.tobytes().decode("ascii"), sequence.shape[1]
 
 
 def _write_fastq_pairs(
@@ -307,6 +298,7 @@ def _write_fastq_pairs(
     seq1, qual1, width = _sequencing_orientation(
         params,
         locus.r1_umi[order],
+        locus.r1_umi_quality[order],
         locus.r1_bases[order],
         locus.r1_quality[order],
         read_len,
@@ -316,6 +308,7 @@ def _write_fastq_pairs(
     seq2, qual2, _ = _sequencing_orientation(
         params,
         locus.r2_umi[order],
+        locus.r2_umi_quality[order],
         locus.r2_bases[order],
         locus.r2_quality[order],
         read_len,
