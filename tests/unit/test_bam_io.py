@@ -138,3 +138,51 @@ def test_umis_found(tmp_path: Path) -> None:
     assert umi_of(read, "RX", True, "_") == "ACGTAC"
     assert umi_of(read, "RX", False, "_") is None
     assert umi_of(read, "RX", True, ":") is None
+
+
+def test_columnar_pass_agrees_with_pysam(tmp_path: Path) -> None:
+    import numpy as np
+
+    from precise_mrd.io.bam import (
+        STATUS_KEPT,
+        iter_record_chunks,
+        summarise_records,
+    )
+
+    path = write_bam(tmp_path / "c.bam", list(range(0, 30000, 3)), with_tag=True)
+    order_state = np.array([-1, -1, 0], dtype=np.int64)
+    n = 0
+    for chunk in iter_record_chunks(path):
+        status, _flags, tids, pos5, *_, umis, lengths, unsorted = summarise_records(
+            chunk, np.frombuffer(b"RX", np.uint8), False, ord("_"), 0, order_state
+        )
+        assert unsorted == -1
+        assert (tids == 0).all()
+        assert (status == STATUS_KEPT).all()
+        assert (pos5 == np.arange(n, n + len(status)) * 3).all()
+        assert (lengths == 6).all()
+        assert umis[0, :6].tobytes() == b"ACGTAC"
+        n += len(status)
+    assert n == 10000
+
+
+def test_tag_records_replaces_an_existing_tag(tmp_path: Path) -> None:
+    import numpy as np
+
+    from precise_mrd.io.bam import BgzfWriter, bam_header_bytes, iter_record_chunks, tag_records
+
+    path = write_bam(tmp_path / "in.bam", [10, 20, 30])
+    out_path = tmp_path / "out.bam"
+    tag = np.frombuffer(b"RX", np.uint8)
+    with BgzfWriter(out_path) as writer:
+        writer.write(bam_header_bytes(HEADER, tmp_path))
+        for chunk in iter_record_chunks(path):
+            tagged, n_written = tag_records(
+                chunk, np.array([7, -1, 12345]), np.array([0, 0, 2], np.int8), tag
+            )
+            assert n_written == 2
+            writer.write(tagged)
+    with open_bam(out_path) as bam:
+        reads = list(iter_alignments(bam, out_path))
+    assert [r.reference_start for r in reads] == [10, 30]
+    assert [r.get_tags() for r in reads] == [[("RX", "7")], [("RX", "12345/B")]]

@@ -234,3 +234,30 @@ def test_group_stats_validation() -> None:
         GroupStats(n_reads_in=3, n_reads_out=1, n_reads_skipped_by_reason={"unmapped": 1})
     with pytest.raises(ValueError, match="every molecule"):
         GroupStats(n_reads_in=1, n_reads_out=1, n_molecules=2, family_size_histogram={1: 1})
+
+
+def test_regrouping_a_grouped_bam_keeps_one_mi_per_read(tmp_path: Path) -> None:
+    rng = np.random.default_rng(2)
+    bam = write_pairs(
+        tmp_path / "in.bam", [Molecule(300, 150, random_umi(rng), random_umi(rng), 2, 2)]
+    )
+    group_bam(bam, tmp_path / "once.bam", strategy="paired")
+    group_bam(tmp_path / "once.bam", tmp_path / "twice.bam", strategy="directional")
+    with pysam.AlignmentFile(str(tmp_path / "twice.bam")) as out:
+        for read in out.fetch(until_eof=True):
+            assert [tag for tag, _ in read.get_tags()].count("MI") == 1
+            assert "/" not in str(read.get_tag("MI"))
+
+
+def test_bam_cut_inside_a_block_is_refused(tmp_path: Path) -> None:
+    rng = np.random.default_rng(4)
+    molecules = [
+        Molecule(100 + 3 * i, 150, random_umi(rng), random_umi(rng), 3, 3) for i in range(400)
+    ]
+    bam = write_pairs(tmp_path / "in.bam", molecules)
+    data = bam.read_bytes()
+    eof = data[-28:]
+    bam.write_bytes(data[: len(data) // 2] + eof)
+    with pytest.raises(InputFileError, match=r"in\.bam: is (truncated|corrupt)"):
+        group_bam(bam, tmp_path / "out.bam")
+    assert not (tmp_path / "out.bam").exists()

@@ -25,10 +25,15 @@ from __future__ import annotations
 
 import contextlib
 import os
+import zlib
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
+import numba
+import numpy as np
+import numpy.typing as npt
 import pysam
 
 from precise_mrd.core.errors import InputFileError
@@ -188,3 +193,522 @@ def require_umis(
         else f"check the separator (now {separator!r}) or tag the reads with {umi_tag}"
     )
     raise InputFileError(str(path), f"has no UMI {where} in its first {n_seen} mapped reads", fix)
+
+
+# ---------------------------------------------------------------------------------------------
+# Fast columnar pass over a BAM: BGZF blocks are inflated with zlib and the binary records are
+# summarised by a compiled loop, so a pass costs well under a microsecond per read instead of a
+# pysam object per read. Used by stages that only need a few fields of every record.
+# ---------------------------------------------------------------------------------------------
+
+STATUS_KEPT: Final[int] = 0
+STATUS_UNMAPPED: Final[int] = 1
+STATUS_SECONDARY: Final[int] = 2
+STATUS_SUPPLEMENTARY: Final[int] = 3
+STATUS_QC_FAIL: Final[int] = 4
+STATUS_LOW_MAPQ: Final[int] = 5
+STATUS_NO_UMI: Final[int] = 6
+STATUS_NAMES: Final[tuple[str, ...]] = (
+    "kept",
+    "unmapped",
+    "secondary",
+    "supplementary",
+    "qc_fail",
+    "low_mapq",
+    "no_umi",
+)
+MAX_UMI_LENGTH: Final[int] = 64
+_RECORD_CHUNK_BYTES: Final[int] = 1 << 22
+_I64: Any = np.int64  # NB: typed Any so that numba-compiled integer maths type-checks as int
+
+
+def _iter_bgzf_payloads(path: Path) -> Iterator[bytes]:
+    """Inflate the BGZF blocks of ``path`` one by one (raises InputFileError when cut short)."""
+    name = str(path)
+    with open(path, "rb") as handle:
+        data = b""
+        while True:
+            more = handle.read(1 << 23)
+            data = data + more if data else more
+            view = memoryview(data)
+            offset = 0
+            size = len(data)
+            while size - offset >= 18:
+                if view[offset : offset + 4] != _BGZF_MAGIC:
+                    raise InputFileError(
+                        name, f"is corrupt (no BGZF block at byte {offset})", "re-create the file"
+                    )
+                xlen = view[offset + 10] | (view[offset + 11] << 8)
+                extra = bytes(view[offset + 12 : offset + 12 + xlen])
+                where = extra.find(b"BC\x02\x00")
+                if where < 0 or len(extra) < where + 6:
+                    raise InputFileError(name, "is not BGZF-compressed", "re-create the BAM")
+                total = (extra[where + 4] | (extra[where + 5] << 8)) + 1
+                if size - offset < total:
+                    break
+                try:
+                    yield zlib.decompress(view[offset + 12 + xlen : offset + total - 8], -15)
+                except zlib.error as error:
+                    raise InputFileError(
+                        name, f"is corrupt ({error})", "re-create or re-download the file"
+                    ) from error
+                offset += total
+            view.release()
+            data = data[offset:]
+            if not more:
+                if data:
+                    raise InputFileError(
+                        name, "is truncated inside a BGZF block", "re-create or re-download it"
+                    )
+                return
+
+
+def _bam_header_length(buffer: bytearray, name: str) -> int | None:
+    """Bytes taken by the BAM header at the start of ``buffer``; None if not all there yet."""
+    if len(buffer) < 12:
+        return None
+    if bytes(buffer[:4]) != b"BAM\x01":
+        raise InputFileError(name, "is not a BAM file (bad magic)", "check the file format")
+    offset = 8 + int.from_bytes(buffer[4:8], "little", signed=True)
+    if len(buffer) < offset + 4:
+        return None
+    n_references = int.from_bytes(buffer[offset : offset + 4], "little", signed=True)
+    offset += 4
+    for _ in range(n_references):
+        if len(buffer) < offset + 4:
+            return None
+        offset += 4 + int.from_bytes(buffer[offset : offset + 4], "little", signed=True) + 4
+    return offset if len(buffer) >= offset else None
+
+
+def iter_record_chunks(path: Path) -> Iterator[npt.NDArray[np.uint8]]:
+    """The binary alignment records of a BAM (header skipped) in chunks of whole records."""
+    name = str(path)
+    pending = bytearray()
+    header_done = False
+    for payload in _iter_bgzf_payloads(path):
+        pending += payload
+        if not header_done:
+            header_length = _bam_header_length(pending, name)
+            if header_length is None:
+                continue
+            del pending[:header_length]
+            header_done = True
+        if len(pending) >= _RECORD_CHUNK_BYTES:
+            whole = int(_whole_records_length(np.frombuffer(pending, dtype=np.uint8)))
+            yield np.frombuffer(bytes(pending[:whole]), dtype=np.uint8)
+            del pending[:whole]
+    if pending:
+        whole = int(_whole_records_length(np.frombuffer(pending, dtype=np.uint8)))
+        if whole != len(pending):
+            raise InputFileError(
+                name, "is truncated (its last record is cut short)", "re-create it"
+            )
+        yield np.frombuffer(bytes(pending), dtype=np.uint8)
+
+
+@numba.njit(cache=True, nogil=True)
+def _int32(buffer: npt.NDArray[np.uint8], offset: int) -> int:
+    value = (
+        _I64(buffer[offset])
+        | (_I64(buffer[offset + 1]) << 8)
+        | (_I64(buffer[offset + 2]) << 16)
+        | (_I64(buffer[offset + 3]) << 24)
+    )
+    signed: int = value - (1 << 32) if value >= (1 << 31) else value
+    return signed
+
+
+@numba.njit(cache=True, nogil=True)
+def _whole_records_length(buffer: npt.NDArray[np.uint8]) -> int:
+    offset = 0
+    while offset + 4 <= len(buffer):
+        size = _int32(buffer, offset)
+        if offset + 4 + size > len(buffer):
+            break
+        offset += 4 + size
+    return offset
+
+
+@numba.njit(cache=True, nogil=True)
+def count_records(buffer: npt.NDArray[np.uint8]) -> int:
+    """The number of whole records in a chunk from :func:`iter_record_chunks`."""
+    n = 0
+    offset = 0
+    while offset + 4 <= len(buffer):
+        offset += 4 + _int32(buffer, offset)
+        n += 1
+    return n
+
+
+@numba.njit(cache=True, nogil=True)
+def _cigar_text_geometry(
+    buffer: npt.NDArray[np.uint8], start: int, end: int
+) -> tuple[int, int, int]:
+    """(reference length, leading clips, trailing clips) of an ASCII CIGAR in buffer[start:end]."""
+    reference_length = 0
+    leading = 0
+    trailing = 0
+    in_leading = True
+    number = 0
+    for p in range(start, end):
+        c = buffer[p]
+        if 48 <= c <= 57:
+            number = number * 10 + (c - 48)
+            continue
+        if c == 83 or c == 72:  # S, H
+            if in_leading:
+                leading += number
+            trailing += number
+        else:
+            in_leading = False
+            trailing = 0
+            if c == 77 or c == 68 or c == 78 or c == 61 or c == 88:  # M D N = X
+                reference_length += number
+        number = 0
+    return reference_length, leading, trailing
+
+
+@numba.njit(cache=True, nogil=True)
+def summarise_records(
+    buffer: npt.NDArray[np.uint8],
+    umi_tag: npt.NDArray[np.uint8],
+    umi_from_read_name: bool,
+    separator: int,
+    min_mapq: int,
+    order_state: npt.NDArray[np.int64],
+) -> tuple[
+    npt.NDArray[np.int8],
+    npt.NDArray[np.int64],
+    npt.NDArray[np.int64],
+    npt.NDArray[np.int64],
+    npt.NDArray[np.int64],
+    npt.NDArray[np.int64],
+    npt.NDArray[np.int64],
+    npt.NDArray[np.uint8],
+    npt.NDArray[np.int64],
+    int,
+]:
+    """Per record of a chunk: status, flag, contig, unclipped 5' end, mate contig and 5' end (from
+    ``MC``; -1 without a mapped mate), FNV-1a hash of the name, UMI bytes and length.
+
+    ``order_state`` carries (last contig, last position, seen unplaced) between chunks; the last
+    value returned is the index of the first record out of coordinate order, or -1.
+    """
+    n = count_records(buffer)
+    status = np.zeros(n, dtype=np.int8)
+    flags = np.zeros(n, dtype=np.int64)
+    tids = np.zeros(n, dtype=np.int64)
+    pos5s = np.zeros(n, dtype=np.int64)
+    mate_tids = np.full(n, -1, dtype=np.int64)
+    mate_pos5s = np.full(n, -1, dtype=np.int64)
+    name_hashes = np.zeros(n, dtype=np.int64)
+    umis = np.zeros((n, MAX_UMI_LENGTH), dtype=np.uint8)
+    umi_lengths = np.zeros(n, dtype=np.int64)
+    first_unsorted = -1
+    offset = 0
+    for i in range(n):
+        size = _int32(buffer, offset)
+        record = offset + 4
+        end = record + size
+        offset = end
+        tid = _int32(buffer, record)
+        pos = _int32(buffer, record + 4)
+        if first_unsorted < 0:
+            if tid < 0:
+                order_state[2] = 1
+            elif (
+                order_state[2] == 1
+                or tid < order_state[0]
+                or (tid == order_state[0] and pos < order_state[1])
+            ):
+                first_unsorted = i
+            else:
+                order_state[0] = tid
+                order_state[1] = pos
+        l_name = _I64(buffer[record + 8])
+        mapq = _I64(buffer[record + 9])
+        n_cigar = _I64(buffer[record + 12]) | (_I64(buffer[record + 13]) << 8)
+        flag = _I64(buffer[record + 14]) | (_I64(buffer[record + 15]) << 8)
+        l_seq = _int32(buffer, record + 16)
+        flags[i] = flag
+        tids[i] = tid
+        if flag & 0x4:
+            status[i] = 1
+            continue
+        if flag & 0x100:
+            status[i] = 2
+            continue
+        if flag & 0x800:
+            status[i] = 3
+            continue
+        if flag & 0x200:
+            status[i] = 4
+            continue
+        if mapq < min_mapq:
+            status[i] = 5
+            continue
+        name_start = record + 32
+        name_end = name_start + l_name - 1  # without the NUL
+        h = np.uint64(14695981039346656037)
+        for p in range(name_start, name_end):
+            h = (h ^ np.uint64(buffer[p])) * np.uint64(1099511628211)
+        name_hashes[i] = np.int64(h)
+        # UMI
+        umi_start = -1
+        umi_end = -1
+        cigar_start = name_end + 1
+        aux = cigar_start + 4 * n_cigar + (l_seq + 1) // 2 + l_seq
+        mc_start = -1
+        mc_end = -1
+        if umi_from_read_name:
+            last = -1
+            for p in range(name_start, name_end):
+                if buffer[p] == separator:
+                    last = p
+            if last > name_start and last + 1 < name_end:
+                umi_start = last + 1
+                umi_end = name_end
+        p = aux
+        while p + 3 <= end:
+            t0 = buffer[p]
+            t1 = buffer[p + 1]
+            kind = buffer[p + 2]
+            p += 3
+            if kind == 90 or kind == 72:  # Z, H: NUL-terminated
+                q = p
+                while q < end and buffer[q] != 0:
+                    q += 1
+                if not umi_from_read_name and t0 == umi_tag[0] and t1 == umi_tag[1] and kind == 90:
+                    umi_start = p
+                    umi_end = q
+                elif t0 == 77 and t1 == 67 and kind == 90:  # MC
+                    mc_start = p
+                    mc_end = q
+                p = q + 1
+            elif kind == 65 or kind == 99 or kind == 67:  # A c C
+                p += 1
+            elif kind == 115 or kind == 83:  # s S
+                p += 2
+            elif kind == 105 or kind == 73 or kind == 102:  # i I f
+                p += 4
+            elif kind == 66:  # B: subtype, count, values
+                sub = buffer[p]
+                count = _int32(buffer, p + 1)
+                width = 1 if (sub == 99 or sub == 67) else (2 if (sub == 115 or sub == 83) else 4)
+                p += 5 + count * width
+            else:
+                break
+        if umi_start < 0 or umi_end <= umi_start:
+            status[i] = 6
+            continue
+        length = umi_end - umi_start
+        if length > MAX_UMI_LENGTH:
+            status[i] = 6
+            continue
+        umis[i, :length] = buffer[umi_start:umi_end]
+        umi_lengths[i] = length
+        # own unclipped 5' end from the binary CIGAR
+        reference_length = 0
+        leading = 0
+        trailing = 0
+        in_leading = True
+        for k in range(n_cigar):
+            word = _int32(buffer, cigar_start + 4 * k) & 0xFFFFFFFF
+            op = word & 0xF
+            length_op = word >> 4
+            if op == 4 or op == 5:
+                if in_leading:
+                    leading += length_op
+                trailing += length_op
+            else:
+                in_leading = False
+                trailing = 0
+                if op == 0 or op == 2 or op == 3 or op == 7 or op == 8:
+                    reference_length += length_op
+        pos5s[i] = pos + reference_length + trailing if flag & 0x10 else pos - leading
+        if flag & 0x1 and not flag & 0x8:
+            mate_tid = _int32(buffer, record + 20)
+            mate_pos = _int32(buffer, record + 24)
+            mate_tids[i] = mate_tid
+            if mc_start >= 0:
+                m_length, m_leading, m_trailing = _cigar_text_geometry(buffer, mc_start, mc_end)
+                mate_pos5s[i] = (
+                    mate_pos + m_length + m_trailing if flag & 0x20 else mate_pos - m_leading
+                )
+            else:
+                mate_pos5s[i] = mate_pos
+    return (
+        status,
+        flags,
+        tids,
+        pos5s,
+        mate_tids,
+        mate_pos5s,
+        name_hashes,
+        umis,
+        umi_lengths,
+        first_unsorted,
+    )
+
+
+@numba.njit(cache=True, nogil=True)
+def _aux_field_end(buffer: npt.NDArray[np.uint8], p: int, end: int) -> int:
+    """The offset just past the aux field starting at ``p`` (``end`` if it is malformed)."""
+    kind = buffer[p + 2]
+    q = p + 3
+    if kind == 90 or kind == 72:
+        while q < end and buffer[q] != 0:
+            q += 1
+        return q + 1
+    if kind == 65 or kind == 99 or kind == 67:
+        return q + 1
+    if kind == 115 or kind == 83:
+        return q + 2
+    if kind == 105 or kind == 73 or kind == 102:
+        return q + 4
+    if kind == 66:
+        sub = buffer[q]
+        width = 1 if (sub == 99 or sub == 67) else (2 if (sub == 115 or sub == 83) else 4)
+        return q + 5 + _int32(buffer, q + 1) * width
+    return end
+
+
+@numba.njit(cache=True, nogil=True)
+def tag_records(
+    buffer: npt.NDArray[np.uint8],
+    values: npt.NDArray[np.int64],
+    suffixes: npt.NDArray[np.int8],
+    tag: npt.NDArray[np.uint8],
+) -> tuple[npt.NDArray[np.uint8], int]:
+    """Copy the records of a chunk whose ``values`` are >= 0, each with a ``tag:Z:<value>`` field
+    (plus ``/A`` or ``/B`` where ``suffixes`` is 1 or 2) replacing any field of that tag.
+
+    Returns the new bytes and the number of records written.
+    """
+    n = len(values)
+    out = np.empty(len(buffer) + 32 * n, dtype=np.uint8)
+    o = 0
+    offset = 0
+    n_written = 0
+    digits = np.empty(24, dtype=np.uint8)
+    for i in range(n):
+        size = _int32(buffer, offset)
+        record = offset + 4
+        end = record + size
+        offset = end
+        value = values[i]
+        if value < 0:
+            continue
+        n_written += 1
+        l_name = _I64(buffer[record + 8])
+        n_cigar = _I64(buffer[record + 12]) | (_I64(buffer[record + 13]) << 8)
+        l_seq = _int32(buffer, record + 16)
+        aux = record + 32 + l_name + 4 * n_cigar + (l_seq + 1) // 2 + l_seq
+        start = o
+        o += 4
+        out[o : o + aux - record] = buffer[record:aux]
+        o += aux - record
+        p = aux
+        while p + 3 <= end:
+            q = _aux_field_end(buffer, p, end)
+            if not (buffer[p] == tag[0] and buffer[p + 1] == tag[1]):
+                out[o : o + q - p] = buffer[p:q]
+                o += q - p
+            p = q
+        out[o] = tag[0]
+        out[o + 1] = tag[1]
+        out[o + 2] = 90
+        o += 3
+        n_digits = 0
+        remaining = value
+        while True:
+            digits[n_digits] = 48 + remaining % 10
+            n_digits += 1
+            remaining //= 10
+            if remaining == 0:
+                break
+        for k in range(n_digits):
+            out[o + k] = digits[n_digits - 1 - k]
+        o += n_digits
+        if suffixes[i] > 0:
+            out[o] = 47
+            out[o + 1] = 65 if suffixes[i] == 1 else 66
+            o += 2
+        out[o] = 0
+        o += 1
+        new_size = o - start - 4
+        out[start] = new_size & 0xFF
+        out[start + 1] = (new_size >> 8) & 0xFF
+        out[start + 2] = (new_size >> 16) & 0xFF
+        out[start + 3] = (new_size >> 24) & 0xFF
+    return out[:o], n_written
+
+
+_BGZF_BLOCK_INPUT: Final[int] = 0xFF00
+
+
+def _bgzf_block(piece: bytes, level: int) -> bytes:
+    compressor = zlib.compressobj(level, zlib.DEFLATED, -15)
+    data = compressor.compress(piece) + compressor.flush()
+    header = b"\x1f\x8b\x08\x04\x00\x00\x00\x00\x00\xff\x06\x00BC\x02\x00"
+    size = 18 + len(data) + 8
+    return (
+        header
+        + (size - 1).to_bytes(2, "little")
+        + data
+        + zlib.crc32(piece).to_bytes(4, "little")
+        + len(piece).to_bytes(4, "little")
+    )
+
+
+class BgzfWriter:
+    """Write bytes as BGZF (the BAM container), compressing blocks in ``threads`` threads."""
+
+    def __init__(self, path: Path, *, level: int = 6, threads: int = 2) -> None:
+        self._handle = open(path, "wb")  # noqa: SIM115 - closed in close()
+        self._pending = bytearray()
+        self._level = level
+        self._pool = ThreadPoolExecutor(max_workers=max(1, threads))
+
+    def write(self, data: bytes | bytearray | memoryview | npt.NDArray[np.uint8]) -> None:
+        self._pending += data.data if isinstance(data, np.ndarray) else data
+        if len(self._pending) >= 64 * _BGZF_BLOCK_INPUT:
+            self._flush(final=False)
+
+    def _flush(self, *, final: bool) -> None:
+        n_full = len(self._pending) // _BGZF_BLOCK_INPUT
+        cut = len(self._pending) if final else n_full * _BGZF_BLOCK_INPUT
+        pieces = [
+            bytes(self._pending[start : min(start + _BGZF_BLOCK_INPUT, cut)])
+            for start in range(0, cut, _BGZF_BLOCK_INPUT)
+        ]
+        del self._pending[:cut]
+        for block in self._pool.map(_bgzf_block, pieces, [self._level] * len(pieces)):
+            self._handle.write(block)
+
+    def close(self) -> None:
+        """Flush, write the BGZF end-of-file block and close the file."""
+        try:
+            self._flush(final=True)
+            self._handle.write(BGZF_EOF)
+        finally:
+            self._pool.shutdown()
+            self._handle.close()
+
+    def __enter__(self) -> BgzfWriter:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def bam_header_bytes(header: dict[str, object], scratch_dir: Path) -> bytes:
+    """The binary (uncompressed) BAM header for a pysam header dict."""
+    scratch = scratch_dir / f".header.{os.getpid()}.bam"
+    try:
+        with pysam.AlignmentFile(str(scratch), "wb", header=header):
+            pass
+        return b"".join(_iter_bgzf_payloads(scratch))
+    finally:
+        scratch.unlink(missing_ok=True)

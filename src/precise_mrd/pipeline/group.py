@@ -26,19 +26,18 @@ header, plus a ``@PG`` line.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 from array import array
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Final, cast
+from typing import Final
 
 import numpy as np
 import numpy.typing as npt
 import pysam
 
-from precise_mrd.core.errors import InputDataError
+from precise_mrd.core.errors import InputDataError, InputFileError
 from precise_mrd.core.umi import (
     DUPLEX_SEPARATOR,
     STRATEGIES,
@@ -48,7 +47,19 @@ from precise_mrd.core.umi import (
     lexicographic_ranks,
     swap_duplex_umi,
 )
-from precise_mrd.io.bam import iter_alignments, open_bam, require_umis
+from precise_mrd.io.bam import (
+    STATUS_KEPT,
+    STATUS_NAMES,
+    BgzfWriter,
+    bam_header_bytes,
+    count_records,
+    iter_alignments,
+    iter_record_chunks,
+    open_bam,
+    require_umis,
+    summarise_records,
+    tag_records,
+)
 
 GROUP_STRATEGIES: Final[tuple[str, ...]] = (*STRATEGIES, "paired")
 GROUP_TSV_COLUMNS: Final[tuple[str, ...]] = (
@@ -159,102 +170,88 @@ def _collect(
     umi_separator: str,
     min_mapq: int,
 ) -> _Collected:
-    slot_of_record: array[int] = array("q")
-    flags: array[int] = array("q")
-    tids: array[int] = array("q")
-    pos5s: array[int] = array("q")
-    mate_tids: array[int] = array("q")
-    mate_pos5s: array[int] = array("q")
-    name_hashes: array[int] = array("q")
-    umi_codes: array[int] = array("q")
+    """Pass 1 over the binary records (see :func:`precise_mrd.io.bam.summarise_records`)."""
+    with open_bam(path, require_sorted=True) as bam:
+        contigs = list(bam.references)
+    tag = np.frombuffer(umi_tag.encode("ascii"), dtype=np.uint8)
+    separator = ord(umi_separator)
+    order_state = np.array([-1, -1, 0], dtype=np.int64)
     umi_index: dict[str, int] = {}
     skipped = dict.fromkeys(SKIP_REASONS, 0)
-    cigar_cache: dict[str, tuple[int, int, int]] = {}
+    parts: dict[str, list[Int64Array]] = {
+        key: [] for key in ("flags", "tid", "pos5", "mate_tid", "mate_pos5", "name_hash", "umi")
+    }
+    statuses: list[npt.NDArray[np.int8]] = []
     n_records = 0
-    n_kept = 0
-    drop = slot_of_record.append
-    with open_bam(path, require_sorted=True, threads=2) as bam:
-        for read in iter_alignments(bam, path):
-            n_records += 1
-            flag = read.flag
-            if flag & (_FLAG_UNMAPPED | _FLAG_SECONDARY | _FLAG_QC_FAIL | _FLAG_SUPPLEMENTARY):
-                if flag & _FLAG_UNMAPPED:
-                    skipped["unmapped"] += 1
-                elif flag & _FLAG_SECONDARY:
-                    skipped["secondary"] += 1
-                elif flag & _FLAG_SUPPLEMENTARY:
-                    skipped["supplementary"] += 1
-                else:
-                    skipped["qc_fail"] += 1
-                drop(-1)
-                continue
-            if read.mapping_quality < min_mapq:
-                skipped["low_mapq"] += 1
-                drop(-1)
-                continue
-            name = cast(str, read.query_name)
-            if umi_from_read_name:
-                head, sep, umi = name.rpartition(umi_separator)
-                if not (sep and head and umi):
-                    skipped["no_umi"] += 1
-                    drop(-1)
-                    continue
-            else:
-                try:
-                    umi = str(read.get_tag(umi_tag))
-                except KeyError:
-                    skipped["no_umi"] += 1
-                    drop(-1)
-                    continue
-                if not umi:
-                    skipped["no_umi"] += 1
-                    drop(-1)
-                    continue
-            code = umi_index.get(umi)
-            if code is None:
-                code = umi_index[umi] = len(umi_index)
-            start = read.reference_start
-            cigar = cast(str, read.cigarstring)
-            reference_length, leading, trailing = _cigar_geometry(cigar, cigar_cache)
-            pos5 = start + reference_length + trailing if flag & _FLAG_REVERSE else start - leading
-            if flag & _FLAG_PAIRED and not flag & _FLAG_MATE_UNMAPPED:
-                mate_start = read.next_reference_start
-                try:
-                    mate_cigar = str(read.get_tag("MC"))
-                except KeyError:
-                    mate_pos5 = mate_start  # NB: without MC the mate's clipping is unknown
-                else:
-                    m_length, m_leading, m_trailing = _cigar_geometry(mate_cigar, cigar_cache)
-                    if flag & _FLAG_MATE_REVERSE:
-                        mate_pos5 = mate_start + m_length + m_trailing
-                    else:
-                        mate_pos5 = mate_start - m_leading
-                mate_tids.append(read.next_reference_id)
-                mate_pos5s.append(mate_pos5)
-                name_hashes.append(hash(name))
-            else:
-                mate_tids.append(-1)
-                mate_pos5s.append(-1)
-                name_hashes.append(0)
-            slot_of_record.append(n_kept)
-            n_kept += 1
-            flags.append(flag)
-            tids.append(read.reference_id)
-            pos5s.append(pos5)
-            umi_codes.append(code)
+    for chunk in iter_record_chunks(path):
+        (
+            status,
+            flags,
+            tids,
+            pos5s,
+            mate_tids,
+            mate_pos5s,
+            name_hashes,
+            umi_bytes,
+            umi_lengths,
+            first_unsorted,
+        ) = summarise_records(chunk, tag, umi_from_read_name, separator, min_mapq, order_state)
+        if first_unsorted >= 0:
+            tid = int(tids[first_unsorted])
+            raise InputFileError(
+                str(path),
+                f"is not coordinate-sorted (record {n_records + first_unsorted + 1} at "
+                f"{contigs[tid] if 0 <= tid < len(contigs) else tid} comes after an "
+                "earlier position)",
+                "sort it with `samtools sort -o sorted.bam in.bam` and index it",
+            )
+        n_records += len(status)
+        statuses.append(status)
+        kept = status == STATUS_KEPT
+        for code, count in zip(*np.unique(status, return_counts=True), strict=True):
+            if code != STATUS_KEPT:
+                skipped[STATUS_NAMES[int(code)]] += int(count)
+        rows = np.ascontiguousarray(umi_bytes[kept])
+        lengths = umi_lengths[kept]
+        if len(rows):
+            distinct, first_row, inverse = np.unique(
+                rows.view(f"V{rows.shape[1]}").ravel(), return_index=True, return_inverse=True
+            )
+            local_codes = np.empty(len(distinct), dtype=np.int64)
+            for j, row in enumerate(first_row.tolist()):
+                umi = rows[row, : lengths[row]].tobytes().decode("ascii", errors="replace")
+                code = umi_index.get(umi)
+                if code is None:
+                    code = umi_index[umi] = len(umi_index)
+                local_codes[j] = code
+            parts["umi"].append(local_codes[inverse.ravel()])
+        for key, values in (
+            ("flags", flags),
+            ("tid", tids),
+            ("pos5", pos5s),
+            ("mate_tid", mate_tids),
+            ("mate_pos5", mate_pos5s),
+            ("name_hash", name_hashes),
+        ):
+            parts[key].append(values[kept])
 
-    def as_array(values: array[int]) -> Int64Array:
-        return np.frombuffer(values, dtype=np.int64) if len(values) else np.zeros(0, np.int64)
+    def joined(key: str) -> Int64Array:
+        return np.concatenate(parts[key]) if parts[key] else np.zeros(0, dtype=np.int64)
 
+    all_status = np.concatenate(statuses) if statuses else np.zeros(0, dtype=np.int8)
+    kept_all = all_status == STATUS_KEPT
+    slots = np.full(len(all_status), -1, dtype=np.int64)
+    slots[kept_all] = np.arange(int(kept_all.sum()), dtype=np.int64)
+    slot_of_record: array[int] = array("q", slots.tobytes())
     return _Collected(
         slot_of_record=slot_of_record,
-        flags=as_array(flags),
-        tid=as_array(tids),
-        pos5=as_array(pos5s),
-        mate_tid=as_array(mate_tids),
-        mate_pos5=as_array(mate_pos5s),
-        name_hash=as_array(name_hashes),
-        umi_code=as_array(umi_codes),
+        flags=joined("flags"),
+        tid=joined("tid"),
+        pos5=joined("pos5"),
+        mate_tid=joined("mate_tid"),
+        mate_pos5=joined("mate_pos5"),
+        name_hash=joined("name_hash"),
+        umi_code=joined("umi"),
         umis=list(umi_index),
         skipped=skipped,
         n_records=n_records,
@@ -466,8 +463,10 @@ def group_bam(
         raise ValueError(f"max_edits must be >= 0; got {max_edits}")
     if min_mapq < 0:
         raise ValueError(f"min_mapq must be >= 0; got {min_mapq}")
-    if not umi_separator:
-        raise ValueError("umi_separator must not be empty")
+    if len(umi_separator) != 1 or not umi_separator.isascii():
+        raise ValueError(f"umi_separator must be one ASCII character; got {umi_separator!r}")
+    if len(umi_tag) != 2:
+        raise ValueError(f"umi_tag must be a two-character SAM tag; got {umi_tag!r}")
     in_bam_path = Path(in_bam_path)
     out_bam_path = Path(out_bam_path)
     require_umis(
@@ -520,60 +519,87 @@ def _write(
     umi_separator: str,
     group_out_path: Path | None,
 ) -> int:
-    slot_of_record = collected.slot_of_record
-    molecule: array[int] = array("q", grouping.molecule_of_read.astype(np.int64).tobytes())
-    strand: array[int] = array("b", grouping.strand_of_read.astype(np.int8).tobytes())
-    suffixes = ("", "/A", "/B")
+    """Pass 2: the kept records, in input order, with ``MI``; then the index and the TSV."""
+    slots = np.frombuffer(collected.slot_of_record, dtype=np.int64)
+    kept = slots >= 0
+    molecule_of_record = np.full(len(slots), -1, dtype=np.int64)
+    molecule_of_record[kept] = grouping.molecule_of_read[slots[kept]]
+    strand_of_record = np.zeros(len(slots), dtype=np.int8)
+    if is_duplex:
+        strand_of_record[kept] = grouping.strand_of_read[slots[kept]]
+    with open_bam(in_bam_path, require_sorted=True) as bam:
+        header = bam.header.to_dict()
+    programs = header.setdefault("PG", [])
+    ids = {entry.get("ID") for entry in programs}
+    program_id = "precise-mrd.group"
+    while program_id in ids:
+        program_id += "'"
+    programs.append({"ID": program_id, "PN": "precise-mrd", "CL": "precise-mrd group"})
     tmp_bam = _temporary_path(out_bam_path)
+    tmp_bai = Path(str(tmp_bam) + ".bai")
     tmp_tsv = _temporary_path(group_out_path) if group_out_path is not None else None
+    mi_tag = np.frombuffer(b"MI", dtype=np.uint8)
     n_out = 0
+    n_done = 0
     try:
-        with open_bam(in_bam_path, require_sorted=True, threads=2) as bam:
-            header = bam.header.to_dict()
-            programs = header.setdefault("PG", [])
-            ids = {entry.get("ID") for entry in programs}
-            program_id = "precise-mrd.group"
-            while program_id in ids:
-                program_id += "'"
-            programs.append({"ID": program_id, "PN": "precise-mrd", "CL": "precise-mrd group"})
-            with contextlib.ExitStack() as stack:
-                tsv = (
-                    stack.enter_context(open(tmp_tsv, "w", encoding="ascii"))
-                    if tmp_tsv is not None
-                    else None
+        with BgzfWriter(tmp_bam) as writer:
+            writer.write(bam_header_bytes(header, out_bam_path.parent))
+            for chunk in iter_record_chunks(in_bam_path):
+                n_chunk = count_records(chunk)
+                tagged, n_written = tag_records(
+                    chunk,
+                    molecule_of_record[n_done : n_done + n_chunk],
+                    strand_of_record[n_done : n_done + n_chunk],
+                    mi_tag,
                 )
-                if tsv is not None:
-                    tsv.write("\t".join(GROUP_TSV_COLUMNS) + "\n")
-                out = stack.enter_context(
-                    pysam.AlignmentFile(str(tmp_bam), "wb", header=header, threads=2)
-                )
-                write = out.write
-                for record, read in enumerate(iter_alignments(bam, in_bam_path)):
-                    slot = slot_of_record[record]
-                    if slot < 0:
-                        continue
-                    label = str(molecule[slot])
-                    if is_duplex:
-                        label += suffixes[strand[slot]]
-                    read.set_tag("MI", label, value_type="Z")
-                    write(read)
-                    n_out += 1
-                    if tsv is not None:
-                        tsv.write(
-                            _tsv_row(
-                                read, slot, grouping, umi_tag, umi_from_read_name, umi_separator
-                            )
-                        )
-        pysam.index(str(tmp_bam), str(tmp_bam) + ".bai")
+                n_done += n_chunk
+                n_out += n_written
+                writer.write(tagged)
+        pysam.index(str(tmp_bam), str(tmp_bai))
+        if tmp_tsv is not None and group_out_path is not None:
+            _write_group_tsv(
+                in_bam_path,
+                tmp_tsv,
+                collected,
+                grouping,
+                umi_tag=umi_tag,
+                umi_from_read_name=umi_from_read_name,
+                umi_separator=umi_separator,
+            )
         os.replace(tmp_bam, out_bam_path)
-        os.replace(str(tmp_bam) + ".bai", str(out_bam_path) + ".bai")
+        os.replace(tmp_bai, str(out_bam_path) + ".bai")
         if tmp_tsv is not None and group_out_path is not None:
             os.replace(tmp_tsv, group_out_path)
     finally:
-        for leftover in (tmp_bam, Path(str(tmp_bam) + ".bai"), tmp_tsv):
+        for leftover in (tmp_bam, tmp_bai, tmp_tsv):
             if leftover is not None and leftover.exists():
                 leftover.unlink()
     return n_out
+
+
+def _write_group_tsv(
+    in_bam_path: Path,
+    tsv_path: Path,
+    collected: _Collected,
+    grouping: _Grouping,
+    *,
+    umi_tag: str,
+    umi_from_read_name: bool,
+    umi_separator: str,
+) -> None:
+    """UMI-tools' ``--group-out`` table, one row per grouped read, in input order."""
+    slot_of_record = collected.slot_of_record
+    with (
+        open_bam(in_bam_path, require_sorted=True) as bam,
+        open(tsv_path, "w", encoding="ascii") as tsv,
+    ):
+        tsv.write("\t".join(GROUP_TSV_COLUMNS) + "\n")
+        for record, read in enumerate(iter_alignments(bam, in_bam_path)):
+            slot = slot_of_record[record]
+            if slot >= 0:
+                tsv.write(
+                    _tsv_row(read, slot, grouping, umi_tag, umi_from_read_name, umi_separator)
+                )
 
 
 def _tsv_row(
