@@ -243,21 +243,22 @@ class FamilyConsensus:
     errors: I32Array
 
 
-def _gain_table(params: ConsensusParams) -> npt.NDArray[np.float32]:
-    """``table[q]``: log-likelihood gain of the observed base over each other base, quality ``q``.
+def _weight_table(params: ConsensusParams) -> npt.NDArray[np.float64]:
+    """``table[q]``: what a raw base of quality ``q`` adds to the cell of the base it shows.
 
-    A usable raw base of quality ``q`` adds ``log(1 - e)`` to the candidate it shows and
-    ``log(e / 3)`` to the other three; the common ``log(e / 3)`` cancels in the posterior, so only
-    the difference is summed. Qualities below ``min_input_base_quality`` gain nothing.
+    A usable raw base adds ``log(1 - e)`` to the candidate it shows and ``log(e / 3)`` to the
+    other three; the common ``log(e / 3)`` cancels in the posterior, so only the difference (the
+    *gain*) is summed, plus ``2**20`` to count the base. Qualities below
+    ``min_input_base_quality`` weigh nothing.
     """
     q = np.arange(256, dtype=np.float64)
     e = probability_of_error_two_trials(
         phred_to_probability(np.minimum(q, MAX_PHRED)),
         phred_to_probability(params.error_rate_post_umi),
     )
-    gain = np.log1p(-e) - np.log(e / 3.0)
-    gain[: params.min_input_base_quality] = 0.0
-    return gain.astype(np.float32)
+    weight = np.log1p(-e) - np.log(e / 3.0) + _COUNT_UNIT
+    weight[: params.min_input_base_quality] = 0.0
+    return np.asarray(weight, dtype=np.float64)
 
 
 def call_families(
@@ -279,25 +280,24 @@ def call_families(
         return FamilyConsensus(empty, empty, empty, np.zeros((0, 4, width), np.int32), zeros, zeros)
     if offsets[0] != 0 or np.any(np.diff(offsets) <= 0) or offsets[-1] >= n_reads:
         raise ValueError("offsets must start at 0, increase strictly and stay below n_reads")
-    usable = (bases < NO_CALL) & (quals >= params.min_input_base_quality)
-    codes = np.where(usable, bases, NO_CALL).astype(np.int64)
     n_families = len(offsets)
-    family_of_read = np.repeat(
-        np.arange(n_families, dtype=np.int64), np.diff(np.append(offsets, n_reads))
-    )
+    sizes = np.diff(np.append(offsets, n_reads))
+    if int(sizes.max()) >= _MAX_FAMILY_READS:
+        raise ValueError(f"a family has >= {_MAX_FAMILY_READS} reads; downsample it first")
+    family_of_read = np.repeat(np.arange(n_families, dtype=np.int64), sizes)
     # NB: one bincount over (family, base, column) cells sums every candidate's log-likelihood
-    # gain AND counts the raw bases of every family at once: each usable raw base weighs
+    # gain AND counts the raw bases of every family at once: a usable raw base weighs
     # 2**20 + gain, so a cell's sum is count * 2**20 + total gain (gain < 11 per base; exact while
-    # a family has < 90,000 reads, checked below). Unusable bases land in a dropped fifth slot.
-    cell = (family_of_read[:, None] * 5 + codes) * width + np.arange(width, dtype=np.int64)
-    weights = _gain_table(params)[quals].astype(np.float64) + _COUNT_UNIT
+    # a family has < 90,000 reads). A base below min_input_base_quality weighs 0 (neither counted
+    # nor evidence); N (and padding) lands in a fifth base slot that is dropped.
+    cell = (family_of_read * (5 * width))[:, None] + bases * np.int64(width)
+    cell += np.arange(width, dtype=np.int64)
+    weights = _weight_table(params)[quals]
     total = np.bincount(cell.ravel(), weights=weights.ravel(), minlength=n_families * 5 * width)
     total = total.reshape(n_families, 5, width)[:, :4]
-    counts_float = np.floor(total / _COUNT_UNIT)
+    counts_float = np.floor(total * (1.0 / _COUNT_UNIT))
     loglik = total - counts_float * _COUNT_UNIT
     counts = counts_float.astype(np.int32)
-    if n_families and int(np.diff(np.append(offsets, n_reads)).max()) >= _MAX_FAMILY_READS:
-        raise ValueError(f"a family has >= {_MAX_FAMILY_READS} reads; downsample it first")
     depths = counts.sum(axis=1, dtype=np.int32)
 
     # NB: an explicit running max over the 4 candidates beats np.argmax along a length-4 axis.

@@ -28,7 +28,6 @@ The consensus maths lives in :mod:`precise_mrd.core.consensus`; this module is o
 from __future__ import annotations
 
 import os
-from array import array
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -53,8 +52,8 @@ from precise_mrd.core.errors import InputDataError, InputFileError
 __all__ = ["ConsensusStats", "call_consensus_bam"]
 
 _SKIP_FLAGS = 0x4 | 0x100 | 0x800  # unmapped, secondary, supplementary
-_FLUSH_EVERY = 4096  # reads between scans of the buffer for finished molecules
-_MIN_BATCH_READS = 20_000  # finished molecules are processed together once this many reads wait
+_FLUSH_EVERY = 2048  # reads between scans of the buffer for finished molecules
+_MIN_BATCH_READS = 10_000  # finished molecules are processed together once this many reads wait
 _CIGAR_QUERY_OPS = frozenset((0, 1, 4, 7, 8))  # M I S = X consume the read
 _CIGAR_REF_OPS = frozenset((0, 2, 3, 7, 8))  # M D N = X consume the reference
 
@@ -120,8 +119,9 @@ class _Molecule:
     molecule_id: str
     is_duplex: bool
     needed_key: int
-    reads: list[tuple[int, int, int, str, str, str, int, str, int]]
-    # (is_strand_b, flag, start, cigar, sequence, qualities as ASCII, mapping quality, RX, tid)
+    reads: list[tuple[int, int, str, str, str]]
+    # (packed: flag | is_strand_b << 12 | MAPQ << 13 | CIGAR id << 21,
+    #  position key: tid << 32 | start, sequence, qualities as ASCII, RX)
 
 
 @dataclass
@@ -235,7 +235,7 @@ def call_consensus_bam(
                 str(unsorted_path), "wbu", header=header, threads=threads
             ) as writer,
         ):
-            for batch in _finished_molecules(bam, source, counters):
+            for batch in _finished_molecules(bam, source, counters, cigars):
                 _process_batch(batch, params, cigars, writer, counters)
         pysam.sort("-@", str(threads), "-o", str(sorted_path), str(unsorted_path))
         pysam.index(str(sorted_path), str(index_path))
@@ -260,10 +260,11 @@ def call_consensus_bam(
 
 
 def _finished_molecules(
-    bam: pysam.AlignmentFile, source: str, counters: _Counters
+    bam: pysam.AlignmentFile, source: str, counters: _Counters, cigars: _CigarTable
 ) -> Iterator[list[_Molecule]]:
     """Stream ``bam``; yield batches of molecules whose reads and mates have all been seen."""
     pending: dict[str, _Molecule] = {}
+    cigar_ids = cigars.ids
     finished: list[_Molecule] = []
     n_finished_reads = 0
     last_key = -1
@@ -307,19 +308,17 @@ def _finished_molecules(
             pending[mi] = molecule
         elif needed > molecule.needed_key:
             molecule.needed_key = needed
-        rx = read.get_tag("RX") if read.has_tag("RX") else ""
+        try:
+            rx = str(read.get_tag("RX"))
+        except KeyError:
+            rx = ""
+        cigar = read.cigarstring or ""
+        cigar_id = cigar_ids.get(cigar)
+        if cigar_id is None:
+            cigar_id = cigars.intern(cigar)
+        packed = flag | (strand_b << 12) | (read.mapping_quality << 13) | (cigar_id << 21)
         molecule.reads.append(
-            (
-                strand_b,
-                flag,
-                start,
-                read.cigarstring or "",
-                read.query_sequence or "",
-                read.query_qualities_str or "",
-                read.mapping_quality,
-                str(rx),
-                read.reference_id,
-            )
+            (packed, key, read.query_sequence or "", read.query_qualities_str or "", rx)
         )
         since_scan += 1
         if since_scan >= _FLUSH_EVERY:
@@ -345,17 +344,20 @@ def _process_batch(
     counters: _Counters,
 ) -> None:
     """Consensus of a batch of finished molecules, vectorised across all of their families."""
-    rows = [(m_index, r) for m_index, m in enumerate(molecules) for r in m.reads]
+    rows = [r for m in molecules for r in m.reads]
     n_reads = len(rows)
-    mol = np.fromiter((m for m, _ in rows), dtype=np.int64, count=n_reads)
-    strand = np.fromiter((r[0] for _, r in rows), dtype=np.int64, count=n_reads)
-    flag = np.fromiter((r[1] for _, r in rows), dtype=np.int64, count=n_reads)
-    start = np.fromiter((r[2] for _, r in rows), dtype=np.int64, count=n_reads)
-    cigar = np.fromiter((cigars.intern(r[3]) for _, r in rows), dtype=np.int64, count=n_reads)
-    mapq = np.fromiter((r[6] for _, r in rows), dtype=np.int64, count=n_reads)
-    tid = np.fromiter((r[8] for _, r in rows), dtype=np.int64, count=n_reads)
-    is_duplex_mol = np.fromiter((m.is_duplex for m in molecules), dtype=bool)
     n_mol = len(molecules)
+    per_molecule = np.fromiter((len(m.reads) for m in molecules), dtype=np.int64, count=n_mol)
+    mol = np.repeat(np.arange(n_mol, dtype=np.int64), per_molecule)
+    packed = np.fromiter((r[0] for r in rows), dtype=np.int64, count=n_reads)
+    position_key = np.fromiter((r[1] for r in rows), dtype=np.int64, count=n_reads)
+    flag = packed & 0xFFF
+    strand = (packed >> 12) & 1
+    mapq = (packed >> 13) & 0xFF
+    cigar = packed >> 21
+    start = position_key & 0xFFFFFFFF
+    tid = position_key >> 32
+    is_duplex_mol = np.fromiter((m.is_duplex for m in molecules), dtype=bool, count=n_mol)
     is_paired = (flag & 0x1).astype(bool)
     is_reverse = ((flag >> 4) & 1).astype(np.int64)
     is_r2 = ((flag >> 7) & 1).astype(np.int64)
@@ -428,8 +430,9 @@ def _process_batch(
     f_mapq = np.minimum.reduceat(mapq[fam_order], offsets)
 
     # 3. matrices of the family reads, padded with N, and the consensus of every family
-    seqs = [rows[i][1][4] for i in fam_order.tolist()]
-    quals = [rows[i][1][5] for i in fam_order.tolist()]
+    read_order = fam_order.tolist()
+    seqs = [rows[i][2] for i in read_order]
+    quals = [rows[i][3] for i in read_order]
     lengths = np.fromiter((len(s) for s in seqs), dtype=np.int64, count=len(seqs))
     width = int(lengths.max())
     base_matrix = _ragged_to_matrix("".join(seqs), lengths, width, ord("N"))
@@ -618,10 +621,10 @@ def _depth_tags(
 
 def _molecule_umi(molecule: _Molecule) -> str:
     """Most common ``RX`` of the molecule, written as seen on strand A (``B-A`` swapped)."""
-    a_umis = [r[7] for r in molecule.reads if r[0] == 0]
+    a_umis = [r[4] for r in molecule.reads if not r[0] & (1 << 12)]
     if a_umis:
-        return Counter(a_umis).most_common(1)[0][0]
-    umi = Counter(r[7] for r in molecule.reads).most_common(1)[0][0]
+        return a_umis[0] if len(set(a_umis)) == 1 else Counter(a_umis).most_common(1)[0][0]
+    umi = Counter(r[4] for r in molecule.reads).most_common(1)[0][0]
     left, dash, right = umi.partition("-")
     return f"{right}-{left}" if dash else umi
 
@@ -650,42 +653,47 @@ def _write_records(
     counters: _Counters,
 ) -> None:
     header = writer.header  # NB: the output header is the input's, so read tids carry over
+    contig_names = list(header.references)
+    n_records = len(e_mol)
+    has_mate = paired_end & (mate >= 0)
+    mate_index = np.where(has_mate, mate, np.arange(n_records))
+    flags = np.where(e_reverse == 1, 0x10, 0)
+    flags |= np.where(has_mate, 0x1 | 0x2, 0)
+    flags |= np.where(has_mate & (e_end == 0), 0x40, 0)
+    flags |= np.where(has_mate & (e_end == 1), 0x80, 0)
+    flags |= np.where(has_mate & (e_reverse[mate_index] == 1), 0x20, 0)
     ref_end = e_start + e_span
-    for i in range(len(e_mol)):
-        molecule = molecules[int(e_mol[i])]
-        record = pysam.AlignedSegment(header)
+    left = np.minimum(e_start, e_start[mate_index])
+    right = np.maximum(ref_end, ref_end[mate_index])
+    is_left = (e_start < e_start[mate_index]) | ((e_start == e_start[mate_index]) & (e_end == 0))
+    tlen = np.where(has_mate, np.where(is_left, right - left, left - right), 0)
+    mate_start = np.where(has_mate, e_start[mate_index] + 1, 0)
+    mate_tid = e_tid[mate_index]
+    qual_ascii = quals + np.uint8(33)
+    # NB: formatting SAM text and parsing it in htslib is ~5x faster than setting fields and
+    # tags one by one on a pysam.AlignedSegment.
+    for i in range(n_records):
+        m = int(e_mol[i])
+        molecule = molecules[m]
         n = int(e_length[i])
-        record.query_name = molecule.molecule_id
-        flag = 0x10 if e_reverse[i] else 0
-        j = int(mate[i])
-        if paired_end[i] and j >= 0:
-            flag |= 0x1 | 0x2 | (0x40 if e_end[i] == 0 else 0x80)
-            if e_reverse[j]:
-                flag |= 0x20
-            record.next_reference_id = int(e_tid[j])
-            record.next_reference_start = int(e_start[j])
-            left = min(int(e_start[i]), int(e_start[j]))
-            right = max(int(ref_end[i]), int(ref_end[j]))
-            is_left = e_start[i] < e_start[j] or (e_start[i] == e_start[j] and e_end[i] == 0)
-            record.template_length = (right - left) if is_left else -(right - left)
-        record.flag = flag
-        record.reference_id = int(e_tid[i])
-        record.reference_start = int(e_start[i])
-        record.mapping_quality = int(e_mapq[i])
-        record.cigarstring = cigars.strings[int(e_cigar[i])]
-        record.query_sequence = seq_ascii[i, :n].tobytes().decode("ascii")
-        record.query_qualities = array("B", quals[i, :n].tobytes())
-        record.set_tag("MI", molecule.molecule_id, "Z")
-        record.set_tag("RX", umis[int(e_mol[i])], "Z")
-        record.set_tag("cD", int(tags[0][i]), "i")
-        record.set_tag("cM", int(tags[1][i]), "i")
-        record.set_tag("cE", float(tags[2][i]), "f")
+        name = molecule.molecule_id
+        tid = int(e_tid[i])
+        if has_mate[i]:
+            mate_name = "=" if mate_tid[i] == tid else contig_names[int(mate_tid[i])]
+        else:
+            mate_name = "*"
+        line = (
+            f"{name}\t{flags[i]}\t{contig_names[tid]}\t{e_start[i] + 1}\t{e_mapq[i]}\t"
+            f"{cigars.strings[int(e_cigar[i])]}\t{mate_name}\t{mate_start[i]}\t{tlen[i]}\t"
+            f"{seq_ascii[i, :n].tobytes().decode('ascii')}\t"
+            f"{qual_ascii[i, :n].tobytes().decode('ascii')}\t"
+            f"MI:Z:{name}\tRX:Z:{umis[m]}\tcD:i:{tags[0][i]}\tcM:i:{tags[1][i]}\t"
+            f"cE:f:{tags[2][i]:.6g}"
+        )
         if molecule.is_duplex:
-            record.set_tag("aD", int(a_tags[0][i]), "i")
-            record.set_tag("bD", int(b_tags[0][i]), "i")
-            record.set_tag("aM", int(a_tags[1][i]), "i")
-            record.set_tag("bM", int(b_tags[1][i]), "i")
-            record.set_tag("aE", float(a_tags[2][i]), "f")
-            record.set_tag("bE", float(b_tags[2][i]), "f")
-        writer.write(record)
-        counters.n_records_out += 1
+            line += (
+                f"\taD:i:{a_tags[0][i]}\tbD:i:{b_tags[0][i]}\taM:i:{a_tags[1][i]}"
+                f"\tbM:i:{b_tags[1][i]}\taE:f:{a_tags[2][i]:.6g}\tbE:f:{b_tags[2][i]:.6g}"
+            )
+        writer.write(pysam.AlignedSegment.fromstring(line, header))
+    counters.n_records_out += n_records
