@@ -259,3 +259,58 @@ def test_sequencing_errors_follow_base_quality() -> None:
     rate = (valid & (locus.r2_bases != ref) & ~is_alt).sum() / (valid & ~is_alt).sum()
     assert 0.008 < rate < 0.012
     assert (locus.r2_quality == 20).all()
+
+
+def test_contaminant_snps_appear_only_in_contaminant_molecules() -> None:
+    params = SimulationParams.preset(
+        "smoke",
+        tumor_fraction=0.0,
+        contamination_fraction=0.3,
+        n_variants=4,
+        molecules_per_locus=1000,
+        **CLEAN,
+    )
+    genome, loci = simulate(params)
+    for locus in loci:
+        snps = genome.contaminant_snps[locus.locus_index]
+        assert len(snps) == params.contamination_snps_per_locus
+        for snp in snps:
+            assert genome.contigs[snp.chrom][snp.start0] == snp.ref
+            offset = snp.start0 - locus.r1_start
+            covered = (offset >= 0) & (offset < locus.pair_read_length)
+            rows = np.flatnonzero(covered)
+            base = locus.r1_bases[rows, offset[rows]]
+            carriers = locus.pair_molecule[rows][base == BASES.index(snp.alt)]
+            assert locus.molecule_is_contaminant[carriers].all()
+            covered_molecules = np.unique(locus.pair_molecule[rows])
+            contaminants = covered_molecules[locus.molecule_is_contaminant[covered_molecules]]
+            share = np.isin(contaminants, carriers).mean()
+            assert abs(share - snp.allele_fraction) < 0.15
+
+
+def test_truth_counts_damage_that_mimics_the_variant() -> None:
+    params = SimulationParams.preset(
+        "smoke", tumor_fraction=0.0, n_variants=20, **{**CLEAN, "artifact_rate": 0.05}
+    )
+    genome, loci = simulate(params)
+    for locus in loci:
+        variant = genome.variants[locus.locus_index]
+        alt = BASES.index(variant.alt)
+        offset = variant.start0 - locus.r1_start
+        rows = np.flatnonzero((offset >= 0) & (offset < locus.pair_read_length))
+        alt_strands = {
+            (int(m), int(s))
+            for m, s, b in zip(
+                locus.pair_molecule[rows],
+                locus.pair_strand[rows],
+                locus.r1_bases[rows, offset[rows]],
+                strict=True,
+            )
+            if b == alt
+        }
+        # every strand R1 shows as alt was damaged; truth counts at least those
+        assert len(alt_strands) <= locus.truth.n_damage_alt_strands
+        possible = {("C", "T"), ("G", "T"), ("G", "A"), ("C", "A")}
+        if (variant.ref, variant.alt) not in possible:
+            assert locus.truth.n_damage_alt_strands == 0
+    assert sum(lo.truth.n_damage_alt_strands for lo in loci) > 0

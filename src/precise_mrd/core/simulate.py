@@ -351,6 +351,7 @@ class LocusTruth:
     n_read_pairs: int
     n_damage_deamination: int
     n_damage_oxidation: int
+    n_damage_alt_strands: int
     n_pcr_errors: int
     n_sequencing_errors: int
     n_umi_errors: int
@@ -671,6 +672,10 @@ def simulate_locus(
     seen_bottom = np.zeros(n, dtype=bool)
     seen_top[family_molecule[has_reads & (family_strand == 0)]] = True
     seen_bottom[family_molecule[has_reads & (family_strand == 1)]] = True
+    # damage that turns a reference molecule's strand into the alt at the variant
+    alt_code = BASES.index(variant.alt)
+    fake_alt = (strands[:, :, vi] == alt_code) & ~carries_alt
+    damaged_at_variant = np.stack([(deam_top | ox_top)[:, vi], (deam_bottom | ox_bottom)[:, vi]])
     truth = LocusTruth(
         variant_key=variant.key,
         tumor_af=variant.tumor_af,
@@ -685,6 +690,10 @@ def simulate_locus(
         n_read_pairs=int(n_pairs),
         n_damage_deamination=int(deam_top[seen_top].sum() + deam_bottom[seen_bottom].sum()),
         n_damage_oxidation=int(ox_top[seen_top].sum() + ox_bottom[seen_bottom].sum()),
+        n_damage_alt_strands=int(
+            (fake_alt[0] & seen_top & damaged_at_variant[0]).sum()
+            + (fake_alt[1] & seen_bottom & damaged_at_variant[1]).sum()
+        ),
         n_pcr_errors=n_pcr,
         n_sequencing_errors=n_seq_errors,
         n_umi_errors=n_umi_errors,

@@ -361,6 +361,7 @@ def _truth_document(
     artefacts = (
         "n_damage_deamination",
         "n_damage_oxidation",
+        "n_damage_alt_strands",
         "n_pcr_errors",
         "n_sequencing_errors",
         "n_umi_errors",
@@ -396,7 +397,8 @@ def _truth_document(
         },
         "damage_definition": "counts of damage events on original strands that were sequenced: "
         "deamination = C>T at CpG on that strand, oxidation = G>T on that strand "
-        "(on the reference: top C>T/G>T, bottom G>A/C>A)",
+        "(on the reference: top C>T/G>T, bottom G>A/C>A); n_damage_alt_strands counts sequenced "
+        "strands of reference molecules that damage turned into the alt at the variant",
         "totals": {key: sum(t[key] for t in truths) for key in counters} | {"n_records": n_records},
         "artifacts": {key: sum(t[key] for t in truths) for key in artefacts},
         "variants": variants,
