@@ -318,3 +318,34 @@ def test_bad_inputs_raise_precise_errors(tmp_path: Path) -> None:
             call_consensus_bam(path, tmp_path / "c.bam", params=ConsensusParams())
     assert not (tmp_path / "c.bam").exists()
     assert not any(p.name.endswith(".tmp") for p in tmp_path.iterdir())
+
+
+def test_overlap_reconciliation_follows_the_cigar_through_deletions_and_insertions() -> None:
+    from precise_mrd.pipeline.consensus import _CigarTable, _reconcile_pairs
+
+    cigars = _CigarTable()
+    # R1 50M at 100 covers 100..149; R2 at 130: 10M (130..139) 2D 5M (142..146) 3I 32M (147..178)
+    ids = np.array([cigars.intern("50M"), cigars.intern("10M2D5M3I32M")])
+    starts = np.array([100, 130])
+    lengths = np.array([50, 50])
+    rng = np.random.default_rng(1)
+    bases = np.repeat(rng.integers(0, 4, size=(1, 60)).astype(np.uint8), 2, axis=0)
+    r1_ref = 100 + np.arange(50)
+    r2_query_of_ref = {130 + i: i for i in range(10)}
+    r2_query_of_ref |= {142 + i: 10 + i for i in range(5)}
+    r2_query_of_ref |= {147 + i: 18 + i for i in range(32)}
+    for col, ref in enumerate(r1_ref):  # make R2 carry R1's bases at every shared position
+        if ref in r2_query_of_ref:
+            bases[1, r2_query_of_ref[ref]] = bases[0, col]
+    conflict_ref = 143
+    bases[1, r2_query_of_ref[conflict_ref]] = (bases[0, conflict_ref - 100] + 1) % 4
+    quals = np.full((2, 60), 40, dtype=np.uint8)
+    depths = np.full((2, 60), 3, dtype=np.int32)
+    before = bases.copy()
+    _reconcile_pairs(np.array([0]), starts, ids, lengths, cigars, bases, quals, depths)
+    changed = np.argwhere(bases != before)
+    assert sorted(map(tuple, changed.tolist())) == [(0, 43), (1, r2_query_of_ref[conflict_ref])]
+    assert bases[0, 43] == bases[1, 11] == 4 and quals[0, 43] == quals[1, 11] == 2
+    # the inserted R2 bases (query 15..17) and the R1 bases over the deletion are untouched
+    assert np.array_equal(bases[1, 15:18], before[1, 15:18])
+    assert np.array_equal(bases[0, 40:42], before[0, 40:42])

@@ -27,6 +27,7 @@ The consensus maths lives in :mod:`precise_mrd.core.consensus`; this module is o
 
 from __future__ import annotations
 
+import heapq
 import os
 from collections import Counter
 from collections.abc import Iterator
@@ -52,7 +53,6 @@ from precise_mrd.core.errors import InputDataError, InputFileError
 __all__ = ["ConsensusStats", "call_consensus_bam"]
 
 _SKIP_FLAGS = 0x4 | 0x100 | 0x800  # unmapped, secondary, supplementary
-_FLUSH_EVERY = 2048  # reads between scans of the buffer for finished molecules
 _MIN_BATCH_READS = 10_000  # finished molecules are processed together once this many reads wait
 _CIGAR_QUERY_OPS = frozenset((0, 1, 4, 7, 8))  # M I S = X consume the read
 _CIGAR_REF_OPS = frozenset((0, 2, 3, 7, 8))  # M D N = X consume the reference
@@ -262,75 +262,86 @@ def call_consensus_bam(
 def _finished_molecules(
     bam: pysam.AlignmentFile, source: str, counters: _Counters, cigars: _CigarTable
 ) -> Iterator[list[_Molecule]]:
-    """Stream ``bam``; yield batches of molecules whose reads and mates have all been seen."""
+    """Stream ``bam``; yield batches of molecules whose reads and mates have all been seen.
+
+    A molecule is finished once the stream is past the largest read or mate position of its
+    reads (``needed_key``). A heap ordered by ``needed_key`` finds finished molecules without
+    scanning the buffer; entries made stale by a later, larger ``needed_key`` are skipped.
+    """
     pending: dict[str, _Molecule] = {}
+    heap: list[tuple[int, str]] = []
     cigar_ids = cigars.ids
     finished: list[_Molecule] = []
     n_finished_reads = 0
+    n_reads_in = n_reads_skipped = 0
     last_key = -1
-    since_scan = 0
-    for read in bam.fetch(until_eof=True):
-        counters.n_reads_in += 1
-        flag = read.flag
-        if flag & _SKIP_FLAGS:
-            counters.n_reads_skipped += 1
-            continue
-        start = read.reference_start
-        key = (read.reference_id << 32) | start
-        if key < last_key:
-            raise InputFileError(
-                source,
-                f"is not coordinate-sorted (read {read.query_name} comes after a later position)",
-                "run `samtools sort`",
-            )
-        last_key = key
-        try:
-            mi = read.get_tag("MI")
-        except KeyError:
-            raise InputDataError(
-                source,
-                f"read {read.query_name} has no MI tag",
-                "run the group stage first (every read needs an MI molecule id)",
-            ) from None
-        mi = str(mi)
-        strand_b = 0
-        is_duplex = False
-        if mi.endswith(("/A", "/B")):
-            is_duplex = True
-            strand_b = int(mi[-1] == "B")
-            mi = mi[:-2]
-        needed = key
-        if flag & 0x1 and not flag & 0x8:
-            needed = max(key, (read.next_reference_id << 32) | read.next_reference_start)
-        molecule = pending.get(mi)
-        if molecule is None:
-            molecule = _Molecule(mi, is_duplex, needed, [])
-            pending[mi] = molecule
-        elif needed > molecule.needed_key:
-            molecule.needed_key = needed
-        try:
-            rx = str(read.get_tag("RX"))
-        except KeyError:
-            rx = ""
-        cigar = read.cigarstring or ""
-        cigar_id = cigar_ids.get(cigar)
-        if cigar_id is None:
-            cigar_id = cigars.intern(cigar)
-        packed = flag | (strand_b << 12) | (read.mapping_quality << 13) | (cigar_id << 21)
-        molecule.reads.append(
-            (packed, key, read.query_sequence or "", read.query_qualities_str or "", rx)
-        )
-        since_scan += 1
-        if since_scan >= _FLUSH_EVERY:
-            since_scan = 0
-            done = [m for m in pending.values() if m.needed_key < key]
-            for molecule in done:
-                del pending[molecule.molecule_id]
-                n_finished_reads += len(molecule.reads)
-            finished.extend(done)
+    try:
+        for read in bam.fetch(until_eof=True):
+            n_reads_in += 1
+            flag = read.flag
+            if flag & _SKIP_FLAGS:
+                n_reads_skipped += 1
+                continue
+            key = (read.reference_id << 32) | read.reference_start
+            if key < last_key:
+                raise InputFileError(
+                    source,
+                    f"is not coordinate-sorted (read {read.query_name} comes after a later "
+                    "position)",
+                    "run `samtools sort`",
+                )
+            last_key = key
+            while heap and heap[0][0] < key:
+                needed_key, finished_id = heapq.heappop(heap)
+                molecule = pending.get(finished_id)
+                if molecule is not None and molecule.needed_key == needed_key:
+                    del pending[finished_id]
+                    finished.append(molecule)
+                    n_finished_reads += len(molecule.reads)
             if n_finished_reads >= _MIN_BATCH_READS:
                 yield finished
                 finished, n_finished_reads = [], 0
+            try:
+                mi = str(read.get_tag("MI"))
+            except KeyError:
+                raise InputDataError(
+                    source,
+                    f"read {read.query_name} has no MI tag",
+                    "run the group stage first (every read needs an MI molecule id)",
+                ) from None
+            strand_b = 0
+            is_duplex = len(mi) > 2 and mi[-2] == "/" and mi[-1] in "AB"
+            if is_duplex:
+                strand_b = int(mi[-1] == "B")
+                mi = mi[:-2]
+            needed = key
+            if flag & 0x1 and not flag & 0x8:
+                mate_key = (read.next_reference_id << 32) | read.next_reference_start
+                if mate_key > key:
+                    needed = mate_key
+            molecule = pending.get(mi)
+            if molecule is None:
+                molecule = _Molecule(mi, is_duplex, needed, [])
+                pending[mi] = molecule
+                heapq.heappush(heap, (needed, mi))
+            elif needed > molecule.needed_key:
+                molecule.needed_key = needed
+                heapq.heappush(heap, (needed, mi))
+            try:
+                rx = str(read.get_tag("RX"))
+            except KeyError:
+                rx = ""
+            cigar = read.cigarstring or ""
+            cigar_id = cigar_ids.get(cigar)
+            if cigar_id is None:
+                cigar_id = cigars.intern(cigar)
+            packed = flag | (strand_b << 12) | (read.mapping_quality << 13) | (cigar_id << 21)
+            molecule.reads.append(
+                (packed, key, read.query_sequence or "", read.query_qualities_str or "", rx)
+            )
+    finally:
+        counters.n_reads_in += n_reads_in
+        counters.n_reads_skipped += n_reads_skipped
     finished.extend(pending.values())
     if finished:
         yield finished
