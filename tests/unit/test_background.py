@@ -139,3 +139,21 @@ def test_counts_validation() -> None:
         BackgroundCounts(errors=bad.errors, opportunities=bad.opportunities)
     merged = BackgroundCounts.empty().merge(BackgroundCounts.empty())
     assert merged.errors.sum() == 0
+
+
+def test_calibration_posterior_is_unshrunk_for_informative_classes() -> None:
+    opps = np.full(32, 1_000_000)
+    opps[7] = 10  # too few opportunities to expect an error: keeps the shrunk posterior
+    errors = np.full(96, 20)
+    errors[class_context(np.arange(96)) == 7] = 0
+    cpg = sbs96_index("ACG", "T")
+    errors[cpg] = 200  # an artefact class far above the pooled rate
+    model = BackgroundModel.fit(_counts(errors, opps))
+    a, b = model.calibration_beta()
+    assert a[0, cpg] == pytest.approx(200.5) and b[0, cpg] == pytest.approx(1_000_000 - 199.5)
+    sparse = next(c for c in range(96) if class_context(c) == 7)
+    assert a[0, sparse] == pytest.approx(model.alpha[0, sparse])
+    # the orientation split adds up to the collapsed counts
+    rates = model.orientation_rates()
+    assert rates.shape == (2, 2, 96)
+    assert np.array_equal(model.orientation_errors.sum(axis=1), model.errors)

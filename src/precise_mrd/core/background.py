@@ -300,12 +300,35 @@ class BackgroundModel:
         """Posterior mean rate per (molecule type, class)."""
         return np.asarray(self.alpha / (self.alpha + self.beta), dtype=np.float64)
 
+    def calibration_beta(self) -> tuple[FloatArray, FloatArray]:
+        """Beta parameters (2, 96) used to *test*: the unshrunk Jeffreys posterior of every class
+        with at least one expected error (``opportunities * pooled_rate >= 1``), else the shrunk
+        one.
+
+        # NB: shrinkage biases classes far from the pooled rate (CpG C>T, 8-oxoG) toward it; a
+        # test calibrated on the shrunk posterior inherits that bias and is anti-conservative.
+        """
+        x = self.errors.astype(np.float64)
+        n = self.opportunities.astype(np.float64)
+        informative = n * self.pooled_rate[:, None] >= 1.0
+        a = np.where(informative, x + 0.5, self.alpha)
+        b = np.where(informative, n - x + 0.5, self.beta)
+        return np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+
     def class_beta(
-        self, class_index: int, molecule_type: MoleculeType
+        self, class_index: int, molecule_type: MoleculeType, *, calibration: bool = False
     ) -> tuple[float, float, float]:
-        """``(rate, alpha, beta)`` of a class, with locus-level spread added (moment-matched)."""
-        a = float(self.alpha[molecule_type, class_index])
-        b = float(self.beta[molecule_type, class_index])
+        """``(rate, alpha, beta)`` of a class, with locus-level spread added (moment-matched).
+
+        ``calibration=True`` starts from :meth:`calibration_beta` instead of the shrunk posterior.
+        """
+        if calibration:
+            ca, cb = self.calibration_beta()
+            a = float(ca[molecule_type, class_index])
+            b = float(cb[molecule_type, class_index])
+        else:
+            a = float(self.alpha[molecule_type, class_index])
+            b = float(self.beta[molecule_type, class_index])
         mean = a / (a + b)
         var = a * b / ((a + b) ** 2 * (a + b + 1.0))
         tau = float(self.locus_concentration[molecule_type])
@@ -315,14 +338,16 @@ class BackgroundModel:
         return mean, mean * concentration, (1.0 - mean) * concentration
 
     def rate(
-        self, ref_context: str, alt: str, molecule_type: MoleculeType
+        self, ref_context: str, alt: str, molecule_type: MoleculeType, *, calibration: bool = False
     ) -> tuple[float, float, float]:
         """``(rate, alpha, beta)`` for ``ref_context`` (3 reference bases) mutated to ``alt``.
 
         ``rate`` is the posterior mean; ``Beta(alpha, beta)`` carries both the estimation
         uncertainty of the class and the locus-to-locus spread (used for beta-binomial tests).
         """
-        return self.class_beta(sbs96_index(ref_context, alt), molecule_type)
+        return self.class_beta(
+            sbs96_index(ref_context, alt), molecule_type, calibration=calibration
+        )
 
     def orientation_rates(self) -> FloatArray:
         """Jeffreys-mean rate per (molecule type, orientation, class) for strand-damage QC."""

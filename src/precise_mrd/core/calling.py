@@ -135,6 +135,7 @@ class CallingParams:
     n_bootstrap: int = 2000
     n_lod_simulations: int = 400
     lod_detection_probability: float = 0.95
+    compute_personal_lod: bool = True
 
     def __post_init__(self) -> None:
         for name in ("alpha", "outlier_alpha", "min_strand_bias_p_value"):
@@ -223,7 +224,7 @@ class SampleCall:
     n_variants_passing: int
     n_variants_with_alt: int
     n_outliers: int
-    personal_lod: float
+    personal_lod: float | None  # None when compute_personal_lod is off
     qc: dict[str, dict[str, object]]
     thresholds: dict[str, float]
     profile_tumor_fraction: tuple[float, ...]
@@ -404,7 +405,8 @@ def _draw_rates(
     the locus around it with the fitted locus concentration."""
     classes, inverse = np.unique(loci.class_id, return_inverse=True)
     m, c = classes // 96, classes % 96
-    class_rates = rng.beta(model.alpha[m, c], model.beta[m, c], size=(size, classes.size))
+    alpha, beta = model.calibration_beta()
+    class_rates = rng.beta(alpha[m, c], beta[m, c], size=(size, classes.size))
     rates = class_rates[:, inverse]
     tau = model.locus_concentration[loci.class_id // 96]
     finite = np.isfinite(tau)
@@ -424,7 +426,7 @@ def _outlier_p_values(
         c = sbs96_index(vc.ref_context, vc.variant.alt)
         parts = []
         for m, ni in zip(MoleculeType, (vc.n_simplex, vc.n_duplex), strict=True):
-            rate, ra, rb = model.class_beta(c, m)
+            rate, ra, rb = model.class_beta(c, m, calibration=True)
             shift = tf * vc.variant.tumor_af
             mean = shift + (1.0 - shift) * rate
             var = (1.0 - shift) ** 2 * ra * rb / ((ra + rb) ** 2 * (ra + rb + 1.0))
@@ -480,8 +482,8 @@ def call_sample(
     for i, vc in enumerate(variants):
         parts = []
         for m, ni in zip(MoleculeType, (vc.n_simplex, vc.n_duplex), strict=True):
-            rate, ra, rb = background.rate(vc.ref_context, vc.variant.alt, m)
-            rates[i, m] = rate
+            rates[i, m] = background.rate(vc.ref_context, vc.variant.alt, m)[0]
+            _, ra, rb = background.rate(vc.ref_context, vc.variant.alt, m, calibration=True)
             parts.append((ni, ra, rb))
         p_values[i] = _upper_tail_sum(vc.alt, parts)
     q_values = benjamini_hochberg(p_values)
@@ -546,7 +548,11 @@ def call_sample(
         null_lr = _batched_lr(loci.n, null_x, loci.af, loci.e)
         p_value = float((1 + np.sum(null_lr >= lr - 1e-9)) / (params.n_bootstrap + 1))
         p_asym = 0.5 * float(stats.chi2.sf(lr, 1)) if lr > 0 else 1.0
-        lod = _personal_lod(loci, background, params, null_lr, rng)
+        lod = (
+            _personal_lod(loci, background, params, null_lr, rng)
+            if params.compute_personal_lod
+            else None
+        )
         grid = np.concatenate([[0.0], np.logspace(-7, 0, 85)])
         profile = log_likelihood(grid, loci.n, loci.x, loci.af, loci.e)
     else:
