@@ -405,8 +405,8 @@ def _process_batch(
     counters.n_reads_filtered_alignment += int(n_reads - keep.sum())
 
     # 2. families (molecule, end, strand) and the min_reads filter
-    fam_size = np.zeros((n_mol, 2, 2), dtype=np.int64)
-    np.add.at(fam_size, (mol[keep], end[keep], strand[keep]), 1)
+    family_index = (mol[keep] * 2 + end[keep]) * 2 + strand[keep]
+    fam_size = np.bincount(family_index, minlength=n_mol * 4).reshape(n_mol, 2, 2)
     per_strand = fam_size.max(axis=1)  # templates per strand = the better-covered end
     n_a, n_b = per_strand[:, 0], per_strand[:, 1]
     mol_paired = np.zeros(n_mol, dtype=bool)
