@@ -70,23 +70,39 @@ class Strategy(str, Enum):
 
 
 def _print_json(payload: Any) -> None:
-    typer.echo(json.dumps(payload, indent=2, default=str))
+    from precise_mrd.pipeline.run import to_jsonable
+
+    typer.echo(json.dumps(to_jsonable(payload), indent=2, default=str))
 
 
 @app.command()
 @user_errors_to_exit
 def simulate(
     out_dir: Annotated[Path, typer.Argument(help="Directory to write the simulated sample into.")],
-    preset: Annotated[Preset, typer.Option(help="Starting point for all parameters.")] = Preset.smoke,
+    preset: Annotated[
+        Preset, typer.Option(help="Starting point for all parameters.")
+    ] = Preset.smoke,
     seed: Annotated[int | None, typer.Option(help="Random seed (same seed, same bytes).")] = None,
-    tumor_fraction: Annotated[float | None, typer.Option(help="Fraction of cfDNA molecules from tumour.")] = None,
+    tumor_fraction: Annotated[
+        float | None, typer.Option(help="Fraction of cfDNA molecules from tumour.")
+    ] = None,
     n_variants: Annotated[int | None, typer.Option(help="Tracked tumour variants.")] = None,
-    molecules_per_locus: Annotated[int | None, typer.Option(help="cfDNA molecules covering each variant.")] = None,
-    mean_family_size: Annotated[float | None, typer.Option(help="Mean PCR copies sequenced per strand.")] = None,
-    duplex: Annotated[bool | None, typer.Option("--duplex/--no-duplex", help="Sequence both strands.")] = None,
+    molecules_per_locus: Annotated[
+        int | None, typer.Option(help="cfDNA molecules covering each variant.")
+    ] = None,
+    mean_family_size: Annotated[
+        float | None, typer.Option(help="Mean PCR copies sequenced per strand.")
+    ] = None,
+    duplex: Annotated[
+        bool | None, typer.Option("--duplex/--no-duplex", help="Sequence both strands.")
+    ] = None,
     read_length: Annotated[int | None, typer.Option(help="Template bases per read.")] = None,
-    artifact_rate: Annotated[float | None, typer.Option(help="Damage artefact rate per susceptible base.")] = None,
-    fastq: Annotated[bool, typer.Option("--fastq", help="Also write paired FASTQ with UMIs in the reads.")] = False,
+    artifact_rate: Annotated[
+        float | None, typer.Option(help="Damage artefact rate per susceptible base.")
+    ] = None,
+    fastq: Annotated[
+        bool, typer.Option("--fastq", help="Also write paired FASTQ with UMIs in the reads.")
+    ] = False,
 ) -> None:
     """Simulate a UMI-tagged cfDNA sample with known truth (FASTA, BAM, VCF, truth.json)."""
     from precise_mrd.core.simulate import SimulationParams
@@ -102,14 +118,23 @@ def simulate(
         "read_length": read_length,
         "artifact_rate": artifact_rate,
     }
-    try:
-        params = SimulationParams.preset(
-            preset.value, **{key: value for key, value in overrides.items() if value is not None}
-        )
-    except ValueError as error:
-        raise ConfigError("simulate", str(error), "see `precise-mrd simulate --help`") from None
+    params = SimulationParams.preset(
+        preset.value, **{key: value for key, value in overrides.items() if value is not None}
+    )
     outputs = simulate_sample(out_dir, params, write_fastq=fastq)
-    _print_json(outputs.summary())
+    summary = {
+        "reference": outputs.reference_path,
+        "reads": outputs.bam_path,
+        "variants": outputs.vcf_path,
+        "truth": outputs.truth_path,
+        "n_variants": outputs.n_variants,
+        "n_molecules": outputs.n_molecules,
+        "n_read_pairs": outputs.n_read_pairs,
+    }
+    if fastq:
+        summary["fastq"] = [outputs.fastq_r1_path, outputs.fastq_r2_path]
+        summary["read_structure"] = f"{params.read_structure} {params.read_structure}"
+    _print_json(summary)
 
 
 @app.command()
@@ -117,11 +142,21 @@ def simulate(
 def group(
     bam: Annotated[Path, typer.Option("--bam", help="Coordinate-sorted BAM with UMIs.")],
     out: Annotated[Path, typer.Option("--out", help="Output BAM with MI tags.")],
-    strategy: Annotated[Strategy, typer.Option(help="UMI clustering method.")] = Strategy.directional,
-    group_out: Annotated[Path | None, typer.Option(help="Also write UMI-tools style groups TSV.")] = None,
-    umi_from_read_name: Annotated[bool, typer.Option(help="Take the UMI from the read name's end.")] = False,
-    umi_separator: Annotated[str, typer.Option(help="Separator before the UMI in read names.")] = "_",
-    max_edits: Annotated[int, typer.Option(help="Mismatches allowed between UMIs of one molecule.")] = 1,
+    strategy: Annotated[
+        Strategy, typer.Option(help="UMI clustering method.")
+    ] = Strategy.directional,
+    group_out: Annotated[
+        Path | None, typer.Option(help="Also write UMI-tools style groups TSV.")
+    ] = None,
+    umi_from_read_name: Annotated[
+        bool, typer.Option(help="Take the UMI from the read name's end.")
+    ] = False,
+    umi_separator: Annotated[
+        str, typer.Option(help="Separator before the UMI in read names.")
+    ] = "_",
+    max_edits: Annotated[
+        int, typer.Option(help="Mismatches allowed between UMIs of one molecule.")
+    ] = 1,
     umi_tag: Annotated[str, typer.Option(help="SAM tag holding the UMI.")] = "RX",
 ) -> None:
     """Group reads into molecules by UMI (writes MI tags)."""
@@ -137,7 +172,7 @@ def group(
         umi_separator=umi_separator,
         group_out_path=group_out,
     )
-    _print_json(stats.__dict__)
+    _print_json(stats)
 
 
 @app.command()
@@ -145,7 +180,9 @@ def group(
 def consensus(
     bam: Annotated[Path, typer.Option("--bam", help="Grouped BAM (MI tags), coordinate-sorted.")],
     out: Annotated[Path, typer.Option("--out", help="Consensus BAM to write.")],
-    config: Annotated[Path | None, typer.Option(help="YAML config (consensus section used).")] = None,
+    config: Annotated[
+        Path | None, typer.Option(help="YAML config (consensus section used).")
+    ] = None,
     min_reads: Annotated[
         list[int] | None, typer.Option(help="Minimum reads: total [strand A [strand B]].")
     ] = None,
@@ -161,23 +198,30 @@ def consensus(
         section["min_reads"] = min_reads
         params = PipelineParams.from_mapping({**params.model_dump(), "consensus": section})
     stats = call_consensus_bam(bam, out, params=consensus_params_from(params))
-    _print_json(stats.__dict__)
+    _print_json(stats)
 
 
 @app.command()
 @user_errors_to_exit
 def run(
-    reference: Annotated[Path, typer.Option("--reference", help="Reference FASTA (indexed or writable dir).")],
+    reference: Annotated[
+        Path, typer.Option("--reference", help="Reference FASTA (indexed or writable dir).")
+    ],
     variants: Annotated[Path, typer.Option("--variants", help="Tumour variants: VCF or TSV.")],
     out: Annotated[Path, typer.Option("--out", help="Output directory.")],
-    bam: Annotated[Path | None, typer.Option("--bam", help="Coordinate-sorted BAM with UMIs.")] = None,
+    bam: Annotated[
+        Path | None, typer.Option("--bam", help="Coordinate-sorted BAM with UMIs.")
+    ] = None,
     fastq: Annotated[
-        tuple[Path, Path] | None, typer.Option("--fastq", help="R1 and R2 FASTQ (instead of --bam).")
+        tuple[Path, Path] | None,
+        typer.Option("--fastq", help="R1 and R2 FASTQ (instead of --bam)."),
     ] = None,
     read_structure: Annotated[
         str | None, typer.Option(help='Read structures of R1 and R2, e.g. "8M142T 8M142T".')
     ] = None,
-    targets: Annotated[Path | None, typer.Option(help="Target regions BED (background is measured there).")] = None,
+    targets: Annotated[
+        Path | None, typer.Option(help="Target regions BED (background is measured there).")
+    ] = None,
     config: Annotated[Path | None, typer.Option(help="YAML config.")] = None,
     threads: Annotated[int | None, typer.Option(help="Worker threads.")] = None,
     seed: Annotated[int | None, typer.Option(help="Seed for the calibration draws.")] = None,
@@ -189,7 +233,11 @@ def run(
     if (bam is None) == (fastq is None):
         raise ConfigError("--bam/--fastq", "give exactly one of --bam or --fastq R1 R2", "pick one")
     if fastq is not None and not read_structure:
-        raise ConfigError("--read-structure", "FASTQ input needs read structures", 'e.g. --read-structure "8M142T 8M142T"')
+        raise ConfigError(
+            "--read-structure",
+            "FASTQ input needs read structures",
+            'e.g. --read-structure "8M142T 8M142T"',
+        )
     params = PipelineParams.from_yaml(config) if config else PipelineParams()
     overrides = {k: v for k, v in {"threads": threads, "seed": seed}.items() if v is not None}
     if overrides:
@@ -214,9 +262,9 @@ def run(
 @app.command()
 @user_errors_to_exit
 def demo(
-    out: Annotated[Path, typer.Option("--out", help="Directory for the demo sample and its results.")] = Path(
-        "demo_out"
-    ),
+    out: Annotated[
+        Path, typer.Option("--out", help="Directory for the demo sample and its results.")
+    ] = Path("demo_out"),
     seed: Annotated[int, typer.Option(help="Random seed.")] = 7,
     tumor_fraction: Annotated[float, typer.Option(help="Tumour fraction to simulate.")] = 1e-3,
 ) -> None:
@@ -231,10 +279,12 @@ def demo(
     )
     inputs = RunInputs(
         reference_path=sample.reference_path,
-        variants_path=sample.variants_path,
+        variants_path=sample.vcf_path,
         bam_path=sample.bam_path,
     )
-    result = run_pipeline(inputs, PipelineParams(seed=seed), out / "results", progress=_progress_printer())
+    result = run_pipeline(
+        inputs, PipelineParams(seed=seed), out / "results", progress=_progress_printer()
+    )
     call = result.sample_call
     typer.echo(
         f"simulated tumour fraction {tumor_fraction:g}; called {call['decision']} with estimate "

@@ -71,7 +71,9 @@ class ConsensusSection(_Section):
         if min(value) < 0 or total < 1:
             raise ValueError(f"min_reads must be >= 0 with the first >= 1; got {list(value)}")
         if strand_b > strand_a or strand_a > total:
-            raise ValueError(f"min_reads must be non-increasing (total >= A >= B); got {list(value)}")
+            raise ValueError(
+                f"min_reads must be non-increasing (total >= A >= B); got {list(value)}"
+            )
         return value
 
 
@@ -89,7 +91,7 @@ class CallingSection(_Section):
 
     alpha: float = Field(0.05, gt=0, lt=1)
     min_informative_molecules: int = Field(1000, ge=0)
-    n_null_draws: int = Field(2000, ge=100, le=1_000_000)
+    n_bootstrap: int = Field(2000, ge=100, le=1_000_000)
 
 
 class PipelineParams(_Section):
@@ -125,7 +127,9 @@ class PipelineParams(_Section):
         except FileNotFoundError:
             raise InputFileError(str(path), "config file not found", "check the path") from None
         except OSError as error:
-            raise InputFileError(str(path), f"cannot read ({error.strerror})", "check permissions") from None
+            raise InputFileError(
+                str(path), f"cannot read ({error.strerror})", "check permissions"
+            ) from None
         return cls.from_yaml_text(text, source=str(path))
 
     @classmethod
@@ -134,11 +138,15 @@ class PipelineParams(_Section):
         try:
             loaded = yaml.safe_load(text)
         except yaml.YAMLError as error:
-            raise InputFileError(source, f"is not valid YAML ({error})", "fix the YAML syntax") from None
+            raise InputFileError(
+                source, f"is not valid YAML ({error})", "fix the YAML syntax"
+            ) from None
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):
-            raise InputFileError(source, "top level must be a mapping of sections", "see docs/configuration.md")
+            raise InputFileError(
+                source, "top level must be a mapping of sections", "see docs/configuration.md"
+            )
         return cls.from_mapping(loaded)
 
     def with_overrides(self, **overrides: Any) -> PipelineParams:

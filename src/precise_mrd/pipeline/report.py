@@ -29,11 +29,14 @@ REPORT_VARIANT_COLUMNS = (
     "pos",
     "ref",
     "alt",
-    "context",
-    "informative_molecules",
-    "alt_molecules",
+    "tumor_af",
+    "ref_context",
+    "informative_simplex",
+    "alt_simplex",
+    "informative_duplex",
     "alt_duplex",
-    "background_rate",
+    "background_rate_simplex",
+    "background_rate_duplex",
     "p_value",
     "q_value",
     "filters",
@@ -116,18 +119,26 @@ def _family_size_plot(histogram: Mapping[str, int]) -> Plot | None:
     axis.set_xlabel("reads per molecule (family size)")
     axis.set_ylabel("molecules")
     axis.set_title("Family size distribution")
-    return Plot("Family sizes", "Raw reads per UMI family (both strands).", _figure_to_base64(figure))
+    return Plot(
+        "Family sizes", "Raw reads per UMI family (both strands).", _figure_to_base64(figure)
+    )
 
 
 def _background_plot(background: Sequence[Mapping[str, Any]]) -> Plot | None:
+    """``background``: rows with molecule_type, sbs_class, rate (as BackgroundModel.class_table)."""
     if not background:
         return None
-    labels = [str(row["class"]) for row in background]
+    labels = list(dict.fromkeys(str(row["sbs_class"]) for row in background))
     figure, axis = plt.subplots(figsize=(10.5, 3.4))
     positions = range(len(labels))
-    for key, colour, name in (("simplex_rate", "#d98c3f", "simplex"), ("duplex_rate", "#3b6ea8", "duplex")):
-        values = [max(float(row.get(key) or 0.0), 1e-9) for row in background]
-        axis.scatter(positions, values, s=9, color=colour, label=name)
+    for molecule_type, colour in (("simplex", "#d98c3f"), ("duplex", "#3b6ea8")):
+        rates = {
+            str(r["sbs_class"]): float(r["rate"])
+            for r in background
+            if r["molecule_type"] == molecule_type
+        }
+        values = [max(rates.get(label, 0.0), 1e-9) for label in labels]
+        axis.scatter(positions, values, s=9, color=colour, label=molecule_type)
     axis.set_yscale("log")
     axis.set_xticks(list(positions)[::8], labels[::8], rotation=90, fontsize=6)
     axis.set_ylabel("error rate per molecule")
@@ -140,18 +151,34 @@ def _background_plot(background: Sequence[Mapping[str, Any]]) -> Plot | None:
     )
 
 
-def _observed_vs_expected_plot(variants: Mapping[str, Sequence[Any]], call: Mapping[str, Any]) -> Plot | None:
-    if not variants.get("informative_molecules"):
+def _expected_alt(n: float, tf: float, af: float, e: float) -> float:
+    return n * (tf * af * (1 - e) + (1 - tf * af) * e)
+
+
+def _observed_vs_expected_plot(
+    variants: Mapping[str, Sequence[Any]], call: Mapping[str, Any]
+) -> Plot | None:
+    if not variants.get("informative_simplex"):
         return None
     tf = float(call.get("tumor_fraction") or 0.0)
-    informative = [float(v) for v in variants["informative_molecules"]]
-    observed = [float(v) for v in variants.get("alt_molecules", [0] * len(informative))]
-    background = [float(v or 0.0) for v in variants.get("background_rate", [0.0] * len(informative))]
-    tumor_af = [float(v) for v in variants.get("tumor_af", [0.5] * len(informative))]
-    expected = [
-        n * (tf * af * (1 - e) + (1 - tf * af) * e)
-        for n, af, e in zip(informative, tumor_af, background, strict=True)
-    ]
+    expected, observed = [], []
+    for i in range(len(variants["informative_simplex"])):
+        af = float(variants["tumor_af"][i])
+        expected.append(
+            _expected_alt(
+                float(variants["informative_simplex"][i]),
+                tf,
+                af,
+                float(variants["background_rate_simplex"][i]),
+            )
+            + _expected_alt(
+                float(variants["informative_duplex"][i]),
+                tf,
+                af,
+                float(variants["background_rate_duplex"][i]),
+            )
+        )
+        observed.append(float(variants["alt_simplex"][i]) + float(variants["alt_duplex"][i]))
     figure, axis = plt.subplots(figsize=(5.2, 3.4))
     axis.scatter(expected, observed, s=14, color="#3b6ea8", alpha=0.8)
     top = max([*expected, *observed, 1.0])
@@ -167,9 +194,8 @@ def _observed_vs_expected_plot(variants: Mapping[str, Sequence[Any]], call: Mapp
 
 
 def _likelihood_plot(call: Mapping[str, Any]) -> Plot | None:
-    profile = call.get("likelihood_profile") or {}
-    grid = profile.get("tumor_fraction") or []
-    log_likelihood = profile.get("log_likelihood") or []
+    grid = list(call.get("profile_tumor_fraction") or [])
+    log_likelihood = list(call.get("profile_log_likelihood") or [])
     if len(grid) < 2:
         return None
     best = max(log_likelihood)
@@ -239,7 +265,9 @@ def render_report(
     config_hash: str,
 ) -> str:
     """Render the report as one self-contained HTML string."""
-    template_text = resources.files("precise_mrd.pipeline").joinpath("templates/report.html.j2").read_text()
+    template_text = (
+        resources.files("precise_mrd.pipeline").joinpath("templates/report.html.j2").read_text()
+    )
     environment = Environment(autoescape=select_autoescape(default=True))
     template = environment.from_string(template_text)
     family_histogram = metrics.get("consensus", {}).get("family_size_histogram", {})
@@ -264,4 +292,3 @@ def render_report(
         metric_rows=_metric_rows(metrics),
         thresholds=", ".join(f"{k} = {v}" for k, v in sample_call.get("thresholds", {}).items()),
     )
-

@@ -27,7 +27,8 @@ from typing import Any
 import numpy as np
 
 from precise_mrd import __version__
-from precise_mrd.core.errors import InputFileError
+from precise_mrd.core.errors import ConfigError, InputFileError
+from precise_mrd.core.read_structure import ReadStructure
 from precise_mrd.pipeline.artifacts import ARTIFACTS
 from precise_mrd.pipeline.params import PipelineParams
 
@@ -113,11 +114,29 @@ def consensus_params_from(params: PipelineParams) -> Any:
     )
 
 
+def parse_read_structures(text: str) -> tuple[ReadStructure, ReadStructure]:
+    """Parse the two read structures of a FASTQ pair, e.g. ``"8M142T 8M142T"``.
+
+    >>> [str(structure) for structure in parse_read_structures("8M142T 8M+T")]
+    ['8M142T', '8M+T']
+    """
+    parts = text.split()
+    if len(parts) != 2:
+        raise ConfigError(
+            "--read-structure",
+            f"needs one read structure per FASTQ (R1 and R2); got {len(parts)} in {text!r}",
+            'give two, separated by a space, e.g. "8M142T 8M142T"',
+        )
+    return ReadStructure.parse(parts[0]), ReadStructure.parse(parts[1])
+
+
 def _check_readable(path: Path, what: str) -> None:
     if not path.exists():
         raise InputFileError(str(path), f"{what} not found", "check the path")
     if path.is_dir():
-        raise InputFileError(str(path), f"{what} is a directory, not a file", "give the file's path")
+        raise InputFileError(
+            str(path), f"{what} is a directory, not a file", "give the file's path"
+        )
     if not os.access(path, os.R_OK):
         raise InputFileError(str(path), f"{what} is not readable", "check the file's permissions")
 
@@ -198,8 +217,8 @@ def _run_stages(
     tracker: _Progress,
     sample_name: str | None,
 ) -> dict[str, Any]:
-    from precise_mrd.core.background import fit_background
-    from precise_mrd.core.calling import call_sample, calling_params_from_mapping
+    from precise_mrd.core.background import BackgroundModel
+    from precise_mrd.core.calling import CallingParams, call_sample
     from precise_mrd.io.bed import read_bed
     from precise_mrd.io.fasta import open_reference
     from precise_mrd.io.tables import write_parquet, write_tsv
@@ -223,7 +242,6 @@ def _run_stages(
 
     reads_bam = inputs.bam_path
     if inputs.fastq_paths is not None:
-        from precise_mrd.core.read_structure import parse_read_structures
         from precise_mrd.pipeline.align import align_fastq_pair
 
         with tracker.stage("align"):
@@ -256,7 +274,12 @@ def _run_stages(
         consensus_stats = call_consensus_bam(
             grouped_bam, consensus_bam, params=consensus_params_from(params), threads=params.threads
         )
-    for leftover in (grouped_bam, Path(f"{grouped_bam}.bai"), staging / "aligned.bam", staging / "aligned.bam.bai"):
+    for leftover in (
+        grouped_bam,
+        Path(f"{grouped_bam}.bai"),
+        staging / "aligned.bam",
+        staging / "aligned.bam.bai",
+    ):
         leftover.unlink(missing_ok=True)
 
     with tracker.stage("evidence"):
@@ -270,16 +293,16 @@ def _run_stages(
             variant_exclusion_window=params.evidence.variant_exclusion_window,
             flank=params.evidence.flank,
         )
-        background = fit_background(evidence.background)
+        background = BackgroundModel.fit(evidence.background)
 
     with tracker.stage("calling"):
         rng = np.random.default_rng(params.seed)
-        call, variant_table = call_sample(
-            evidence,
-            background,
-            calling_params_from_mapping(params.calling.model_dump()),
-            rng,
+        calling_params = CallingParams(
+            alpha=params.calling.alpha,
+            min_informative_molecules=params.calling.min_informative_molecules,
+            n_bootstrap=params.calling.n_bootstrap,
         )
+        call, variant_table = call_sample(evidence.variants, background, calling_params, rng)
         sample_call = call.to_dict()
         sample_call["config_hash"] = params.config_hash
         sample_call["versions"] = _versions()
@@ -290,9 +313,9 @@ def _run_stages(
 
     with tracker.stage("report"):
         metrics = {
-            "grouping": _as_dict(group_stats),
-            "consensus": _as_dict(consensus_stats),
-            "evidence": evidence.summary(),
+            "grouping": to_jsonable(group_stats),
+            "consensus": to_jsonable(consensus_stats),
+            "evidence": _evidence_summary(evidence),
             "timings_seconds": dict(tracker.timings),
             "versions": _versions(),
             "config_hash": params.config_hash,
@@ -303,7 +326,7 @@ def _run_stages(
             sample_call=sample_call,
             variants=variant_columns,
             metrics=metrics,
-            background=background.summary_rows(),
+            background=background.class_table(),
             config_hash=params.config_hash,
         )
         (staging / ARTIFACTS["report"]).write_text(html, encoding="utf-8")
@@ -312,9 +335,40 @@ def _run_stages(
     return sample_call
 
 
-def _as_dict(stats: Any) -> dict[str, Any]:
+def _evidence_summary(evidence: Any) -> dict[str, Any]:
+    counts = evidence.background
+    opportunities = counts.opportunities.sum(axis=(1, 2))
+    errors = counts.errors.sum(axis=(1, 2))
+    return {
+        "consensus_records": int(evidence.n_records),
+        "consensus_records_skipped": int(evidence.n_records_skipped),
+        "background_opportunities_simplex": int(opportunities[0]),
+        "background_opportunities_duplex": int(opportunities[1]),
+        "background_errors_simplex": int(errors[0]),
+        "background_errors_duplex": int(errors[1]),
+        "informative_molecules": int(sum(v.informative for v in evidence.variants)),
+    }
+
+
+def to_jsonable(value: Any) -> Any:
+    """Dataclasses, tuples-as-keys and numpy scalars made into plain JSON values.
+
+    >>> to_jsonable({(1, 2): np.int64(3), "a": (1.5,)})
+    {'1/2': 3, 'a': [1.5]}
+    """
     from dataclasses import asdict, is_dataclass
 
-    if is_dataclass(stats) and not isinstance(stats, type):
-        return {key: value for key, value in asdict(stats).items()}
-    return dict(stats)
+    if is_dataclass(value) and not isinstance(value, type):
+        value = asdict(value)
+    if isinstance(value, dict):
+        return {
+            ("/".join(map(str, key)) if isinstance(key, tuple) else str(key)): to_jsonable(item)
+            for key, item in value.items()
+        }
+    if isinstance(value, list | tuple):
+        return [to_jsonable(item) for item in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, Path):
+        return str(value)
+    return value
