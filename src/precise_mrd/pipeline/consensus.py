@@ -23,6 +23,17 @@ and the UMI in ``RX``. The stage:
    ``bD == 0``); then sorts and indexes the output, writing to a temporary name first.
 
 The consensus maths lives in :mod:`precise_mrd.core.consensus`; this module is only bookkeeping.
+
+Edge cases, on purpose: a paired molecule with no usable read at one end (its mates were dropped
+upstream) is counted in ``n_molecules_filtered_missing_end`` and not written; single-end reads of
+the two strands of a duplex molecule cover opposite ends of the fragment, so each strand gives its
+own unpaired single-strand record (no duplex combination is possible there).
+
+Cost: per read, one pass of pysam attribute access into a compact tuple (the buffer holds only
+the reads of molecules the stream has not yet passed); per batch of ~10,000 reads, a handful of
+numpy passes (sorting, one ``bincount`` for all families, the posterior over 4 x width cells per
+family); per consensus record, one SAM line parsed by htslib. Memory is bounded by the batch and
+the depth of the current loci, not by the file.
 """
 
 from __future__ import annotations
