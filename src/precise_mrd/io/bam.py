@@ -23,11 +23,12 @@ from a SAM tag or from the end of its name.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import os
 import zlib
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Final
 
@@ -222,21 +223,32 @@ _RECORD_CHUNK_BYTES: Final[int] = 1 << 22
 _I64: Any = np.int64  # NB: typed Any so that numba-compiled integer maths type-checks as int
 
 
-def _iter_bgzf_payloads(path: Path) -> Iterator[bytes]:
-    """Inflate the BGZF blocks of ``path`` one by one (raises InputFileError when cut short)."""
+def _inflate(block: memoryview) -> bytes:
+    return zlib.decompress(block, -15)
+
+
+def _iter_bgzf_payloads(path: Path, *, threads: int = 2) -> Iterator[bytes]:
+    """Inflate the BGZF blocks of ``path`` in order, ``threads`` blocks at a time.
+
+    Raises :class:`InputFileError` for a file that is cut short or corrupt.
+    """
     name = str(path)
-    with open(path, "rb") as handle:
+    base = 0  # file offset of data[0]
+    with open(path, "rb") as handle, ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
         data = b""
         while True:
-            more = handle.read(1 << 23)
+            more = handle.read(1 << 22)
             data = data + more if data else more
             view = memoryview(data)
             offset = 0
             size = len(data)
+            blocks: list[memoryview] = []
             while size - offset >= 18:
                 if view[offset : offset + 4] != _BGZF_MAGIC:
                     raise InputFileError(
-                        name, f"is corrupt (no BGZF block at byte {offset})", "re-create the file"
+                        name,
+                        f"is corrupt (no BGZF block at byte {base + offset})",
+                        "re-create or re-download the file",
                     )
                 xlen = view[offset + 10] | (view[offset + 11] << 8)
                 extra = bytes(view[offset + 12 : offset + 12 + xlen])
@@ -246,15 +258,18 @@ def _iter_bgzf_payloads(path: Path) -> Iterator[bytes]:
                 total = (extra[where + 4] | (extra[where + 5] << 8)) + 1
                 if size - offset < total:
                     break
-                try:
-                    yield zlib.decompress(view[offset + 12 + xlen : offset + total - 8], -15)
-                except zlib.error as error:
-                    raise InputFileError(
-                        name, f"is corrupt ({error})", "re-create or re-download the file"
-                    ) from error
+                blocks.append(view[offset + 12 + xlen : offset + total - 8])
                 offset += total
+            try:
+                yield from pool.map(_inflate, blocks)
+            except zlib.error as error:
+                raise InputFileError(
+                    name, f"is corrupt ({error})", "re-create or re-download the file"
+                ) from error
+            del blocks
             view.release()
             data = data[offset:]
+            base += offset
             if not more:
                 if data:
                     raise InputFileError(
@@ -670,6 +685,7 @@ class BgzfWriter:
         self._pending = bytearray()
         self._level = level
         self._pool = ThreadPoolExecutor(max_workers=max(1, threads))
+        self._queued: collections.deque[Future[bytes]] = collections.deque()
 
     def write(self, data: bytes | bytearray | memoryview | npt.NDArray[np.uint8]) -> None:
         self._pending += data.data if isinstance(data, np.ndarray) else data
@@ -679,13 +695,13 @@ class BgzfWriter:
     def _flush(self, *, final: bool) -> None:
         n_full = len(self._pending) // _BGZF_BLOCK_INPUT
         cut = len(self._pending) if final else n_full * _BGZF_BLOCK_INPUT
-        pieces = [
-            bytes(self._pending[start : min(start + _BGZF_BLOCK_INPUT, cut)])
-            for start in range(0, cut, _BGZF_BLOCK_INPUT)
-        ]
+        for start in range(0, cut, _BGZF_BLOCK_INPUT):
+            piece = bytes(self._pending[start : min(start + _BGZF_BLOCK_INPUT, cut)])
+            self._queued.append(self._pool.submit(_bgzf_block, piece, self._level))
         del self._pending[:cut]
-        for block in self._pool.map(_bgzf_block, pieces, [self._level] * len(pieces)):
-            self._handle.write(block)
+        # NB: blocks compress in the pool while the caller goes on; keep at most ~256 in flight
+        while self._queued and (final or len(self._queued) > 64 or self._queued[0].done()):
+            self._handle.write(self._queued.popleft().result())
 
     def close(self) -> None:
         """Flush, write the BGZF end-of-file block and close the file."""
@@ -693,6 +709,8 @@ class BgzfWriter:
             self._flush(final=True)
             self._handle.write(BGZF_EOF)
         finally:
+            for future in self._queued:
+                future.cancel()
             self._pool.shutdown()
             self._handle.close()
 

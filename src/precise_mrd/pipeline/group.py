@@ -28,10 +28,9 @@ from __future__ import annotations
 
 import os
 import re
-from array import array
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 import numpy as np
 import numpy.typing as npt
@@ -149,14 +148,14 @@ def _cigar_geometry(cigar: str, cache: dict[str, tuple[int, int, int]]) -> tuple
 class _Collected:
     """Pass-1 output: one row per kept read, plus the record -> row map (-1 = dropped)."""
 
-    slot_of_record: array[int]
-    flags: Int64Array
-    tid: Int64Array
+    slot_of_record: npt.NDArray[np.int32]
+    flags: npt.NDArray[np.int32]
+    tid: npt.NDArray[np.int32]
     pos5: Int64Array
-    mate_tid: Int64Array
+    mate_tid: npt.NDArray[np.int32]
     mate_pos5: Int64Array
     name_hash: Int64Array
-    umi_code: Int64Array
+    umi_code: npt.NDArray[np.int32]
     umis: list[str]
     skipped: dict[str, int]
     n_records: int
@@ -178,7 +177,7 @@ def _collect(
     order_state = np.array([-1, -1, 0], dtype=np.int64)
     umi_index: dict[str, int] = {}
     skipped = dict.fromkeys(SKIP_REASONS, 0)
-    parts: dict[str, list[Int64Array]] = {
+    parts: dict[str, list[Any]] = {
         key: [] for key in ("flags", "tid", "pos5", "mate_tid", "mate_pos5", "name_hash", "umi")
     }
     statuses: list[npt.NDArray[np.int8]] = []
@@ -217,7 +216,7 @@ def _collect(
             distinct, first_row, inverse = np.unique(
                 rows.view(f"V{rows.shape[1]}").ravel(), return_index=True, return_inverse=True
             )
-            local_codes = np.empty(len(distinct), dtype=np.int64)
+            local_codes = np.empty(len(distinct), dtype=np.int32)
             for j, row in enumerate(first_row.tolist()):
                 umi = rows[row, : lengths[row]].tobytes().decode("ascii", errors="replace")
                 code = umi_index.get(umi)
@@ -225,26 +224,28 @@ def _collect(
                     code = umi_index[umi] = len(umi_index)
                 local_codes[j] = code
             parts["umi"].append(local_codes[inverse.ravel()])
-        for key, values in (
-            ("flags", flags),
-            ("tid", tids),
-            ("pos5", pos5s),
-            ("mate_tid", mate_tids),
-            ("mate_pos5", mate_pos5s),
-            ("name_hash", name_hashes),
+        for key, values, dtype in (
+            ("flags", flags, np.int32),
+            ("tid", tids, np.int32),
+            ("pos5", pos5s, np.int64),
+            ("mate_tid", mate_tids, np.int32),
+            ("mate_pos5", mate_pos5s, np.int64),
+            ("name_hash", name_hashes, np.int64),
         ):
-            parts[key].append(values[kept])
+            parts[key].append(values[kept].astype(dtype))
 
-    def joined(key: str) -> Int64Array:
-        return np.concatenate(parts[key]) if parts[key] else np.zeros(0, dtype=np.int64)
+    def joined(key: str) -> Any:
+        values = parts.pop(key)
+        dtype = np.int64 if key in ("pos5", "mate_pos5", "name_hash") else np.int32
+        return np.concatenate(values) if values else np.zeros(0, dtype=dtype)
 
     all_status = np.concatenate(statuses) if statuses else np.zeros(0, dtype=np.int8)
+    del statuses
     kept_all = all_status == STATUS_KEPT
-    slots = np.full(len(all_status), -1, dtype=np.int64)
-    slots[kept_all] = np.arange(int(kept_all.sum()), dtype=np.int64)
-    slot_of_record: array[int] = array("q", slots.tobytes())
+    slots = np.full(len(all_status), -1, dtype=np.int32)
+    slots[kept_all] = np.arange(int(kept_all.sum()), dtype=np.int32)
     return _Collected(
-        slot_of_record=slot_of_record,
+        slot_of_record=slots,
         flags=joined("flags"),
         tid=joined("tid"),
         pos5=joined("pos5"),
@@ -265,7 +266,7 @@ class _Grouping:
     molecule_of_read: Int64Array
     strand_of_read: npt.NDArray[np.int8]
     node_of_read: Int64Array
-    node_umi: Int64Array
+    node_umi: npt.NDArray[np.integer[Any]]
     node_count: Int64Array
     cluster_of_node: Int64Array
     representative_umi: Int64Array
@@ -400,7 +401,11 @@ def _group(collected: _Collected, *, strategy: str, max_edits: int) -> _Grouping
     )
 
 
-def _pack_end(tid: Int64Array, pos: Int64Array, reverse: npt.NDArray[np.bool_]) -> Int64Array:
+def _pack_end(
+    tid: npt.NDArray[np.integer[Any]],
+    pos: npt.NDArray[np.integer[Any]],
+    reverse: npt.NDArray[np.bool_],
+) -> Int64Array:
     """Contig, 5' position and strand of one read end as one sortable int64."""
     return (tid.astype(np.int64) << 34) | ((pos.astype(np.int64) + (1 << 32)) << 1) | reverse
 
@@ -483,10 +488,14 @@ def group_bam(
         min_mapq=min_mapq,
     )
     grouping = _group(collected, strategy=strategy, max_edits=max_edits)
+    slots = collected.slot_of_record
+    n_records = collected.n_records
+    skipped = dict(collected.skipped)
+    del collected  # NB: frees the per-read columns before the write pass
     n_out = _write(
         in_bam_path,
         out_bam_path,
-        collected,
+        slots,
         grouping,
         is_duplex=strategy == "paired",
         umi_tag=umi_tag,
@@ -496,9 +505,9 @@ def group_bam(
     )
     sizes, n_with_size = np.unique(grouping.family_sizes, return_counts=True)
     return GroupStats(
-        n_reads_in=collected.n_records,
+        n_reads_in=n_records,
         n_reads_out=n_out,
-        n_reads_skipped_by_reason=dict(collected.skipped),
+        n_reads_skipped_by_reason=skipped,
         n_bundles=grouping.n_bundles,
         n_molecules=grouping.n_molecules,
         family_size_histogram={
@@ -510,7 +519,7 @@ def group_bam(
 def _write(
     in_bam_path: Path,
     out_bam_path: Path,
-    collected: _Collected,
+    slots: npt.NDArray[np.int32],
     grouping: _Grouping,
     *,
     is_duplex: bool,
@@ -520,7 +529,6 @@ def _write(
     group_out_path: Path | None,
 ) -> int:
     """Pass 2: the kept records, in input order, with ``MI``; then the index and the TSV."""
-    slots = np.frombuffer(collected.slot_of_record, dtype=np.int64)
     kept = slots >= 0
     molecule_of_record = np.full(len(slots), -1, dtype=np.int64)
     molecule_of_record[kept] = grouping.molecule_of_read[slots[kept]]
@@ -560,7 +568,7 @@ def _write(
             _write_group_tsv(
                 in_bam_path,
                 tmp_tsv,
-                collected,
+                slots,
                 grouping,
                 umi_tag=umi_tag,
                 umi_from_read_name=umi_from_read_name,
@@ -580,7 +588,7 @@ def _write(
 def _write_group_tsv(
     in_bam_path: Path,
     tsv_path: Path,
-    collected: _Collected,
+    slots: npt.NDArray[np.int32],
     grouping: _Grouping,
     *,
     umi_tag: str,
@@ -588,7 +596,7 @@ def _write_group_tsv(
     umi_separator: str,
 ) -> None:
     """UMI-tools' ``--group-out`` table, one row per grouped read, in input order."""
-    slot_of_record = collected.slot_of_record
+    slot_of_record = slots.tolist()
     with (
         open_bam(in_bam_path, require_sorted=True) as bam,
         open(tsv_path, "w", encoding="ascii") as tsv,
