@@ -9,7 +9,8 @@ import numpy as np
 import pysam
 import pytest
 
-from precise_mrd.core.background import context_index, sbs96_index
+from precise_mrd.core.background import BackgroundModel, context_index, sbs96_index
+from precise_mrd.core.calling import CallingParams, call_sample
 from precise_mrd.core.errors import InputDataError, InputFileError
 from precise_mrd.core.records import Variant
 from precise_mrd.pipeline.evidence import collect_evidence
@@ -172,10 +173,25 @@ def test_background_counts_molecules_and_excludes_tracked_window(
 
 
 def test_strand_orientation_of_mates_agrees(sample: tuple[Path, Path, str, Variant]) -> None:
-    bam_path, ref_path, _, variant = sample
+    bam_path, ref_path, reference, variant = sample
     bg = collect_evidence(bam_path, ref_path, [variant]).background
-    # molecule 1's error is seen once; its orientation is the same whichever mate is kept
-    assert int(bg.errors.sum(axis=(0, 2))[0] + bg.errors.sum(axis=(0, 2))[1]) == 1
+    # molecule 1 (read 1 forward, read 2 reverse: template orientation 0 for both mates) has one
+    # error at 1030; its orientation is 0 when the pyrimidine reference is on the + strand
+    expected = 0 if reference[1030] in "CT" else 1
+    per_orientation = bg.errors.sum(axis=(0, 2))
+    assert per_orientation[expected] == 1 and per_orientation[1 - expected] == 0
+
+
+def test_evidence_feeds_the_caller(sample: tuple[Path, Path, str, Variant]) -> None:
+    bam_path, ref_path, _, variant = sample
+    evidence = collect_evidence(bam_path, ref_path, [variant])
+    model = BackgroundModel.fit(evidence.background)
+    call, table = call_sample(
+        evidence.variants, model, CallingParams(n_bootstrap=200), np.random.default_rng(0)
+    )
+    assert call.decision == "undetermined"  # 3 informative molecules
+    assert call.qc["informative_molecules"]["passed"] is False
+    assert table.rows[0].alt_simplex == 1 and table.rows[0].alt_duplex == 1
 
 
 def test_ref_mismatch_and_missing_files(

@@ -189,10 +189,14 @@ def _eb_strength(x: FloatArray, n: FloatArray, mean: FloatArray) -> float:
     keep = n > 0
     if not keep.any():
         return float(grid[-1])
-    x, n, mean = x[keep], n[keep], mean[keep]
+    # identical (x, n, mean) rows contribute identically: evaluate each once, weighted
+    rows, weight = np.unique(
+        np.stack([x[keep], n[keep], mean[keep]], axis=1), axis=0, return_counts=True
+    )
+    x, n, mean = rows[:, 0], rows[:, 1], rows[:, 2]
     a = grid[:, None] * mean[None, :]
     b = grid[:, None] * (1.0 - mean[None, :])
-    loglik = (special.betaln(a + x, b + n - x) - special.betaln(a, b)).sum(axis=1)
+    loglik = ((special.betaln(a + x, b + n - x) - special.betaln(a, b)) * weight).sum(axis=1)
     return float(grid[int(np.argmax(loglik))])
 
 

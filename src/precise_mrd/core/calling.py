@@ -14,10 +14,13 @@ found by bisection on the score. The 95% interval is the profile-likelihood set
 Calibration. The likelihood-ratio statistic ``LR = 2 (L(MLE) - L(0))`` would be compared with the
 chi-bar-squared ``0.5 chi2_0 + 0.5 chi2_1`` if the ``e_im`` were known; they are estimated, and loci
 vary around their class rate, which makes that reference anti-conservative. The p-value is therefore
-a parametric bootstrap under ``TF = 0``: each replicate draws every class rate from its Beta
-posterior (shared by the loci of that class), each locus rate around it with the fitted locus
-concentration, and alt counts binomially; the observed analysis (point rates) is repeated on each
-replicate. ``p = (1 + #{LR_b >= LR}) / (B + 1)``.
+a parametric bootstrap under ``TF = 0``: each replicate draws every class rate from its
+*unshrunk* Jeffreys posterior (:meth:`BackgroundModel.calibration_beta`; shared by the loci of
+that class), each locus rate around it with the fitted locus concentration, and alt counts
+binomially; the observed analysis (shrunk point rates) is repeated on each replicate, so any bias
+of the shrinkage toward the pooled rate is reproduced in the null distribution rather than
+trusted. ``p = (1 + #{LR_b >= LR}) / (B + 1)``. Per-variant p-values use the same unshrunk
+posterior (beta-binomial upper tail of simplex + duplex alt molecules, convolved).
 
 Outliers. Loci whose alt count is far above what the fitted TF predicts (germline or CHIP variants,
 locus artefacts) are removed one at a time (Bonferroni on the per-locus upper-tail test) before the
@@ -655,7 +658,7 @@ def _personal_lod(
         return 1.0
     if detection(10.0**lo) >= target:
         return float(10.0**lo)
-    for _ in range(20):
+    for _ in range(12):  # 8 decades / 2**12: 0.5% precision on TF
         mid = 0.5 * (lo + hi)
         if detection(10.0**mid) >= target:
             hi = mid
