@@ -261,3 +261,44 @@ def test_bam_cut_inside_a_block_is_refused(tmp_path: Path) -> None:
     with pytest.raises(InputFileError, match=r"in\.bam: is (truncated|corrupt)"):
         group_bam(bam, tmp_path / "out.bam")
     assert not (tmp_path / "out.bam").exists()
+
+
+def test_empty_and_unmapped_only_bams_give_valid_empty_output(tmp_path: Path) -> None:
+    empty = write_pairs(tmp_path / "empty.bam", [])
+    stats = group_bam(empty, tmp_path / "out.bam")
+    assert (stats.n_reads_in, stats.n_reads_out, stats.n_molecules) == (0, 0, 0)
+    with pysam.AlignmentFile(str(tmp_path / "out.bam")) as out:
+        assert out.check_index()
+        assert list(out.fetch(until_eof=True)) == []
+    base = {"mate_pos": -1, "tlen": 0, "umi": "ACGTAC", "flag": 0x4}
+    unmapped = write_pairs(tmp_path / "unmapped.bam", [], extra=[{**base, "name": "u", "pos": 0}])
+    stats = group_bam(unmapped, tmp_path / "out2.bam")
+    assert stats.n_reads_skipped_by_reason["unmapped"] == 1
+    assert stats.n_reads_out == 0
+
+
+def test_reads_on_several_contigs_keep_their_order(tmp_path: Path) -> None:
+    header = {
+        "HD": {"VN": "1.6", "SO": "coordinate"},
+        "SQ": [{"SN": "chr1", "LN": 10_000}, {"SN": "chr2", "LN": 10_000}],
+    }
+    path = tmp_path / "two.bam"
+    with pysam.AlignmentFile(str(path), "wb", header=header) as out:
+        for i, (tid, pos, umi) in enumerate([(0, 10, "AAAA"), (0, 10, "AAAT"), (1, 10, "AAAA")]):
+            read = pysam.AlignedSegment(out.header)
+            read.query_name = f"r{i}"
+            read.reference_id = tid
+            read.reference_start = pos
+            read.cigarstring = "10M"
+            read.query_sequence = "A" * 10
+            read.set_tag("RX", umi)
+            out.write(read)
+    stats = group_bam(path, tmp_path / "out.bam", strategy="directional")
+    # chr1:10 holds AAAA and AAAT (1 >= 2*1-1: one molecule); chr2:10 is another bundle
+    assert (stats.n_bundles, stats.n_molecules) == (2, 2)
+    with pysam.AlignmentFile(str(tmp_path / "out.bam")) as out:
+        rows = [
+            (r.reference_name, r.query_name, r.get_tag("MI")) for r in out.fetch(until_eof=True)
+        ]
+    assert [row[:2] for row in rows] == [("chr1", "r0"), ("chr1", "r1"), ("chr2", "r2")]
+    assert rows[0][2] == rows[1][2] != rows[2][2]

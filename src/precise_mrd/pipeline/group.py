@@ -72,6 +72,9 @@ GROUP_TSV_COLUMNS: Final[tuple[str, ...]] = (
     "final_umi_count",
     "unique_id",
 )
+# NB: the grouped BAM is an intermediate file. zlib level 1 deflates real reads ~6x faster than
+# level 6 (214 vs 35 MB/s on UMI-tools' paired.bam) for a ~30% larger file.
+GROUPED_BAM_COMPRESSION_LEVEL: Final[int] = 1
 SKIP_REASONS: Final[tuple[str, ...]] = (
     "unmapped",
     "secondary",
@@ -550,7 +553,7 @@ def _write(
     n_out = 0
     n_done = 0
     try:
-        with BgzfWriter(tmp_bam) as writer:
+        with BgzfWriter(tmp_bam, level=GROUPED_BAM_COMPRESSION_LEVEL) as writer:
             writer.write(bam_header_bytes(header, out_bam_path.parent))
             for chunk in iter_record_chunks(in_bam_path):
                 n_chunk = count_records(chunk)
