@@ -8,6 +8,12 @@ turns a truncation met while reading, or records out of coordinate order, into t
 :func:`require_umis` checks the first mapped reads for a UMI; :func:`umi_of` reads one read's UMI
 from a SAM tag or from the end of its name.
 
+For whole-file passes that need only a few fields per read, :func:`iter_record_chunks` inflates
+the BGZF blocks (two threads) into chunks of raw binary records, :func:`summarise_records`
+extracts flags, 5' ends, mate ends (``MC``), name hashes and UMIs in one compiled loop,
+:func:`tag_records` rewrites records with a new ``Z`` tag and :class:`BgzfWriter` compresses
+the result in threads: no pysam object is made per read.
+
 >>> import tempfile, pathlib, pysam
 >>> path = pathlib.Path(tempfile.mkdtemp()) / "x.bam"
 >>> header = {"HD": {"VN": "1.6", "SO": "coordinate"}, "SQ": [{"SN": "chr1", "LN": 1000}]}
