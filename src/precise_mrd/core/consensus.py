@@ -308,8 +308,11 @@ def call_families(
         best[better] = base
         np.maximum(best_ll, loglik[:, base], out=best_ll)
     relative = loglik - best_ll[:, None, :]
-    others = np.exp(relative).sum(axis=1) - 1.0  # the best base contributes exp(0) = 1
     n_best = (relative >= -1e-6).sum(axis=1)  # ties, within the packing's rounding
+    # NB: drop the best base itself rather than subtracting its exp(0) = 1 afterwards, which
+    # would cancel away posterior errors below ~1e-16 when the quality cap is high.
+    np.put_along_axis(relative, best[:, None, :].astype(np.intp), -np.inf, axis=1)
+    others = np.exp(relative).sum(axis=1)
     p_error = others / (1.0 + others)
     p_error = probability_of_error_two_trials(
         phred_to_probability(params.error_rate_pre_umi), p_error
