@@ -5,7 +5,10 @@ molecules per variant, class rates with CpG C>T and 8-oxoG artefact classes, loc
 background counts from the same rates; the background model is fitted per sample. Fixed seeds.
 
 Fast versions run by default; ``@pytest.mark.slow`` versions use full replicate counts and print
-the measured figures (run with ``-m slow -s``).
+the measured figures (run with ``-m slow -s``). Measured (slow, seeds as below): blanks FPR
+5.8% (14/240; p <= 0.01/0.05/0.1 in 1.25%/5.8%/11.25%, all within binomial error); TF 1e-4
+detected 100/100, median relative error +1.8%, CI coverage 94%; linearity slope 0.94 over
+1e-5..1e-2.
 """
 
 from __future__ import annotations
@@ -47,7 +50,11 @@ def _check_blanks(
         "n": float(n_blanks),
         "fpr": float(np.mean([c.decision == "positive" for c in calls])),
     }
-    assert figures["fpr"] <= params.alpha
+    # NB: a calibrated test has an expected FPR of exactly alpha, so the observed FPR exceeds
+    # alpha in about 40% of finite runs; assert "not significantly above alpha" (one-sided
+    # binomial, 1% level) rather than a point inequality that only sampling luck could guarantee.
+    n_positive = round(figures["fpr"] * n_blanks)
+    assert stats.binomtest(n_positive, n_blanks, params.alpha, alternative="greater").pvalue > 0.01
     for alpha in (0.01, 0.05, 0.1):
         k = int(np.sum(p <= alpha))
         figures[f"p<={alpha}"] = k / n_blanks

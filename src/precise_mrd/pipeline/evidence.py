@@ -323,6 +323,14 @@ def _reference_window(
 def _check_inputs(
     bam_path: Path, reference_path: Path, fasta: pysam.FastaFile, variants: Sequence[Variant]
 ) -> None:
+    keys = [v.key for v in variants]
+    if len(set(keys)) != len(keys):
+        duplicated = sorted({k for k in keys if keys.count(k) > 1})
+        raise InputDataError(
+            "variants",
+            f"variants listed more than once: {', '.join(duplicated[:3])}",
+            "list each tracked variant once",
+        )
     for variant in variants:
         if variant.chrom not in fasta.references:
             raise InputDataError(
