@@ -14,6 +14,9 @@ from precise_mrd.core.background import (
     context_index,
     sbs96_index,
 )
+from precise_mrd.core.records import Variant
+
+CT = Variant("chr1", 5, "C", "T")
 
 
 def test_sbs96_indexing_collapses_reverse_complements() -> None:
@@ -87,11 +90,11 @@ def test_normal_panel_prior_is_the_shrinkage_target() -> None:
 def test_rate_floor_and_beta_parameters() -> None:
     counts = _counts(np.zeros(96, dtype=np.int64), np.full(32, 10**9))
     model = BackgroundModel.fit(counts, rate_floor=1e-7)
-    rate, alpha, beta = model.rate("ACG", "T", MoleculeType.SIMPLEX)
+    rate, alpha, beta = model.rate(CT, "ACG", MoleculeType.SIMPLEX)
     assert rate >= 1e-7 * 0.999
     assert alpha / (alpha + beta) == pytest.approx(rate)
     # duplex never observed: falls back to the default rate, still a valid Beta
-    rate_d, a_d, b_d = model.rate("ACG", "T", MoleculeType.DUPLEX)
+    rate_d, a_d, b_d = model.rate(CT, "ACG", MoleculeType.DUPLEX)
     assert rate_d == pytest.approx(1e-5, rel=1e-6) and a_d > 0 and b_d > 0
 
 
@@ -124,7 +127,7 @@ def test_locus_concentration_detects_overdispersion() -> None:
     assert plain > 20 * tau_true
     # the dispersed model's Beta is wider than the posterior alone
     model = BackgroundModel.fit(counts(tau_true))
-    _, a, b = model.rate("ACA", "T", MoleculeType.SIMPLEX)
+    _, a, b = model.rate(Variant("chr1", 5, "C", "T"), "ACA", MoleculeType.SIMPLEX)
     assert a + b < model.alpha[0, sbs96_index("ACA", "T")] + model.beta[0, sbs96_index("ACA", "T")]
 
 
@@ -138,6 +141,9 @@ def test_counts_validation() -> None:
     with pytest.raises(ValueError, match="exceed"):
         BackgroundCounts(errors=bad.errors, opportunities=bad.opportunities)
     merged = BackgroundCounts.empty().merge(BackgroundCounts.empty())
+    model = BackgroundModel.fit(merged)
+    with pytest.raises(ValueError, match="centred"):
+        model.rate(CT, "AGG", MoleculeType.SIMPLEX)
     assert merged.errors.sum() == 0
 
 

@@ -158,7 +158,7 @@ def test_per_variant_p_value_is_beta_binomial_upper_tail() -> None:
     v = Variant("chr1", 100, "C", "T")
     vc = VariantCounts(v, "ACG", 4000, 3, 0, 0)
     _, table = call_sample([vc], model, FAST, np.random.default_rng(4))
-    _, a, b = model.rate("ACG", "T", MoleculeType.SIMPLEX, calibration=True)
+    _, a, b = model.rate(v, "ACG", MoleculeType.SIMPLEX, calibration=True)
     assert table.rows[0].p_value == pytest.approx(float(stats.betabinom.sf(2, 4000, a, b)))
 
 

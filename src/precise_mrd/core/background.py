@@ -41,7 +41,8 @@ True
 >>> counts.errors[0, 0, sbs96_index("ACG", "T")] = 30
 >>> counts.opportunities[0, 0, context_index("ACG")[0]] = 100_000
 >>> model = BackgroundModel.fit(counts)
->>> rate, alpha, beta = model.rate("ACG", "T", MoleculeType.SIMPLEX)
+>>> from precise_mrd.core.records import Variant
+>>> rate, alpha, beta = model.rate(Variant("chr1", 10, "C", "T"), "ACG", MoleculeType.SIMPLEX)
 >>> 1e-4 < rate < 4e-4
 True
 """
@@ -54,6 +55,8 @@ from enum import IntEnum
 import numpy as np
 import numpy.typing as npt
 from scipy import special, stats
+
+from precise_mrd.core.records import Variant
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
@@ -342,15 +345,25 @@ class BackgroundModel:
         return mean, mean * concentration, (1.0 - mean) * concentration
 
     def rate(
-        self, ref_context: str, alt: str, molecule_type: MoleculeType, *, calibration: bool = False
+        self,
+        variant: Variant,
+        ref_context: str,
+        molecule_type: MoleculeType,
+        *,
+        calibration: bool = False,
     ) -> tuple[float, float, float]:
-        """``(rate, alpha, beta)`` for ``ref_context`` (3 reference bases) mutated to ``alt``.
+        """``(rate, alpha, beta)`` of ``variant``'s substitution in ``ref_context`` (the 3
+        reference bases centred on it) for one molecule type.
 
-        ``rate`` is the posterior mean; ``Beta(alpha, beta)`` carries both the estimation
+        ``rate`` is the shrunk posterior mean; ``Beta(alpha, beta)`` carries both the estimation
         uncertainty of the class and the locus-to-locus spread (used for beta-binomial tests).
         """
+        if len(ref_context) != 3 or ref_context[1].upper() != variant.ref:
+            raise ValueError(
+                f"ref_context must be 3 bases centred on {variant.ref}; got {ref_context!r}"
+            )
         return self.class_beta(
-            sbs96_index(ref_context, alt), molecule_type, calibration=calibration
+            sbs96_index(ref_context, variant.alt), molecule_type, calibration=calibration
         )
 
     def orientation_rates(self) -> FloatArray:

@@ -485,8 +485,8 @@ def call_sample(
     for i, vc in enumerate(variants):
         parts = []
         for m, ni in zip(MoleculeType, (vc.n_simplex, vc.n_duplex), strict=True):
-            rates[i, m] = background.rate(vc.ref_context, vc.variant.alt, m)[0]
-            _, ra, rb = background.rate(vc.ref_context, vc.variant.alt, m, calibration=True)
+            rates[i, m] = background.rate(vc.variant, vc.ref_context, m)[0]
+            _, ra, rb = background.rate(vc.variant, vc.ref_context, m, calibration=True)
             parts.append((ni, ra, rb))
         p_values[i] = _upper_tail_sum(vc.alt, parts)
     q_values = benjamini_hochberg(p_values)
