@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -180,3 +181,14 @@ def test_params_validation() -> None:
         CallingParams(n_bootstrap=10)
     with pytest.raises(ValueError, match="ref_context"):
         VariantCounts(Variant("chr1", 100, "C", "T"), "AGG", 1, 0, 0, 0)
+
+
+def test_chip_like_locus_in_a_positive_sample_is_removed_and_tf_recovered() -> None:
+    variants, model = _sample(10, tumor_fraction=1e-3)
+    chip = variants[3]
+    variants[3] = replace(chip, alt_simplex=100, alt_duplex=100)  # ~5% AF: a CHIP variant
+    call, table = call_sample(variants, model, FAST, np.random.default_rng(6))
+    assert table.rows[3].filters == ("outlier",)
+    assert call.n_outliers == 1 and call.decision == "positive"
+    low, high = call.tumor_fraction_ci
+    assert low < 1e-3 < high

@@ -125,6 +125,7 @@ def test_variant_counts_dedup_duplex_and_filters(sample: tuple[Path, Path, str, 
     assert (vc.n_simplex, vc.alt_simplex) == (1, 1)  # molecule 1 once; 4, 5, 6 not informative
     assert (vc.n_duplex, vc.alt_duplex) == (2, 1)  # molecules 2 (ref) and 3 (alt)
     assert vc.n_low_mapq == 1
+    assert (evidence.n_records, evidence.n_records_skipped) == (11, 0)
     assert vc.alt_forward + vc.alt_reverse == 2
     # molecule 1: read 1 forward; molecule 3: read 1 forward -> both template orientation 0
     assert vc.alt_forward == 2

@@ -107,6 +107,7 @@ def _read_window(
     min_base_quality: int,
     min_mapping_quality: int,
     acc: _Accumulator,
+    first_window: bool,
 ) -> _Window:
     seqs: list[str] = []
     quals: list[str] = []
@@ -126,7 +127,8 @@ def _read_window(
         flag = read.flag
         if flag & _SKIP_FLAGS:
             continue
-        counted = read.reference_start >= start  # NB: a read is seen by every window it spans
+        # NB: a read is seen by every window it spans; count it in the first one only
+        counted = first_window or read.reference_start >= start
         acc.n_records += counted
         try:
             mi = read.get_tag("MI")
@@ -411,12 +413,12 @@ def collect_evidence(
         variant_index = {v: i for i, v in enumerate(variants)}
         windows = []
         for chrom, s, e in _merge_regions(clipped):
-            windows += [(chrom, w, min(e, w + _WINDOW)) for w in range(s, e, _WINDOW)]
+            windows += [(chrom, w, min(e, w + _WINDOW), w == s) for w in range(s, e, _WINDOW)]
         # variant positions outside every region still need their counts
         for v in variants:
-            if not any(c == v.chrom and s <= v.start0 < e for c, s, e in windows):
-                windows.append((v.chrom, v.start0, v.pos))
-        for chrom, start, end in windows:
+            if not any(c == v.chrom and s <= v.start0 < e for c, s, e, _ in windows):
+                windows.append((v.chrom, v.start0, v.pos, True))
+        for chrom, start, end, first_window in windows:
             _count_window(
                 bam,
                 fasta,
@@ -429,6 +431,7 @@ def collect_evidence(
                 min_mapping_quality,
                 variant_exclusion_window,
                 acc,
+                first_window,
             )
     background = BackgroundCounts(
         errors=acc.errors.reshape(2, 2, N_CLASSES),
@@ -460,9 +463,12 @@ def _count_window(
     min_mapping_quality: int,
     exclusion: int,
     acc: _Accumulator,
+    first_window: bool,
 ) -> None:
     span = end - start
-    win = _read_window(bam, chrom, start, end, min_base_quality, min_mapping_quality, acc)
+    win = _read_window(
+        bam, chrom, start, end, min_base_quality, min_mapping_quality, acc, first_window
+    )
     centre, ctx, flipped = _reference_window(fasta, chrom, start, end)
     excluded = np.zeros(span, dtype=bool)
     for v in chrom_variants:
