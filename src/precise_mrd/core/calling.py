@@ -122,7 +122,23 @@ class Evidence:
 
 @dataclass(frozen=True, slots=True)
 class CallingParams:
-    """Thresholds of the per-variant tests and the sample call (all validated)."""
+    """Thresholds of the per-variant tests and the sample call (all validated).
+
+    * ``alpha``: sample-level type-I error; positive when the calibrated p-value <= alpha.
+    * ``min_informative_molecules``, ``min_passing_variants``, ``min_background_opportunities``,
+      ``max_outlier_fraction``: QC items; failing any makes the call ``undetermined``.
+    * ``outlier_alpha``: a locus is an outlier when its upper-tail p-value given the fitted TF is
+      below ``outlier_alpha / n_loci`` (Bonferroni), removed one at a time.
+    * Filters apply to loci with at least ``min_alt_for_filters`` alt molecules:
+      ``strand_bias`` when the binomial test of alt orientation against the locus's overall
+      orientation split has p < ``min_strand_bias_p_value`` (a strand-balance test that adapts to
+      the alt count); ``read_end`` when more than ``max_read_end_fraction`` of alt bases lie
+      within ``read_end_window`` bases of a read end; ``low_mapq`` when more than
+      ``max_low_mapq_fraction`` of covering molecules were dropped for mapping quality.
+    * ``n_bootstrap``: null replicates of the calibrated p-value (its resolution is
+      ``1 / (n_bootstrap + 1)``); ``n_lod_simulations`` and ``lod_detection_probability`` set
+      the personal LoD; ``compute_personal_lod=False`` skips it (``personal_lod`` is ``None``).
+    """
 
     alpha: float = 0.05
     min_informative_molecules: int = 1000
