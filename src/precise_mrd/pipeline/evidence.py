@@ -299,6 +299,46 @@ def _molecule_observations(
     )
 
 
+@numba.njit(cache=True, nogil=True)
+def _count_background(
+    rel: IntArray,
+    base: IntArray,
+    duplex: IntArray,
+    template: IntArray,
+    index_of: IntArray,
+    ctx: IntArray,
+    flipped: IntArray,
+    centre: IntArray,
+    opportunities: IntArray,
+    errors: IntArray,
+    pos_opp: IntArray,
+    pos_err: IntArray,
+) -> None:
+    """Add one window's molecule observations to the background counts (in place).
+
+    ``index_of[rel]`` is the background position index or -1 (excluded / no context);
+    ``opportunities`` is flat (molecule type, orientation, context), ``errors`` flat (molecule
+    type, orientation, class); orientation = pyrimidine-flipped XOR template orientation.
+    """
+    for i in range(rel.shape[0]):
+        r = rel[i]
+        j = index_of[r]
+        if j < 0:
+            continue
+        m = duplex[i]
+        c = ctx[r]
+        f = flipped[r]
+        o = f ^ template[i]
+        opportunities[m * 64 + o * 32 + c] += 1
+        pos_opp[m, j] += 1
+        b = base[i]
+        if b != centre[r]:
+            alt_py = 3 - b if f == 1 else b  # complement in ACGT order
+            sub = _SUB_LUT[1 if c >= 16 else 0, alt_py]
+            errors[m * 2 * 96 + o * 96 + 16 * sub + c % 16] += 1
+            pos_err[m, j] += 1
+
+
 def _reference_window(
     fasta: pysam.FastaFile, chrom: str, start: int, end: int
 ) -> tuple[IntArray, IntArray, IntArray]:
@@ -500,24 +540,25 @@ def _count_window(
             n_low_mapq=len(low),
         )
     usable = (ctx >= 0) & ~excluded
-    obs = usable[win.rel]
-    rel = win.rel[obs]
-    base, m, t = win.base[obs], win.duplex[obs], win.template[obs]
-    c, f = ctx[rel], flipped[rel]
-    orientation = f ^ t
-    acc.opportunities += np.bincount(m * 64 + orientation * 32 + c, minlength=128)
-    err = base != centre[rel]
-    alt_py = np.where(f[err] == 1, _COMPLEMENT_CODE[base[err]], base[err])
-    cls = 16 * _SUB_LUT[(c[err] >= 16).astype(np.int64), alt_py] + c[err] % 16
-    acc.errors += np.bincount(
-        m[err] * 2 * N_CLASSES + orientation[err] * N_CLASSES + cls, minlength=4 * N_CLASSES
-    )
     positions = np.flatnonzero(usable)
     index_of = np.full(span, -1, dtype=np.int64)
     index_of[positions] = np.arange(positions.size)
-    npos = positions.size
-    pos_opp = np.bincount(m * npos + index_of[rel], minlength=2 * npos).reshape(2, npos)
-    pos_err = np.bincount(m[err] * npos + index_of[rel[err]], minlength=2 * npos).reshape(2, npos)
+    pos_opp = np.zeros((2, positions.size), dtype=np.int64)
+    pos_err = np.zeros((2, positions.size), dtype=np.int64)
+    _count_background(
+        win.rel,
+        win.base,
+        win.duplex,
+        win.template,
+        index_of,
+        ctx,
+        flipped,
+        centre,
+        acc.opportunities,
+        acc.errors,
+        pos_opp,
+        pos_err,
+    )
     acc.position_context.append(ctx[positions])
     acc.position_errors.append(pos_err)
     acc.position_opportunities.append(pos_opp)
