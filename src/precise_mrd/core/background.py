@@ -400,6 +400,8 @@ def _locus_concentration(
     if n.size == 0 or n.sum() == 0:
         return float("inf")
     x = counts.position_errors[m].astype(np.float64)
+    if x.sum() == 0:
+        return float("inf")  # no error anywhere: no spread between loci can be seen
     ctx_rate = class_rate.reshape(6, 16)
     per_ctx = np.concatenate([ctx_rate[:3].sum(axis=0), ctx_rate[3:].sum(axis=0)])
     mean = np.clip(per_ctx[counts.position_context], rate_floor, 0.5)

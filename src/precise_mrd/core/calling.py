@@ -426,7 +426,8 @@ def _draw_rates(
     m, c = classes // 96, classes % 96
     alpha, beta = model.calibration_beta()
     class_rates = rng.beta(alpha[m, c], beta[m, c], size=(size, classes.size))
-    rates = class_rates[:, inverse]
+    # NB: a Beta with a tiny alpha underflows to exactly 0, which the locus draw below rejects.
+    rates = np.clip(class_rates[:, inverse], 1e-300, 0.5)
     tau = model.locus_concentration[loci.class_id // 96]
     finite = np.isfinite(tau)
     if finite.any():
