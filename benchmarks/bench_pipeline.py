@@ -2,10 +2,10 @@
 
 Prints, side by side:
   * `samtools view -c` on the BAM (the floor for anything that reads the file),
-  * `umi_tools group --method=directional` (UMI-tools 1.1.6, in its own venv) vs `precise-mrd group`,
+  * `umi_tools group --method=directional` (UMI-tools 1.1.6, own venv) vs `precise-mrd group`,
   * `precise-mrd run` (the whole pipeline) wall time and peak RSS,
-and checks them against the targets of issue #2 (grouping >= 20x faster than umi_tools, the whole run
-<= 10x `samtools view -c`, peak RSS <= 1 GB). Figures, not assertions: this is not a timed test.
+and checks them against the targets of issue #2 (grouping >= 20x faster than umi_tools, the
+whole run <= 10x `samtools view -c`, peak RSS <= 1 GB). Figures, not assertions: not a timed test.
 
 Usage: .venv/bin/python benchmarks/bench_pipeline.py [--preset standard] [--workdir bench_out]
        [--skip-umi-tools]
@@ -85,11 +85,14 @@ def machine_description() -> str:
     except OSError:
         pass
     memory_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9
-    return f"{os.cpu_count()} cores ({cpu}), {memory_gb:.0f} GB RAM, Python {platform.python_version()}"
+    python = platform.python_version()
+    return f"{os.cpu_count()} cores ({cpu}), {memory_gb:.0f} GB RAM, Python {python}"
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--preset", default="standard", choices=["smoke", "standard"])
     parser.add_argument("--workdir", type=Path, default=ROOT / "bench_out")
     parser.add_argument("--seed", type=int, default=1)
@@ -105,8 +108,17 @@ def main() -> int:
     if not (sample_dir / "reads.bam").exists():
         simulate = measure(
             "precise-mrd simulate",
-            [precise, "simulate", str(sample_dir), "--preset", args.preset, "--seed", str(args.seed),
-             "--tumor-fraction", str(args.tumor_fraction)],
+            [
+                precise,
+                "simulate",
+                str(sample_dir),
+                "--preset",
+                args.preset,
+                "--seed",
+                str(args.seed),
+                "--tumor-fraction",
+                str(args.tumor_fraction),
+            ],
         )
         results.append(simulate)
         if not simulate.ok:
@@ -125,21 +137,51 @@ def main() -> int:
     if not args.skip_umi_tools and (umi_tools := ensure_umi_tools()):
         umi_tools_group = measure(
             "umi_tools group --method=directional",
-            [str(umi_tools), "group", "-I", str(bam), "--paired", "--extract-umi-method=tag",
-             "--umi-tag=RX", "--method=directional", "--output-bam", "-S",
-             str(args.workdir / "umi_tools_grouped.bam"), "--log", str(args.workdir / "umi_tools.log")],
+            [
+                str(umi_tools),
+                "group",
+                "-I",
+                str(bam),
+                "--paired",
+                "--extract-umi-method=tag",
+                "--umi-tag=RX",
+                "--method=directional",
+                "--output-bam",
+                "-S",
+                str(args.workdir / "umi_tools_grouped.bam"),
+                "--log",
+                str(args.workdir / "umi_tools.log"),
+            ],
         )
         results.append(umi_tools_group)
     ours_group = measure(
         "precise-mrd group --strategy directional",
-        [precise, "group", "--bam", str(bam), "--out", str(args.workdir / "grouped.bam"),
-         "--strategy", "directional"],
+        [
+            precise,
+            "group",
+            "--bam",
+            str(bam),
+            "--out",
+            str(args.workdir / "grouped.bam"),
+            "--strategy",
+            "directional",
+        ],
     )
     results.append(ours_group)
     whole_run = measure(
         "precise-mrd run (whole pipeline)",
-        [precise, "run", "--bam", str(bam), "--reference", str(sample_dir / "reference.fa"),
-         "--variants", str(sample_dir / "variants.vcf"), "--out", str(args.workdir / "run")],
+        [
+            precise,
+            "run",
+            "--bam",
+            str(bam),
+            "--reference",
+            str(sample_dir / "reference.fa"),
+            "--variants",
+            str(sample_dir / "variants.vcf"),
+            "--out",
+            str(args.workdir / "run"),
+        ],
     )
     results.append(whole_run)
 
@@ -152,15 +194,21 @@ def main() -> int:
     print("\ntargets (issue #2):")
     if umi_tools_group and umi_tools_group.ok and ours_group.ok:
         speedup = umi_tools_group.seconds / ours_group.seconds
-        print(f"  grouping speed-up vs umi_tools: {speedup:.1f}x (target >= 20x) "
-              f"{'MET' if speedup >= 20 else 'NOT MET'}")
+        print(
+            f"  grouping speed-up vs umi_tools: {speedup:.1f}x (target >= 20x) "
+            f"{'MET' if speedup >= 20 else 'NOT MET'}"
+        )
     if floor and whole_run.ok:
         ratio = whole_run.seconds / floor.seconds
-        print(f"  whole run / samtools view -c: {ratio:.1f}x (target <= 10x) "
-              f"{'MET' if ratio <= 10 else 'NOT MET'}")
+        print(
+            f"  whole run / samtools view -c: {ratio:.1f}x (target <= 10x) "
+            f"{'MET' if ratio <= 10 else 'NOT MET'}"
+        )
     if whole_run.ok:
-        print(f"  whole run peak RSS: {whole_run.peak_rss_mb:.0f} MB (target <= 1024 MB) "
-              f"{'MET' if whole_run.peak_rss_mb <= 1024 else 'NOT MET'}")
+        print(
+            f"  whole run peak RSS: {whole_run.peak_rss_mb:.0f} MB (target <= 1024 MB) "
+            f"{'MET' if whole_run.peak_rss_mb <= 1024 else 'NOT MET'}"
+        )
     return 0 if all(m.ok for m in results) else 1
 
 

@@ -10,7 +10,7 @@ import functools
 import json
 import sys
 from collections.abc import Callable
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, ParamSpec, TypeVar
 
@@ -56,12 +56,12 @@ def user_errors_to_exit(function: Callable[P, R]) -> Callable[P, R]:
     return wrapper
 
 
-class Preset(str, Enum):
+class Preset(StrEnum):
     smoke = "smoke"
     standard = "standard"
 
 
-class Strategy(str, Enum):
+class Strategy(StrEnum):
     identity = "identity"
     edit = "edit"
     adjacency = "adjacency"

@@ -34,10 +34,14 @@ def _run_args(sample: Any, out: Path, **replace: Path) -> list[str]:
     paths.update(replace)
     return [
         "run",
-        "--bam", str(paths["bam"]),
-        "--reference", str(paths["reference"]),
-        "--variants", str(paths["variants"]),
-        "--out", str(out),
+        "--bam",
+        str(paths["bam"]),
+        "--reference",
+        str(paths["reference"]),
+        "--variants",
+        str(paths["variants"]),
+        "--out",
+        str(out),
     ]
 
 
@@ -54,7 +58,9 @@ def _assert_clean_user_error(result: Any, *, names: str, out: Path) -> None:
     assert leftovers == []
 
 
-def _write_bam_variant(source: Path, target: Path, *, keep_tags: bool = True, reverse: bool = False) -> Path:
+def _write_bam_variant(
+    source: Path, target: Path, *, keep_tags: bool = True, reverse: bool = False
+) -> Path:
     with pysam.AlignmentFile(str(source), "rb") as reader:
         header = reader.header.to_dict()
         records = list(reader)
@@ -121,7 +127,8 @@ def _rewrite_vcf(source: Path, target: Path, edit: Any) -> Path:
 
 def test_vcf_contig_absent_from_reference(smoke_sample: Any, tmp_path: Path) -> None:
     vcf = _rewrite_vcf(
-        smoke_sample.vcf_path, tmp_path / "other_contig.vcf",
+        smoke_sample.vcf_path,
+        tmp_path / "other_contig.vcf",
         lambda line: "chrUnknown\t" + line.split("\t", 1)[1],
     )
     result = _run_cli(_run_args(smoke_sample, tmp_path / "out", variants=vcf))
@@ -151,11 +158,17 @@ def test_empty_variant_list(smoke_sample: Any, tmp_path: Path) -> None:
 def _fastq_args(sample: Any, r1: Path, r2: Path, out: Path, structure: str) -> list[str]:
     return [
         "run",
-        "--fastq", str(r1), str(r2),
-        "--read-structure", structure,
-        "--reference", str(sample.reference_path),
-        "--variants", str(sample.vcf_path),
-        "--out", str(out),
+        "--fastq",
+        str(r1),
+        str(r2),
+        "--read-structure",
+        structure,
+        "--reference",
+        str(sample.reference_path),
+        "--variants",
+        str(sample.vcf_path),
+        "--out",
+        str(out),
     ]
 
 
@@ -170,8 +183,13 @@ def test_fastq_pair_of_unequal_length(smoke_sample: Any, tmp_path: Path) -> None
     with gzip.open(smoke_sample.fastq_r2_path, "rt") as source, gzip.open(r2_short, "wt") as target:
         lines = source.read().splitlines()
         target.write("\n".join(lines[: len(lines) // 2 // 4 * 4]) + "\n")
-    args = _fastq_args(smoke_sample, smoke_sample.fastq_r1_path, r2_short, tmp_path / "out",
-                       _read_structure_of(smoke_sample))
+    args = _fastq_args(
+        smoke_sample,
+        smoke_sample.fastq_r1_path,
+        r2_short,
+        tmp_path / "out",
+        _read_structure_of(smoke_sample),
+    )
     result = _run_cli(args)
     _assert_clean_user_error(result, names="short_R2.fastq.gz", out=tmp_path / "out")
 
@@ -187,8 +205,13 @@ def test_read_structure_that_does_not_fit_the_reads(smoke_sample: Any, tmp_path:
 
 @pytest.mark.parametrize("structure", ["8X142T 8M142T", "8M142T"])
 def test_malformed_read_structure(smoke_sample: Any, tmp_path: Path, structure: str) -> None:
-    args = _fastq_args(smoke_sample, smoke_sample.fastq_r1_path, smoke_sample.fastq_r2_path,
-                       tmp_path / "out", structure)
+    args = _fastq_args(
+        smoke_sample,
+        smoke_sample.fastq_r1_path,
+        smoke_sample.fastq_r2_path,
+        tmp_path / "out",
+        structure,
+    )
     result = _run_cli(args)
     assert result.exit_code == EXIT_USER_ERROR
     assert "Traceback" not in result.output + result.stderr

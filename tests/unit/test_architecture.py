@@ -8,7 +8,17 @@ import sys
 from pathlib import Path
 
 PACKAGE = Path(__file__).parents[2] / "src" / "precise_mrd"
-FORBIDDEN_IN_CORE = {"pysam", "mappy", "pyarrow", "fastapi", "sqlalchemy", "celery", "redis", "yaml", "os"}
+FORBIDDEN_IN_CORE = {
+    "pysam",
+    "mappy",
+    "pyarrow",
+    "fastapi",
+    "sqlalchemy",
+    "celery",
+    "redis",
+    "yaml",
+    "os",
+}
 
 
 def _imported_modules(path: Path) -> set[str]:

@@ -4,10 +4,10 @@
 
     PreciseMRDError                 base; never raised directly
     ├── InputError                  a user-supplied file or value is wrong (names it and the fix)
-    │   ├── InputFileError          a file is missing, unreadable, truncated or of the wrong format
-    │   └── InputDataError          a file reads fine but its content does not fit (REF mismatch, ...)
+    │   ├── InputFileError          a file is missing, unreadable, truncated or of a wrong format
+    │   └── InputDataError          a file reads but its content does not fit (REF mismatch...)
     ├── ConfigError                 a configuration value is out of range or inconsistent
-    └── PipelineError               an internal stage failed on valid input (a bug or a resource limit)
+    └── PipelineError               a stage failed on valid input (a bug or a resource limit)
 
 The CLI prints ``str(error)`` of an :class:`InputError` or :class:`ConfigError` on one line and
 exits non-zero without a traceback; the service maps them to HTTP 422.

@@ -8,10 +8,11 @@ is a valid config. Unknown keys are errors (a typo must not be silently ignored)
 ('paired', (1, 1, 0))
 >>> len(params.config_hash)
 64
->>> PipelineParams.from_mapping({"calling": {"alpha": 2}})
-Traceback (most recent call last):
-...
-precise_mrd.core.errors.ConfigError: config calling.alpha: Input should be less than 1 (got 2); fix: see `precise-mrd run --help` and docs/configuration.md for allowed values
+>>> try:
+...     PipelineParams.from_mapping({"calling": {"alpha": 2}})
+... except ConfigError as error:
+...     print(error.path, "|", error.problem)
+calling.alpha | Input should be less than 1 (got 2)
 """
 
 from __future__ import annotations

@@ -18,10 +18,10 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-from jinja2 import Environment, select_autoescape  # noqa: E402
+import matplotlib.pyplot as plt
+from jinja2 import Environment, select_autoescape
 
-from precise_mrd import __version__  # noqa: E402
+from precise_mrd import __version__
 
 #: variant-table columns shown in the report, in order
 REPORT_VARIANT_COLUMNS = (
@@ -92,7 +92,8 @@ def summary_sentence(call: Mapping[str, Any]) -> str:
         return (
             f"No tumour DNA detected (p = {p_value}) across {molecules} informative molecules at "
             f"{n_variants} variants. This sample would have detected a tumour fraction of {lod} "
-            f"with 95% probability (personal LoD); the 95% upper bound on the tumour fraction is {high}."
+            f"with 95% probability (personal LoD); the 95% upper bound on the tumour fraction "
+            f"is {high}."
         )
     failed = [name for name, check in call.get("qc", {}).items() if not check.get("passed", True)]
     reason = f"failed QC: {', '.join(failed)}" if failed else "insufficient evidence"
@@ -213,7 +214,8 @@ def _likelihood_plot(call: Mapping[str, Any]) -> Plot | None:
     axis.set_title("Likelihood profile of the tumour fraction")
     return Plot(
         "Likelihood profile",
-        "Profile log-likelihood; the dashed line (−1.92) marks the 95% CI, dotted lines its bounds.",
+        "Profile log-likelihood; the dashed line (−1.92) marks the 95% CI, dotted lines its "
+        "bounds.",
         _figure_to_base64(figure),
     )
 

@@ -150,7 +150,7 @@ def _versions() -> dict[str, str]:
         "python": platform.python_version(),
         "numpy": np.__version__,
         "scipy": scipy.__version__,
-        "pysam": pysam.__version__,
+        "pysam": str(getattr(pysam, "__version__", "unknown")),
     }
 
 
