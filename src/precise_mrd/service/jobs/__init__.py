@@ -1,0 +1,1 @@
+"""Jobs: states, the job service interface and its executors."""

@@ -1,0 +1,120 @@
+"""The job contract shared by the API, the job service and the executors.
+
+States follow GA4GH WES 1.1 (a closed set; the database stores the names). The database, not any
+queue, is the source of truth for a job's state.
+
+>>> JobState.QUEUED.is_terminal, JobState.CANCELED.is_terminal
+(False, True)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, Protocol
+
+
+class JobState(StrEnum):
+    """Where a job is in its life (GA4GH WES names)."""
+
+    QUEUED = "QUEUED"  # accepted and stored; waiting for an executor slot
+    INITIALIZING = "INITIALIZING"  # an executor took it and is preparing inputs
+    RUNNING = "RUNNING"  # the pipeline is running; progress and stage are updated
+    COMPLETE = "COMPLETE"  # finished; results and artifacts are available
+    EXECUTOR_ERROR = (
+        "EXECUTOR_ERROR"  # the pipeline rejected the job (bad input/config); reason says why
+    )
+    SYSTEM_ERROR = (
+        "SYSTEM_ERROR"  # the system failed it (timeout, worker died, bug); reason says why
+    )
+    CANCELING = "CANCELING"  # cancel requested; the executor is stopping it
+    CANCELED = "CANCELED"  # stopped on request
+
+    @property
+    def is_terminal(self) -> bool:
+        """True when the job will never change state again."""
+        return self in TERMINAL_STATES
+
+
+TERMINAL_STATES = frozenset(
+    {JobState.COMPLETE, JobState.EXECUTOR_ERROR, JobState.SYSTEM_ERROR, JobState.CANCELED}
+)
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """What a submission asks for. ``inputs`` maps an input kind (reads, reads_r2, reference,
+    variants, targets) to its key in the artifact store; no reads means "simulate from seed"."""
+
+    run_id: str
+    seed: int
+    config_yaml: str
+    tenant_id: str = "default"
+    owner_id: str = "anonymous"
+    use_ml_calling: bool = False
+    ml_model_type: str | None = None
+    use_deep_learning: bool = False
+    dl_model_type: str | None = None
+    use_parallel: bool = False
+    config_template: str | None = None
+    inputs: Mapping[str, str] = field(default_factory=dict)
+    request_id: str | None = None
+
+
+@dataclass(frozen=True)
+class JobView:
+    """A job as read back from the database."""
+
+    job_id: str
+    spec: JobSpec
+    state: JobState
+    progress: float
+    stage: str | None
+    reason: str | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    attempts: int
+    result: Mapping[str, Any] | None  # the sample call summary once COMPLETE
+    artifacts: Mapping[str, str]  # download type -> key in the artifact store
+
+
+class JobNotFoundError(LookupError):
+    """No job with that id for that tenant (another tenant's job is "not found" too)."""
+
+
+class JobStateError(RuntimeError):
+    """The operation does not fit the job's state (e.g. results of a RUNNING job)."""
+
+    def __init__(self, job_id: str, state: JobState, message: str) -> None:
+        self.job_id = job_id
+        self.state = state
+        super().__init__(message)
+
+
+class JobService(Protocol):
+    """What the API needs from the job layer. Implementations: SQL-backed (service.jobs.service)
+    and in-memory (for fast unit tests of the API)."""
+
+    def submit(self, spec: JobSpec) -> JobView: ...
+
+    def get(self, job_id: str, *, tenant_id: str) -> JobView: ...
+
+    def list_jobs(
+        self,
+        *,
+        tenant_id: str,
+        state: JobState | None = None,
+        run_id: str | None = None,
+        cursor: str | None = None,
+        limit: int = 50,
+    ) -> tuple[list[JobView], str | None]: ...
+
+    def cancel(self, job_id: str, *, tenant_id: str) -> JobView: ...
+
+    def artifact_path(self, job_id: str, kind: str, *, tenant_id: str) -> Path: ...
+
+    def counts_by_state(self) -> dict[JobState, int]: ...
