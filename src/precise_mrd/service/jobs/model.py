@@ -25,10 +25,10 @@ class JobState(StrEnum):
     RUNNING = "RUNNING"  # the pipeline is running; progress and stage are updated
     COMPLETE = "COMPLETE"  # finished; results and artifacts are available
     EXECUTOR_ERROR = (
-        "EXECUTOR_ERROR"  # the pipeline rejected the job (bad input/config); reason says why
+        "EXECUTOR_ERROR"  # the pipeline rejected it (bad input or config)
     )
     SYSTEM_ERROR = (
-        "SYSTEM_ERROR"  # the system failed it (timeout, worker died, bug); reason says why
+        "SYSTEM_ERROR"  # timeout, worker died, or a bug
     )
     CANCELING = "CANCELING"  # cancel requested; the executor is stopping it
     CANCELED = "CANCELED"  # stopped on request
