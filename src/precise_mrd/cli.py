@@ -266,7 +266,7 @@ def demo(
         Path, typer.Option("--out", help="Directory for the demo sample and its results.")
     ] = Path("demo_out"),
     seed: Annotated[int, typer.Option(help="Random seed.")] = 7,
-    tumor_fraction: Annotated[float, typer.Option(help="Tumour fraction to simulate.")] = 1e-3,
+    tumor_fraction: Annotated[float, typer.Option(help="Tumour fraction to simulate.")] = 1e-2,
 ) -> None:
     """Simulate a small sample and run the pipeline on it; print where the report is."""
     from precise_mrd.core.simulate import SimulationParams

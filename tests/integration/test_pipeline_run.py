@@ -118,6 +118,11 @@ def test_positive_sample_writes_every_artifact_and_calls_positive(
 
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert metrics["consensus"]["n_duplex_molecules"] > 0
+    summary = metrics["summary"]
+    assert 0.5 < summary["duplex_rate"] <= 1.0
+    assert summary["on_target_rate"] > 0.95  # every simulated fragment covers a variant
+    assert summary["mean_family_size"] > 1.0
+    assert summary["informative_molecules"] == call["informative_molecules"]
     assert set(metrics["timings_seconds"]) >= {"group", "consensus", "evidence", "calling"}
     report = (tmp_path / "out" / "report.html").read_text()
     assert "POSITIVE" in report.upper() and "data:image/png;base64," in report

@@ -313,6 +313,7 @@ def _run_stages(
 
     with tracker.stage("report"):
         metrics = {
+            "summary": _summary_metrics(group_stats, consensus_stats, evidence),
             "grouping": to_jsonable(group_stats),
             "consensus": to_jsonable(consensus_stats),
             "evidence": _evidence_summary(evidence),
@@ -333,6 +334,27 @@ def _run_stages(
     metrics["timings_seconds"] = dict(tracker.timings)
     (staging / ARTIFACTS["metrics"]).write_text(json.dumps(metrics, indent=2, default=str) + "\n")
     return sample_call
+
+
+def _summary_metrics(group_stats: Any, consensus_stats: Any, evidence: Any) -> dict[str, Any]:
+    """Headline QC figures: family size, duplex rate, on-target rate."""
+    histogram = {int(size): int(n) for size, n in consensus_stats.family_size_histogram.items()}
+    n_families = sum(histogram.values())
+    mean_family_size = sum(s * n for s, n in histogram.items()) / n_families if n_families else 0.0
+    n_molecules = int(consensus_stats.n_molecules)
+    n_out = int(consensus_stats.n_consensus_reads_out)
+    return {
+        "reads_in": int(group_stats.n_reads_in),
+        "reads_grouped": int(group_stats.n_reads_out),
+        "molecules": n_molecules,
+        "mean_family_size": round(mean_family_size, 3),
+        "duplex_rate": round(consensus_stats.n_duplex_molecules / n_molecules, 4)
+        if n_molecules
+        else 0.0,
+        # NB: a consensus read spanning two target windows counts once per window; capped at 1.
+        "on_target_rate": round(min(1.0, evidence.n_records / n_out), 4) if n_out else 0.0,
+        "informative_molecules": int(sum(v.informative for v in evidence.variants)),
+    }
 
 
 def _evidence_summary(evidence: Any) -> dict[str, Any]:
