@@ -197,18 +197,19 @@ def _observed_vs_expected_plot(
 def _likelihood_plot(call: Mapping[str, Any]) -> Plot | None:
     grid = list(call.get("profile_tumor_fraction") or [])
     log_likelihood = list(call.get("profile_log_likelihood") or [])
-    if len(grid) < 2:
+    points = [(tf, ll) for tf, ll in zip(grid, log_likelihood, strict=True) if tf > 0]
+    if len(points) < 2:
         return None
-    best = max(log_likelihood)
+    best = max(ll for _, ll in points)
     figure, axis = plt.subplots(figsize=(5.2, 3.4))
-    axis.plot(grid, [value - best for value in log_likelihood], color="#3b6ea8")
+    axis.plot([tf for tf, _ in points], [ll - best for _, ll in points], color="#3b6ea8")
     low, high = call.get("tumor_fraction_ci", (None, None))
     for bound in (low, high):
         if bound:
             axis.axvline(bound, color="#c62828", linestyle=":", linewidth=1)
     axis.axhline(-1.92, color="#999", linestyle="--", linewidth=1)
-    axis.set_xscale("symlog", linthresh=max(min(v for v in grid if v > 0), 1e-8))
-    axis.set_ylim(bottom=max(min(value - best for value in log_likelihood), -12))
+    axis.set_xscale("log")
+    axis.set_ylim(-12, 0.5)
     axis.set_xlabel("tumour fraction")
     axis.set_ylabel("log-likelihood − max")
     axis.set_title("Likelihood profile of the tumour fraction")
