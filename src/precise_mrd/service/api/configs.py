@@ -1,0 +1,342 @@
+"""Config endpoints: validate a config, list templates, build a config from a template.
+
+``POST /validate-config`` takes YAML as the raw body (``application/yaml``, ``text/yaml``,
+``text/plain``), as a form field ``config_yaml``, or as JSON ``{"config_yaml": "..."}``. It always
+answers 200 with a report: every error with its dotted path (not only the first), warnings about
+settings that are legal but probably not meant, suggestions, the config hash and a rough runtime.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import yaml
+from fastapi import APIRouter, Request
+from pydantic import ValidationError
+
+from precise_mrd.core.errors import ConfigError
+from precise_mrd.pipeline.params import CONFIG_FIX, PipelineParams
+from precise_mrd.service.api.deps import SettingsDep
+from precise_mrd.service.api.schemas import (
+    ConfigFromTemplate,
+    ConfigFromTemplateRead,
+    ConfigProblem,
+    ConfigValidation,
+    RuntimeEstimate,
+    TemplateList,
+    TemplateRead,
+)
+from precise_mrd.service.errors import UnprocessableError, responses
+from precise_mrd.service.jobs.model import JobSpec
+from precise_mrd.service.settings import Settings
+from precise_mrd.service.templates import TEMPLATES, get_template, params_from_template
+
+router = APIRouter(tags=["configs"])
+
+#: config sections the service itself reads (not PipelineParams); allowed only when enabled
+DEBUG_SECTION = "service_debug"
+#: measured: smoke-preset simulation + pipeline in ~4 s on one core (``precise-mrd demo``)
+SIMULATED_SAMPLE_SECONDS = 4.0
+#: the pipeline's target on 2M read pairs is ~10x ``samtools view -c`` (~15 s per 1M pairs)
+SECONDS_PER_MILLION_PAIRS = 15.0
+MAX_CONFIG_BYTES = 256 * 1024
+#: PipelineParams' own default seed (used when neither the form nor the config sets one)
+DEFAULT_SEED = int(PipelineParams.model_fields["seed"].default)
+
+
+def split_service_sections(
+    mapping: dict[str, Any], settings: Settings
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(pipeline part, service part) of a config; the service part only with debug jobs on."""
+    pipeline = dict(mapping)
+    service: dict[str, Any] = {}
+    if DEBUG_SECTION in pipeline and settings.enable_debug_jobs:
+        service[DEBUG_SECTION] = pipeline.pop(DEBUG_SECTION)
+    return pipeline, service
+
+
+def load_yaml_mapping(text: str, *, source: str = "config_yaml") -> dict[str, Any]:
+    """YAML text -> mapping; ConfigError with the source on syntax errors or a non-mapping."""
+    try:
+        loaded = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise ConfigError(source, f"is not valid YAML ({error})", "fix the YAML syntax") from None
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise ConfigError(source, "top level must be a mapping of sections", CONFIG_FIX)
+    return loaded
+
+
+def resolve_config(
+    settings: Settings,
+    *,
+    config_yaml: str | None,
+    config_template: str | None,
+    seed: int | None,
+    use_parallel: bool = False,
+) -> tuple[PipelineParams, str]:
+    """The params a submission will run with, and the config YAML stored with the job.
+
+    The stored YAML is the user's config (or the template) with the form's ``seed`` written in
+    (the form wins over the config); keys the user left out stay out, so the worker still
+    applies its own rules (``use_parallel`` raises ``threads`` only when the config does not set
+    it). The returned params are resolved exactly as the worker resolves them, so the
+    ``config_hash`` of the 202 answer is the hash the run reports.
+    """
+    from precise_mrd.service.jobs.worker import parse_config
+
+    if config_yaml and config_template:
+        raise UnprocessableError(
+            "give either config_yaml or config_template, not both",
+            field="config_yaml",
+            fix="drop one; to adjust a template use POST /config-from-template first",
+        )
+    if config_template:
+        mapping = get_template(config_template).mapping()
+    elif config_yaml:
+        mapping = load_yaml_mapping(config_yaml)
+    else:
+        mapping = {}
+    pipeline, service = split_service_sections(mapping, settings)
+    if seed is not None:
+        pipeline["seed"] = seed
+    PipelineParams.from_mapping(pipeline)  # NB: the precise error, with its path, comes first
+    stored = {**pipeline, **service}
+    text = yaml.safe_dump(stored, sort_keys=False) if stored else ""
+    probe = JobSpec(
+        run_id="probe",
+        seed=seed if seed is not None else int(pipeline.get("seed", DEFAULT_SEED)),
+        config_yaml=text,
+        use_parallel=use_parallel,
+    )
+    params, _ = parse_config(probe, enable_debug_jobs=settings.enable_debug_jobs)
+    return params, text
+
+
+def _all_errors(mapping: dict[str, Any]) -> list[ConfigProblem]:
+    try:
+        PipelineParams.model_validate(mapping)
+    except ValidationError as error:
+        problems = []
+        for item in error.errors():
+            path = ".".join(str(part) for part in item["loc"]) or "<root>"
+            message = "unknown key" if item["type"] == "extra_forbidden" else item["msg"]
+            if item["type"] != "extra_forbidden" and "input" in item:
+                message = f"{message} (got {item['input']!r})"
+            problems.append(ConfigProblem(path=path, message=message, fix=CONFIG_FIX))
+        return problems
+    return []
+
+
+def review(params: PipelineParams) -> tuple[list[str], list[str]]:
+    """Warnings (legal but probably unintended) and suggestions for a valid config."""
+    warnings: list[str] = []
+    suggestions: list[str] = []
+    if params.umi.strategy != "paired":
+        warnings.append(
+            f"umi.strategy is {params.umi.strategy!r}: top and bottom strands are not paired, so "
+            "no duplex consensus is made and the error rate is higher"
+        )
+    if params.consensus.min_reads[0] == 1:
+        suggestions.append(
+            "consensus.min_reads starts at 1: single-read families carry raw sequencer errors; "
+            "with family sizes >= 3, min_reads [2, 1, 1] lowers the background"
+        )
+    if params.calling.n_bootstrap < 1000:
+        warnings.append(
+            f"calling.n_bootstrap is {params.calling.n_bootstrap}: p-values below "
+            f"~{1 / params.calling.n_bootstrap:.3g} cannot be resolved; use >= 1000 for reporting"
+        )
+    if params.calling.alpha > 0.1:
+        warnings.append(
+            f"calling.alpha is {params.calling.alpha}: more than 1 in 10 negatives "
+            "would be called positive"
+        )
+    if params.evidence.min_base_quality < 20:
+        warnings.append(
+            f"evidence.min_base_quality is {params.evidence.min_base_quality}: consensus bases "
+            "below Q20 add errors faster than molecules"
+        )
+    if params.calling.min_informative_molecules < 500:
+        suggestions.append(
+            "calling.min_informative_molecules is below 500: a negative call on so few molecules "
+            "says little; it is reported as undetermined only below this threshold"
+        )
+    cores = os.cpu_count() or 1
+    if params.threads > cores:
+        warnings.append(f"threads is {params.threads} but this server has {cores} cores")
+    return warnings, suggestions
+
+
+def estimate_runtime(params: PipelineParams) -> RuntimeEstimate:
+    """A rough wall time on one core; bootstrap draws add a little, threads help the middle."""
+    bootstrap = params.calling.n_bootstrap / 2000 * 0.5
+    speedup = min(params.threads, os.cpu_count() or 1) ** 0.6
+    return RuntimeEstimate(
+        simulated_sample_seconds=round(SIMULATED_SAMPLE_SECONDS + bootstrap, 1),
+        seconds_per_million_read_pairs=round(SECONDS_PER_MILLION_PAIRS / speedup + bootstrap, 1),
+    )
+
+
+def validate_config_text(text: str, settings: Settings) -> ConfigValidation:
+    """The full report for ``text`` (never raises for a bad config)."""
+    try:
+        mapping = load_yaml_mapping(text)
+    except ConfigError as error:
+        return ConfigValidation(
+            valid=False,
+            errors=[
+                ConfigProblem(path="<root>", message=f"{error.path} {error.problem}", fix=error.fix)
+            ],
+            warnings=[],
+            suggestions=[],
+        )
+    pipeline, service = split_service_sections(mapping, settings)
+    errors = _all_errors(pipeline)
+    if errors:
+        return ConfigValidation(valid=False, errors=errors, warnings=[], suggestions=[])
+    params = PipelineParams.from_mapping(pipeline)
+    warnings, suggestions = review(params)
+    if service:
+        warnings.append(f"{DEBUG_SECTION} is a test-only section honoured by this server")
+    return ConfigValidation(
+        valid=True,
+        errors=[],
+        warnings=warnings,
+        suggestions=suggestions,
+        config_hash=params.config_hash,
+        resolved_yaml=params.to_yaml(),
+        estimated_runtime=estimate_runtime(params),
+    )
+
+
+_YAML_BODY = {
+    "requestBody": {
+        "required": True,
+        "description": "The config as YAML (raw body), as form field config_yaml, or as JSON "
+        '{"config_yaml": "..."}',
+        "content": {
+            "application/yaml": {"schema": {"type": "string"}},
+            "text/plain": {"schema": {"type": "string"}},
+            "application/x-www-form-urlencoded": {
+                "schema": {
+                    "type": "object",
+                    "properties": {"config_yaml": {"type": "string"}},
+                    "required": ["config_yaml"],
+                }
+            },
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "properties": {"config_yaml": {"type": "string"}},
+                    "required": ["config_yaml"],
+                }
+            },
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "properties": {"config_yaml": {"type": "string"}},
+                    "required": ["config_yaml"],
+                }
+            },
+        },
+    }
+}
+
+
+async def _config_text(request: Request) -> str:
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type in ("multipart/form-data", "application/x-www-form-urlencoded"):
+        async with request.form() as form:
+            value = form.get("config_yaml")
+            if value is None:
+                raise UnprocessableError(
+                    "the form has no config_yaml field",
+                    field="config_yaml",
+                    fix="send the YAML as form field config_yaml, or as the raw body",
+                )
+            text = value if isinstance(value, str) else (await value.read()).decode("utf-8")
+            return text
+    body = await request.body()
+    if len(body) > MAX_CONFIG_BYTES:
+        raise UnprocessableError(
+            f"the config is {len(body)} bytes; the limit is {MAX_CONFIG_BYTES}",
+            field="config_yaml",
+            fix="a config is a few hundred bytes; check what is being sent",
+        )
+    try:
+        decoded = body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise UnprocessableError(
+            "the body is not UTF-8 text", field="config_yaml", fix="send the YAML as UTF-8"
+        ) from None
+    if content_type == "application/json":
+        import json
+
+        try:
+            payload = json.loads(decoded)
+        except json.JSONDecodeError as error:
+            raise UnprocessableError(
+                f"the JSON body does not parse ({error.msg})",
+                field="config_yaml",
+                fix='send {"config_yaml": "<yaml text>"}',
+            ) from None
+        if not isinstance(payload, dict) or not isinstance(payload.get("config_yaml"), str):
+            raise UnprocessableError(
+                "the JSON body has no string config_yaml",
+                field="config_yaml",
+                fix='send {"config_yaml": "<yaml text>"}',
+            )
+        return str(payload["config_yaml"])
+    return decoded
+
+
+@router.post(
+    "/validate-config",
+    response_model=ConfigValidation,
+    summary="Validate a pipeline config",
+    openapi_extra=_YAML_BODY,
+    responses=responses(422),
+)
+async def validate_config(request: Request, settings: SettingsDep) -> ConfigValidation:
+    """Every error with its dotted path, warnings, suggestions, the config hash and a runtime
+    estimate. Answers 200 for an invalid config (``valid`` is false); 422 only when no config
+    could be read from the request at all."""
+    return validate_config_text(await _config_text(request), settings)
+
+
+def _template_read(name: str) -> TemplateRead:
+    template = TEMPLATES[name]
+    params = PipelineParams.from_yaml_text(template.yaml)
+    return TemplateRead(
+        name=template.name,
+        description=template.description,
+        is_runnable=template.is_runnable,
+        note=template.note,
+        config_yaml=template.yaml,
+        config_hash=params.config_hash,
+    )
+
+
+@router.get("/config-templates", response_model=TemplateList, summary="List config templates")
+def list_templates() -> TemplateList:
+    """Named starting configs, each with a description and its YAML."""
+    return TemplateList(templates=[_template_read(name) for name in TEMPLATES])
+
+
+@router.post(
+    "/config-from-template",
+    response_model=ConfigFromTemplateRead,
+    summary="Build a validated config from a template and overrides",
+    responses=responses(404, 422),
+)
+def config_from_template(body: ConfigFromTemplate) -> ConfigFromTemplateRead:
+    """Merge ``overrides`` (nested or dotted keys) into the template, validate, return the YAML
+    with every default written out. An unknown template or a bad override is a 422 naming it."""
+    get_template(body.template)
+    params = params_from_template(body.template, body.overrides)
+    return ConfigFromTemplateRead(
+        template=body.template, config_yaml=params.to_yaml(), config_hash=params.config_hash
+    )

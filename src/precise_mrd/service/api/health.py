@@ -1,0 +1,114 @@
+"""Health endpoints and Prometheus metrics.
+
+* ``GET /health/live``: the process answers (never touches a backend; for liveness probes).
+* ``GET /health/ready``: every backend answers; 503 otherwise (for readiness probes).
+* ``GET /health``: the same checks with each one's timing and error, 200 or 503.
+* ``GET /metrics``: Prometheus text format from the app's own registry.
+
+Checks: ``database`` counts jobs by state; ``artifact_store`` writes, reads back and deletes a
+probe; ``executor`` asks the executor whether its loop is alive (when this process runs one).
+"""
+
+from __future__ import annotations
+
+import io
+import uuid
+from typing import Any
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from precise_mrd import __version__
+from precise_mrd.service.api.schemas import CheckRead, HealthRead, LiveRead
+from precise_mrd.service.observability import ServiceMetrics, timed
+
+router = APIRouter(tags=["health"])
+
+
+def _check_store(store: Any) -> None:
+    key = f"health/probe-{uuid.uuid4().hex}"
+    payload = b"precise-mrd health probe"
+    store.put_stream(key, io.BytesIO(payload), max_bytes=1024)
+    try:
+        with store.open(key) as stream:
+            if stream.read() != payload:
+                raise RuntimeError("the probe read back differently")
+    finally:
+        store.delete(key)
+
+
+def _check_executor(executor: Any) -> None:
+    if executor is None:
+        return
+    probe = getattr(executor, "is_alive", None) or getattr(executor, "is_running", None)
+    if probe is None:
+        return
+    alive = probe() if callable(probe) else bool(probe)
+    if not alive:
+        raise RuntimeError("the executor loop is not running")
+
+
+def run_checks(request: Request) -> HealthRead:
+    """Run every backend check; ``status`` is ``degraded`` when one fails."""
+    state = request.app.state
+    checks: dict[str, CheckRead] = {}
+    for name, check in (
+        ("database", lambda: state.job_service.counts_by_state()),
+        ("artifact_store", lambda: _check_store(state.store)),
+        ("executor", lambda: _check_executor(getattr(state, "executor", None))),
+    ):
+        ok, milliseconds, error = timed(check)
+        detail = error
+        if ok and name == "executor" and getattr(state, "executor", None) is None:
+            detail = "no executor in this process (jobs run elsewhere)"
+        checks[name] = CheckRead(ok=ok, duration_ms=milliseconds, detail=detail)
+    status = "ok" if all(check.ok for check in checks.values()) else "degraded"
+    return HealthRead(status=status, version=__version__, checks=checks)
+
+
+_HEALTH_RESPONSES: dict[int | str, dict[str, Any]] = {
+    503: {"model": HealthRead, "description": "At least one backend failed its check"}
+}
+
+
+@router.get(
+    "/health", response_model=HealthRead, summary="Check every backend", responses=_HEALTH_RESPONSES
+)
+def health(request: Request) -> Any:
+    """Database, artifact store and executor, each with its time in milliseconds."""
+    report = run_checks(request)
+    if report.status != "ok":
+        return JSONResponse(report.model_dump(mode="json"), status_code=503)
+    return report
+
+
+@router.get("/health/live", response_model=LiveRead, summary="Liveness probe")
+def live() -> LiveRead:
+    """200 while the process serves requests."""
+    return LiveRead(status="alive")
+
+
+@router.get(
+    "/health/ready",
+    response_model=HealthRead,
+    summary="Readiness probe",
+    responses=_HEALTH_RESPONSES,
+)
+def ready(request: Request) -> Any:
+    """200 when every backend answers, 503 otherwise."""
+    return health(request)
+
+
+@router.get(
+    "/metrics",
+    summary="Prometheus metrics",
+    response_class=Response,
+    responses={200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "Prometheus text"}},
+)
+def prometheus_metrics(request: Request) -> Response:
+    """Request latency, errors and throughput by route; jobs by state; job duration; detection
+    outcomes."""
+    metrics: ServiceMetrics = request.app.state.metrics
+    metrics.scan_finished_jobs()
+    return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,466 @@
+"""Job endpoints: submit, status, results, downloads, cancel, list.
+
+The deployment guide's examples are the contract::
+
+    curl -X POST http://HOST:PORT/submit -F "run_id=test_job" -F "seed=42" \\
+         -F "use_ml_calling=true" -F "ml_model_type=ensemble"
+    curl http://HOST:PORT/status/<job_id>
+    curl http://HOST:PORT/results/<job_id>
+
+``POST /submit`` accepts multipart (with files) and URL-encoded forms (what ``requests.post(url,
+data={...})`` sends). A submission without reads simulates a sample from the seed. Feature flags
+are checked against the server's switches first (a disabled feature is a 422 naming the variable
+that enables it), then the config, then each upload (name, size, content), and only then is the
+job stored as QUEUED, so a job in the database always has inputs that open.
+
+``GET /results/{job_id}`` answers 409 (with the state) while the job is queued or running, and 200
+once it is finished: with the sample call, key metrics and download links when COMPLETE, with the
+reason (and no call) when it failed or was canceled.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import re
+from typing import Annotated, Any
+
+from fastapi import APIRouter, File, Form, Query, Request, Response, UploadFile
+from fastapi.responses import FileResponse
+from pydantic import ValidationError
+
+from precise_mrd.pipeline.artifacts import ARTIFACTS, MEDIA_TYPES
+from precise_mrd.service.api.configs import resolve_config
+from precise_mrd.service.api.deps import (
+    CurrentPrincipal,
+    JobServiceDep,
+    MetricsDep,
+    RequestIdDep,
+    SettingsDep,
+    StoreDep,
+)
+from precise_mrd.service.api.schemas import (
+    DlModelType,
+    JobAccepted,
+    JobCreate,
+    JobLinks,
+    JobList,
+    JobRead,
+    JobResult,
+    MlModelType,
+    SampleCallSummary,
+)
+from precise_mrd.service.api.uploads import (
+    UPLOAD_FIELDS,
+    StoredUpload,
+    canonical_keys,
+    check_combination,
+    store_upload,
+    validate_uploads,
+)
+from precise_mrd.service.errors import (
+    ConflictError,
+    FeatureDisabledError,
+    NotFoundError,
+    UnprocessableError,
+    responses,
+)
+from precise_mrd.service.jobs.model import JobService, JobSpec, JobState, JobView
+from precise_mrd.service.jobs.worker import DEFAULT_READ_STRUCTURES
+from precise_mrd.service.settings import Settings
+from precise_mrd.service.storage import ArtifactStore
+
+router = APIRouter(tags=["jobs"])
+
+#: the figures of metrics.json "summary" shown in /results
+KEY_METRICS = (
+    "reads_in",
+    "molecules",
+    "mean_family_size",
+    "duplex_rate",
+    "on_target_rate",
+    "informative_molecules",
+)
+_SAFE_RUN_ID = re.compile(r"[^A-Za-z0-9._\-]+")
+
+
+def links_for(job_id: str) -> JobLinks:
+    return JobLinks(
+        status=f"/status/{job_id}", results=f"/results/{job_id}", cancel=f"/jobs/{job_id}/cancel"
+    )
+
+
+def job_read(job: JobView) -> JobRead:
+    """The public view of a job."""
+    spec = job.spec
+    return JobRead(
+        job_id=job.job_id,
+        run_id=spec.run_id,
+        state=job.state,
+        status=job.state,
+        progress=min(max(job.progress, 0.0), 1.0),
+        stage=job.stage,
+        reason=job.reason,
+        is_finished=job.state.is_terminal,
+        created_at=job.created_at,
+        started_at=job.started_at,
+        finished_at=job.finished_at,
+        attempts=job.attempts,
+        tenant_id=spec.tenant_id,
+        owner_id=spec.owner_id,
+        seed=spec.seed,
+        config_template=spec.config_template,
+        use_ml_calling=spec.use_ml_calling,
+        use_deep_learning=spec.use_deep_learning,
+        use_parallel=spec.use_parallel,
+        inputs=sorted(spec.inputs),
+        links=links_for(job.job_id),
+    )
+
+
+def check_features(request: JobCreate, settings: Settings) -> None:
+    """A request flag for a feature the server switched off is a 422 naming the variable."""
+    if request.use_ml_calling and not settings.enable_ml_calling:
+        raise FeatureDisabledError("use_ml_calling", "ENABLE_ML_CALLING")
+    if request.use_deep_learning and not settings.enable_deep_learning:
+        raise FeatureDisabledError("use_deep_learning", "ENABLE_DEEP_LEARNING")
+    if request.use_parallel and not settings.enable_parallel_processing:
+        raise FeatureDisabledError("use_parallel", "ENABLE_PARALLEL_PROCESSING")
+
+
+def _new_job_id() -> str:
+    from precise_mrd.service.jobs.service import new_job_id
+
+    return new_job_id()
+
+
+def _wake_executor(request: Request) -> None:
+    """Tell an in-process executor there is work (it polls anyway; this only saves latency)."""
+    executor = getattr(request.app.state, "executor", None)
+    notify = getattr(executor, "notify", None)
+    if callable(notify):
+        notify()
+
+
+def _submit(service: JobService, spec: JobSpec, job_id: str) -> JobView:
+    """Submit under ``job_id`` when the service takes one (so uploads live under the job)."""
+    submit: Any = service.submit
+    if "job_id" in inspect.signature(submit).parameters:
+        job: JobView = submit(spec, job_id=job_id)
+        return job
+    return service.submit(spec)
+
+
+def _upload_files(
+    store: ArtifactStore,
+    settings: Settings,
+    files: dict[str, UploadFile | None],
+    prefix: str,
+) -> dict[str, StoredUpload]:
+    uploads: dict[str, StoredUpload] = {}
+    try:
+        for field in UPLOAD_FIELDS:
+            upload = files.get(field)
+            if upload is None or (not upload.filename and upload.size == 0):
+                continue
+            uploads[field] = store_upload(
+                store,
+                field=field,
+                client_name=upload.filename,
+                stream=upload.file,
+                prefix=prefix,
+                max_bytes=settings.max_upload_bytes,
+            )
+        check_combination(uploads)
+        validate_uploads(store, uploads, read_structures=DEFAULT_READ_STRUCTURES)
+    except BaseException:
+        store.delete_prefix(prefix)
+        raise
+    return uploads
+
+
+@router.post(
+    "/submit",
+    status_code=202,
+    response_model=JobAccepted,
+    summary="Submit a job",
+    responses=responses(413, 422),
+)
+def submit_job(
+    request: Request,
+    response: Response,
+    settings: SettingsDep,
+    service: JobServiceDep,
+    store: StoreDep,
+    principal: CurrentPrincipal,
+    metrics: MetricsDep,
+    request_id: RequestIdDep,
+    run_id: Annotated[str, Form(description="Your name for the run (letters, digits, . _ -)")],
+    seed: Annotated[
+        int | None, Form(description="Random seed; wins over the config's seed")
+    ] = None,
+    use_ml_calling: Annotated[bool, Form(description="Needs ENABLE_ML_CALLING=true")] = False,
+    ml_model_type: Annotated[MlModelType, Form()] = "ensemble",
+    use_deep_learning: Annotated[bool, Form(description="Needs ENABLE_DEEP_LEARNING=true")] = False,
+    dl_model_type: Annotated[DlModelType, Form()] = "cnn_lstm",
+    use_parallel: Annotated[
+        bool, Form(description="Use more threads; needs ENABLE_PARALLEL_PROCESSING=true")
+    ] = False,
+    config_yaml: Annotated[str | None, Form(description="A PipelineParams YAML")] = None,
+    config_template: Annotated[
+        str | None, Form(description="A template name (GET /config-templates)")
+    ] = None,
+    reads: Annotated[
+        UploadFile | None, File(description="Reads: coordinate-sorted BAM, or FASTQ R1")
+    ] = None,
+    reads_r2: Annotated[UploadFile | None, File(description="FASTQ R2 (with FASTQ reads)")] = None,
+    reference: Annotated[UploadFile | None, File(description="Reference FASTA")] = None,
+    variants: Annotated[UploadFile | None, File(description="Tumour variants: VCF or TSV")] = None,
+    targets: Annotated[UploadFile | None, File(description="Target regions: BED")] = None,
+) -> JobAccepted:
+    """Queue a pipeline run. Without ``reads`` the job simulates a sample from ``seed``.
+
+    Uploads are streamed to the artifact store (413 past the size limit) and opened with the
+    pipeline's readers before the job is queued (422 naming the file and the problem).
+    """
+    try:
+        create = JobCreate(
+            run_id=run_id,
+            seed=seed,
+            use_ml_calling=use_ml_calling,
+            ml_model_type=ml_model_type,
+            use_deep_learning=use_deep_learning,
+            dl_model_type=dl_model_type,
+            use_parallel=use_parallel,
+            config_yaml=config_yaml or None,
+            config_template=config_template or None,
+        )
+    except ValidationError as error:
+        first = error.errors()[0]
+        field = ".".join(str(part) for part in first["loc"])
+        raise UnprocessableError(
+            f"{field}: {first['msg']}", field=field, fix="see /docs for the allowed values"
+        ) from None
+    check_features(create, settings)
+    params, resolved_yaml = resolve_config(
+        settings,
+        config_yaml=create.config_yaml,
+        config_template=create.config_template,
+        seed=create.seed,
+        use_parallel=create.use_parallel,
+    )
+    job_id = _new_job_id()
+    files = {
+        "reads": reads,
+        "reads_r2": reads_r2,
+        "reference": reference,
+        "variants": variants,
+        "targets": targets,
+    }
+    uploads = _upload_files(store, settings, files, f"jobs/{job_id}/inputs/")
+    spec = JobSpec(
+        run_id=create.run_id,
+        seed=params.seed,
+        config_yaml=resolved_yaml,
+        tenant_id=principal.tenant_id,
+        owner_id=principal.owner_id,
+        use_ml_calling=create.use_ml_calling,
+        ml_model_type=create.ml_model_type if create.use_ml_calling else None,
+        use_deep_learning=create.use_deep_learning,
+        dl_model_type=create.dl_model_type if create.use_deep_learning else None,
+        use_parallel=create.use_parallel,
+        config_template=create.config_template,
+        inputs=canonical_keys(uploads),
+        request_id=request_id,
+    )
+    try:
+        job = _submit(service, spec, job_id)
+    except BaseException:
+        store.delete_prefix(f"jobs/{job_id}/")
+        raise
+    _wake_executor(request)
+    metrics.jobs_submitted.inc()
+    metrics.tenants.add(principal.tenant_id)
+    response.headers["Location"] = f"/status/{job.job_id}"
+    return JobAccepted(
+        job_id=job.job_id,
+        run_id=spec.run_id,
+        status=job.state,
+        config_hash=params.config_hash,
+        created_at=job.created_at,
+        links=links_for(job.job_id),
+    )
+
+
+@router.get(
+    "/status/{job_id}",
+    response_model=JobRead,
+    summary="A job's state and progress",
+    responses=responses(404),
+)
+def job_status(
+    job_id: str, service: JobServiceDep, principal: CurrentPrincipal, metrics: MetricsDep
+) -> JobRead:
+    """State (GA4GH WES names), progress 0..1, current stage, timestamps, and the reason when the
+    job failed or was canceled."""
+    job = service.get(job_id, tenant_id=principal.tenant_id)
+    metrics.observe_job(job)
+    return job_read(job)
+
+
+def _summary(result: Any) -> SampleCallSummary | None:
+    if not result:
+        return None
+    allowed = SampleCallSummary.model_fields
+    return SampleCallSummary(**{key: value for key, value in result.items() if key in allowed})
+
+
+def _key_metrics(service: JobService, job: JobView) -> dict[str, Any]:
+    try:
+        path = service.artifact_path(job.job_id, "metrics", tenant_id=job.spec.tenant_id)
+        summary = json.loads(path.read_text(encoding="utf-8")).get("summary", {})
+    except (LookupError, OSError, ValueError):
+        return {}
+    return {key: summary[key] for key in KEY_METRICS if key in summary}
+
+
+@router.get(
+    "/results/{job_id}",
+    response_model=JobResult,
+    summary="A finished job's call, metrics and downloads",
+    responses=responses(404, 409),
+)
+def job_results(
+    job_id: str,
+    request: Request,
+    service: JobServiceDep,
+    principal: CurrentPrincipal,
+    metrics: MetricsDep,
+) -> JobResult:
+    """409 (with the state) while the job is not finished. A COMPLETE job gives its sample call,
+    key QC metrics and a download link per artifact; a failed or canceled one its reason."""
+    job = service.get(job_id, tenant_id=principal.tenant_id)
+    metrics.observe_job(job)
+    if not job.state.is_terminal:
+        raise ConflictError(
+            f"job {job_id} is {job.state.value} ({job.progress:.0%} done); results are not ready",
+            code="job_not_finished",
+            fix=f"poll GET /status/{job_id} until it is COMPLETE",
+            extra={"state": job.state.value},
+        )
+    downloads: dict[str, str] = {}
+    if job.state == JobState.COMPLETE:
+        base = str(request.base_url).rstrip("/")
+        downloads = {
+            kind: f"{base}/download/{job_id}/{kind}" for kind in ARTIFACTS if kind in job.artifacts
+        }
+    return JobResult(
+        job_id=job.job_id,
+        run_id=job.spec.run_id,
+        state=job.state,
+        status=job.state,
+        reason=job.reason,
+        sample_call=_summary(job.result) if job.state == JobState.COMPLETE else None,
+        metrics=_key_metrics(service, job) if job.state == JobState.COMPLETE else {},
+        downloads=downloads,
+        finished_at=job.finished_at,
+    )
+
+
+def _download_name(run_id: str, kind: str) -> str:
+    safe = _SAFE_RUN_ID.sub("_", run_id).strip("._") or "run"
+    return f"{safe}.{ARTIFACTS[kind]}"
+
+
+@router.get(
+    "/download/{job_id}/{artifact_type}",
+    summary="Download one artifact of a COMPLETE job",
+    response_class=FileResponse,
+    responses={
+        200: {
+            "description": "The file, with its media type and a Content-Disposition file name",
+            "content": {media: {} for media in sorted(set(MEDIA_TYPES.values()))},
+        },
+        **responses(404, 409),
+    },
+)
+def download(
+    job_id: str, artifact_type: str, service: JobServiceDep, principal: CurrentPrincipal
+) -> FileResponse:
+    """``artifact_type`` is one of report, calls, calls_parquet, sample_call, consensus_bam,
+    metrics, config, log. 404 for an unknown job or type, 409
+    before the job is COMPLETE."""
+    if artifact_type not in ARTIFACTS:
+        raise NotFoundError(
+            f"unknown download type {artifact_type!r}",
+            field="artifact_type",
+            code="unknown_artifact_type",
+            fix=f"use one of {', '.join(ARTIFACTS)}",
+        )
+    job = service.get(job_id, tenant_id=principal.tenant_id)
+    if job.state != JobState.COMPLETE:
+        raise ConflictError(
+            f"job {job_id} is {job.state.value}; downloads exist once it is COMPLETE",
+            code="job_not_complete",
+            fix=f"poll GET /status/{job_id}",
+            extra={"state": job.state.value},
+        )
+    path = service.artifact_path(job_id, artifact_type, tenant_id=principal.tenant_id)
+    if not path.is_file():
+        raise NotFoundError(
+            f"job {job_id} has no {artifact_type} file (it may have been cleaned up)",
+            code="artifact_not_found",
+        )
+    return FileResponse(
+        path,
+        media_type=MEDIA_TYPES[artifact_type],
+        filename=_download_name(job.spec.run_id, artifact_type),
+    )
+
+
+@router.post(
+    "/jobs/{job_id}/cancel",
+    status_code=202,
+    response_model=JobRead,
+    summary="Cancel a job",
+    responses=responses(404, 409),
+)
+def cancel_job(
+    job_id: str, request: Request, service: JobServiceDep, principal: CurrentPrincipal
+) -> JobRead:
+    """A queued job is CANCELED at once; a running one goes to CANCELING and its process group
+    is stopped. A finished job is a 409."""
+    job = service.cancel(job_id, tenant_id=principal.tenant_id)
+    _wake_executor(request)
+    return job_read(job)
+
+
+@router.get(
+    "/jobs", response_model=JobList, summary="List jobs, newest first", responses=responses(422)
+)
+def list_jobs(
+    service: JobServiceDep,
+    settings: SettingsDep,
+    principal: CurrentPrincipal,
+    metrics: MetricsDep,
+    state: Annotated[JobState | None, Query(description="Only jobs in this state")] = None,
+    run_id: Annotated[str | None, Query(description="Only jobs with this run_id")] = None,
+    cursor: Annotated[str | None, Query(description="next_cursor of the previous page")] = None,
+    limit: Annotated[int, Query(ge=1, description="Page size (capped by the server)")] = 50,
+) -> JobList:
+    """Cursor-paginated, newest first; filters combine."""
+    limit = min(limit, settings.max_page_size)
+    try:
+        jobs, next_cursor = service.list_jobs(
+            tenant_id=principal.tenant_id, state=state, run_id=run_id, cursor=cursor, limit=limit
+        )
+    except ValueError as error:
+        raise UnprocessableError(
+            str(error),
+            field="cursor",
+            code="invalid_cursor",
+            fix="pass the next_cursor of a previous page, or no cursor for the first page",
+        ) from None
+    for job in jobs:
+        metrics.observe_job(job)
+    return JobList(jobs=[job_read(job) for job in jobs], next_cursor=next_cursor, limit=limit)

@@ -1,0 +1,154 @@
+"""create_app(settings): the FastAPI application, wired from settings and nothing else.
+
+Nothing is built at import time. ``create_app`` takes a :class:`Settings` and, by default, builds
+the embedded backends: SQLite through SQLAlchemy (migrated to the newest Alembic revision at
+start-up), a local artifact directory and the local executor (one subprocess per job). Tests pass
+their own ``job_service`` and ``store`` (e.g. :class:`~precise_mrd.service.jobs.memory.
+InMemoryJobService`) and ``start_executor=False``, or override single dependencies with
+``app.dependency_overrides``.
+
+Start-up (the lifespan): configure JSON logging, run migrations (when the app built the SQL
+service), start the executor; shut-down stops the executor (its running workers are left to the
+next start-up's crash recovery when the process is killed instead).
+
+>>> import tempfile
+>>> from pathlib import Path
+>>> from precise_mrd.service.jobs.memory import InMemoryJobService
+>>> from precise_mrd.service.storage import LocalArtifactStore
+>>> root = Path(tempfile.mkdtemp())
+>>> app = create_app(Settings(data_dir=root), job_service=InMemoryJobService(),
+...                  store=LocalArtifactStore(root / "a"), start_executor=False)
+>>> sorted(path for path in app.openapi()["paths"] if path.startswith("/health"))
+['/health', '/health/live', '/health/ready']
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+
+from precise_mrd import __version__
+from precise_mrd.service.api import configs, health, jobs
+from precise_mrd.service.api.uploads import UPLOAD_FIELDS, BodySizeLimitMiddleware
+from precise_mrd.service.errors import install_error_handlers
+from precise_mrd.service.jobs.model import JobService
+from precise_mrd.service.observability import (
+    RequestContextMiddleware,
+    ServiceMetrics,
+    configure_logging,
+    get_logger,
+)
+from precise_mrd.service.settings import Settings
+from precise_mrd.service.storage import ArtifactStore, LocalArtifactStore
+
+DESCRIPTION = """\
+Tumour-informed MRD detection as a job service. Submit a run (`POST /submit`), follow it
+(`GET /status/{job_id}`), read its call (`GET /results/{job_id}`) and download its files
+(`GET /download/{job_id}/{type}`). Errors share one body:
+`{"error": {"code", "message", "field", "fix", "request_id"}}`.
+"""
+
+
+def _build_sql_service(settings: Settings, store: ArtifactStore) -> tuple[JobService, Any]:
+    from precise_mrd.service.db import create_engine_from_settings, make_session_factory
+    from precise_mrd.service.jobs.service import SqlJobService
+
+    engine = create_engine_from_settings(settings)
+    return SqlJobService(make_session_factory(engine), store, settings), engine
+
+
+def _build_executor(settings: Settings, job_service: JobService) -> Any:
+    from precise_mrd.service.jobs.executor import LocalExecutor
+
+    return LocalExecutor(job_service, settings)  # type: ignore[arg-type]
+
+
+def create_app(
+    settings: Settings,
+    *,
+    job_service: JobService | None = None,
+    store: ArtifactStore | None = None,
+    start_executor: bool = True,
+) -> FastAPI:
+    """The API over ``settings``; pass ``job_service``/``store`` to replace the embedded ones."""
+    store = store if store is not None else LocalArtifactStore(settings.artifact_dir)
+    engine: Any = None
+    owns_database = job_service is None
+    if job_service is None:
+        job_service, engine = _build_sql_service(settings, store)
+    metrics = ServiceMetrics(job_service)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        configure_logging(settings.log_level)
+        log = get_logger("precise_mrd.service")
+        if owns_database:
+            from precise_mrd.service.db import upgrade_database
+
+            upgrade_database(settings.database_url)
+        executor = None
+        if start_executor:
+            executor = _build_executor(settings, job_service)
+            executor.start()
+        app.state.executor = executor
+        log.info(
+            "service started",
+            version=__version__,
+            database=_redact(settings.database_url)
+            if owns_database
+            else type(job_service).__name__,
+            artifact_root=str(settings.artifact_dir),
+            executor="local" if executor is not None else "none",
+            max_concurrent_jobs=settings.max_concurrent_jobs,
+            enable_ml_calling=settings.enable_ml_calling,
+        )
+        try:
+            yield
+        finally:
+            if executor is not None:
+                executor.stop()
+            if engine is not None:
+                engine.dispose()
+            log.info("service stopped")
+
+    app = FastAPI(
+        title="Precise MRD",
+        version=__version__,
+        description=DESCRIPTION,
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.job_service = job_service
+    app.state.store = store
+    app.state.metrics = metrics
+    app.state.executor = None
+    install_error_handlers(app)
+    app.include_router(jobs.router)
+    app.include_router(configs.router)
+    app.include_router(health.router)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["*"],
+            expose_headers=["X-Request-ID", "Content-Disposition"],
+        )
+    # NB: every file field may be up to the limit; a form's text fields add little.
+    max_body = len(UPLOAD_FIELDS) * settings.max_upload_bytes + 1024 * 1024
+    app.add_middleware(BodySizeLimitMiddleware, max_body_bytes=max_body)
+    app.add_middleware(RequestContextMiddleware, metrics=metrics)
+    logging.getLogger("precise_mrd.service").debug("app created")
+    return app
+
+
+def _redact(url: str) -> str:
+    """A database URL without its password."""
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)

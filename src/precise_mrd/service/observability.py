@@ -1,0 +1,300 @@
+"""Logs, request ids and Prometheus metrics for the API.
+
+* **Logs** are JSON lines from structlog (one object per event, with ``timestamp``, ``level``,
+  ``event`` and the bound ``request_id``). The level comes from the settings
+  (``PRECISE_MRD_LOG_LEVEL``). Standard-library loggers (uvicorn, the pipeline) go through the same
+  JSON renderer.
+* **Request ids** are taken from the ``X-Request-ID`` header when it is a sane token (letters,
+  digits, ``-_.:``, at most 128 characters) or made up otherwise, stored in
+  ``request.state.request_id``, bound into every log line of the request, returned in the
+  response's ``X-Request-ID`` and handed to the job (``JobSpec.request_id``) so the job's own log
+  carries it.
+* **Metrics** live in a :class:`~prometheus_client.CollectorRegistry` of the app's own (two apps in
+  one process never share counters). Requests are labelled by route *template*
+  (``/status/{job_id}``, never the raw path, so the label set stays small). Jobs by state are read
+  from the job service at scrape time; job durations and detection outcomes are observed once per
+  job that finished while this process was up (seen when the API reads it, and by
+  :meth:`ServiceMetrics.scan_finished_jobs` just before each scrape).
+
+>>> is_valid_request_id("abc-123"), is_valid_request_id("bad id\\n")
+(True, False)
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from datetime import datetime
+from typing import Any
+
+import structlog
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from precise_mrd.service.jobs.model import TERMINAL_STATES, JobService, JobState, JobView
+
+REQUEST_ID_HEADER = "X-Request-ID"
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+JOB_DURATION_BUCKETS = (1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1800, 3600, 7200)
+
+
+def is_valid_request_id(value: str) -> bool:
+    """True when ``value`` may be echoed back and logged as a request id."""
+    return bool(_REQUEST_ID.match(value))
+
+
+def new_request_id() -> str:
+    """A fresh request id (32 hex digits)."""
+    return uuid.uuid4().hex
+
+
+def configure_logging(level: str = "INFO") -> None:
+    """Route structlog and the standard ``logging`` module into JSON lines on stderr."""
+    numeric = logging.getLevelName(level.upper())
+    if not isinstance(numeric, int):
+        raise ValueError(f"log level must be one of debug, info, warning, error; got {level!r}")
+    shared: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.stdlib.add_log_level,
+        structlog.stdlib.add_logger_name,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
+    structlog.configure(
+        processors=[
+            *shared,
+            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
+        ],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.make_filtering_bound_logger(numeric),
+        cache_logger_on_first_use=False,
+    )
+    formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=shared,
+        processors=[
+            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+            structlog.processors.format_exc_info,
+            structlog.processors.JSONRenderer(),
+        ],
+    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(formatter)
+    handler.set_name("precise_mrd_json")
+    root = logging.getLogger()
+    for existing in list(root.handlers):
+        if existing.get_name() == "precise_mrd_json":
+            root.removeHandler(existing)
+    root.addHandler(handler)
+    root.setLevel(numeric)
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+        uvicorn_logger = logging.getLogger(name)
+        uvicorn_logger.handlers.clear()
+        uvicorn_logger.propagate = True
+    # NB: the access line is ours (with the request id and route); uvicorn's would duplicate it.
+    logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
+
+
+def get_logger(name: str = "precise_mrd.service") -> Any:
+    """A structlog logger bound to ``name``."""
+    return structlog.get_logger(name)
+
+
+class _JobStateCollector(Collector):
+    """``precise_mrd_jobs{state}`` read from the job service at scrape time."""
+
+    def __init__(self, metrics: ServiceMetrics) -> None:
+        self._metrics = metrics
+
+    def collect(self) -> Iterable[Metric]:
+        service = self._metrics.job_service
+        gauge = GaugeMetricFamily(
+            "precise_mrd_jobs", "Jobs in the database by state", labels=["state"]
+        )
+        if service is None:
+            return [gauge]
+        counts = service.counts_by_state()
+        for state in JobState:
+            gauge.add_metric([state.value], float(counts.get(state, 0)))
+        return [gauge]
+
+
+class ServiceMetrics:
+    """The Prometheus metrics of one app, in a registry of its own."""
+
+    def __init__(self, job_service: JobService | None = None) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.job_service = job_service
+        self.started_at = datetime.now().astimezone()
+        self.tenants: set[str] = {"default"}
+        self._seen: dict[str, None] = {}
+        self._seen_lock = threading.Lock()
+        self.requests = Counter(
+            "precise_mrd_http_requests",
+            "HTTP requests handled, by method, route template and status code",
+            ["method", "route", "status"],
+            registry=self.registry,
+        )
+        self.errors = Counter(
+            "precise_mrd_http_errors",
+            "HTTP responses with status >= 400, by method, route template and status code",
+            ["method", "route", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "precise_mrd_http_request_duration_seconds",
+            "Time from request to the end of the response, by method and route template",
+            ["method", "route"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.jobs_submitted = Counter(
+            "precise_mrd_jobs_submitted",
+            "Jobs accepted by POST /submit",
+            registry=self.registry,
+        )
+        self.job_duration = Histogram(
+            "precise_mrd_job_duration_seconds",
+            "Wall time from start to end of jobs that finished, by final state",
+            ["state"],
+            buckets=JOB_DURATION_BUCKETS,
+            registry=self.registry,
+        )
+        self.detections = Counter(
+            "precise_mrd_detection_outcomes",
+            "Sample calls of completed jobs, by decision (positive, negative, undetermined)",
+            ["decision"],
+            registry=self.registry,
+        )
+        self.registry.register(_JobStateCollector(self))
+
+    def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
+        self.requests.labels(method, route, str(status)).inc()
+        self.latency.labels(method, route).observe(seconds)
+        if status >= 400:
+            self.errors.labels(method, route, str(status)).inc()
+
+    def observe_job(self, job: JobView) -> None:
+        """Count a finished job's duration and call once (jobs finished before start-up: never)."""
+        if not job.state.is_terminal or job.finished_at is None:
+            return
+        finished = job.finished_at
+        if finished.tzinfo is None:
+            finished = finished.astimezone()
+        if finished < self.started_at:
+            return
+        with self._seen_lock:
+            if job.job_id in self._seen:
+                return
+            self._seen[job.job_id] = None
+            while len(self._seen) > 100_000:
+                self._seen.pop(next(iter(self._seen)))
+        started = job.started_at or job.created_at
+        if started.tzinfo is None:
+            started = started.astimezone()
+        self.job_duration.labels(job.state.value).observe(
+            max(0.0, (finished - started).total_seconds())
+        )
+        if job.state == JobState.COMPLETE and job.result:
+            decision = str(job.result.get("decision", "unknown"))
+            self.detections.labels(decision).inc()
+
+    def scan_finished_jobs(self, *, page_size: int = 100) -> None:
+        """Observe recently finished jobs (newest first, one page per terminal state and tenant)."""
+        service = self.job_service
+        if service is None:
+            return
+        for tenant in sorted(self.tenants):
+            for state in TERMINAL_STATES:
+                jobs, _ = service.list_jobs(tenant_id=tenant, state=state, limit=page_size)
+                for job in jobs:
+                    self.observe_job(job)
+
+
+def route_template(scope: Scope) -> str:
+    """The matched route's path template, or ``"<unmatched>"`` for a 404 on no route."""
+    route = scope.get("route")
+    path = getattr(route, "path", None)
+    return str(path) if path else "<unmatched>"
+
+
+class RequestContextMiddleware:
+    """Pure ASGI middleware: request id in and out, bound logs, an access log line, metrics."""
+
+    def __init__(self, app: ASGIApp, metrics: ServiceMetrics) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.log = get_logger("precise_mrd.access")
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = _incoming_request_id(scope) or new_request_id()
+        scope.setdefault("state", {})["request_id"] = request_id
+        status = 500
+        started = time.perf_counter()
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+                headers = [
+                    (name, value)
+                    for name, value in message.get("headers", [])
+                    if name.lower() != b"x-request-id"
+                ]
+                headers.append((b"x-request-id", request_id.encode()))
+                message["headers"] = headers
+            await send(message)
+
+        with structlog.contextvars.bound_contextvars(request_id=request_id):
+            try:
+                await self.app(scope, receive, send_with_id)
+            finally:
+                elapsed = time.perf_counter() - started
+                route = route_template(scope)
+                method = str(scope.get("method", "GET"))
+                self.metrics.observe_request(method, route, status, elapsed)
+                self.log.info(
+                    "request",
+                    method=method,
+                    path=scope.get("path"),
+                    route=route,
+                    status=status,
+                    duration_ms=round(elapsed * 1000, 2),
+                )
+
+
+def _incoming_request_id(scope: Scope) -> str | None:
+    for name, value in scope.get("headers", []):
+        if name.lower() == b"x-request-id":
+            text = value.decode("latin-1").strip()
+            return text if is_valid_request_id(text) else None
+    return None
+
+
+def timed(check: Callable[[], Any]) -> tuple[bool, float, str | None]:
+    """Run a health ``check``: (ok, milliseconds, error message)."""
+    started = time.perf_counter()
+    try:
+        check()
+    except Exception as error:
+        return (
+            False,
+            round((time.perf_counter() - started) * 1000, 2),
+            f"{type(error).__name__}: {error}",
+        )
+    return True, round((time.perf_counter() - started) * 1000, 2), None
+
+
+def iter_metric_names(metrics: ServiceMetrics) -> Iterator[str]:
+    """Names of every metric family in the app's registry (for tests and docs)."""
+    for family in metrics.registry.collect():
+        yield family.name
