@@ -1,0 +1,64 @@
+"""Run the Alembic migrations shipped inside the package, from code or from the shell.
+
+:func:`upgrade_database` brings a database (empty or older) to the newest revision; the API and
+``deploy.sh`` call it at start-up. The same revisions run on SQLite and PostgreSQL: they use only
+portable column types and batch mode for SQLite ALTERs. ``alembic_config(url)`` gives a
+configuration for the ``alembic`` command API (e.g. ``command.revision(..., autogenerate=True)``
+while developing).
+
+>>> import tempfile
+>>> from pathlib import Path
+>>> url = f"sqlite:///{Path(tempfile.mkdtemp()) / 'jobs.db'}"
+>>> upgrade_database(url)
+>>> current_revision(url) == head_revision()
+True
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+
+from precise_mrd.service.db.engine import create_engine_for_url
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+
+
+def alembic_config(url: str) -> Config:
+    """An Alembic configuration pointing at the packaged migrations and at ``url``."""
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    # NB: configparser interpolates '%', which URL-encoded passwords contain.
+    config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    return config
+
+
+def upgrade_database(url: str, revision: str = "head") -> None:
+    """Apply every migration up to ``revision`` (idempotent)."""
+    engine = create_engine_for_url(url)
+    try:
+        with engine.begin() as connection:
+            config = alembic_config(url)
+            config.attributes["connection"] = connection
+            command.upgrade(config, revision)
+    finally:
+        engine.dispose()
+
+
+def head_revision() -> str | None:
+    """The newest revision shipped with the package."""
+    return ScriptDirectory.from_config(alembic_config("sqlite://")).get_current_head()
+
+
+def current_revision(url: str) -> str | None:
+    """The revision the database at ``url`` is at (None for an empty database)."""
+    engine = create_engine_for_url(url)
+    try:
+        with engine.connect() as connection:
+            return MigrationContext.configure(connection).get_current_revision()
+    finally:
+        engine.dispose()

@@ -1,0 +1,397 @@
+"""The job worker: one process runs one job, then exits.
+
+``python -m precise_mrd.service.jobs.worker --job-id ID --database-url URL --artifact-root DIR``
+is what the local executor starts (in its own process group, so a cancel or a timeout kills the
+worker and everything it started). The worker
+
+1. loads the job; anything but INITIALIZING (e.g. canceled meanwhile) means exit quietly;
+2. refuses what this version cannot do: ``use_ml_calling``/``use_deep_learning`` end as
+   EXECUTOR_ERROR with reason ``"ML calling is not available yet: ..."``;
+3. parses the config (the job's seed seeds the run unless the config sets ``seed``;
+   ``use_parallel`` raises ``threads`` unless the config sets it);
+4. materialises the inputs into ``<work-root>/<job_id>/inputs``: the uploads named in
+   ``spec.inputs`` (``reads`` BAM, or ``reads`` + ``reads_r2`` FASTQ, ``reference``,
+   ``variants``, ``targets``), or, with no reads, a ``smoke`` sample simulated from the job's seed;
+5. INITIALIZING -> RUNNING, runs the pipeline writing progress and stage to the database (at most
+   every :data:`PROGRESS_INTERVAL_SECONDS`, and at every stage change);
+6. stores every artifact under ``jobs/<job_id>/`` and writes the result summary and COMPLETE.
+
+An :class:`~precise_mrd.core.errors.InputError` or :class:`~precise_mrd.core.errors.ConfigError`
+ends the job as EXECUTOR_ERROR with the error's one-line message; any other exception as
+SYSTEM_ERROR with ``"<ExceptionType>: message"``. The worker logs JSON lines carrying the job id and
+the submission's ``request_id`` to stderr and to ``worker.log``, stored as ``jobs/<id>/worker.log``.
+
+Test-only knobs: when the executor runs with ``PRECISE_MRD_ENABLE_DEBUG_JOBS=true`` (it passes
+``--enable-debug-jobs``), a top-level ``service_debug`` config section is honoured and removed
+before validation: ``sleep_seconds`` (sleep while RUNNING, stage ``debug_sleep``), ``simulation``
+(overrides of the ``smoke`` preset, e.g. ``{n_variants: 2}``) and ``exit_code`` (the worker dies
+with that code once RUNNING). Without the flag the section is an unknown config key.
+
+>>> summarize_call({"decision": "negative", "p_value": 0.4, "extra": 1})
+{'decision': 'negative', 'p_value': 0.4}
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from precise_mrd.core.errors import ConfigError, InputError, InputFileError
+from precise_mrd.pipeline.artifacts import ARTIFACTS
+from precise_mrd.pipeline.params import PipelineParams
+from precise_mrd.pipeline.run import RunInputs
+from precise_mrd.service.db.engine import create_engine_for_url, make_session_factory
+from precise_mrd.service.jobs.model import JobSpec, JobState, JobView
+from precise_mrd.service.jobs.service import SqlJobService
+from precise_mrd.service.settings import Settings
+from precise_mrd.service.storage.local import LocalArtifactStore
+
+#: least time between two progress writes within one stage
+PROGRESS_INTERVAL_SECONDS = 0.5
+#: read structures assumed for uploaded FASTQ pairs when the job does not name them
+DEFAULT_READ_STRUCTURES = "8M+T 8M+T"
+#: keys of the result summary copied from sample_call.json
+SUMMARY_KEYS = (
+    "decision",
+    "p_value",
+    "tumor_fraction",
+    "tumor_fraction_ci",
+    "personal_lod",
+    "informative_molecules",
+    "n_variants",
+    "n_variants_with_alt",
+    "config_hash",
+)
+WORKER_LOG = "worker.log"
+DEBUG_SECTION = "service_debug"
+
+logger = logging.getLogger("precise_mrd.service.worker")
+
+
+class JsonLineFormatter(logging.Formatter):
+    """One JSON object per record, with the job's id and request id."""
+
+    def __init__(self, job_id: str, request_id: str | None) -> None:
+        super().__init__()
+        self.job_id = job_id
+        self.request_id = request_id
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "timestamp": datetime.fromtimestamp(record.created, UTC).isoformat(),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "event": record.getMessage(),
+            "job_id": self.job_id,
+            "request_id": self.request_id,
+            "pid": record.process,
+        }
+        for key in ("stage", "progress", "state", "reason"):
+            if hasattr(record, key):
+                entry[key] = getattr(record, key)
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, default=str)
+
+
+@dataclass(frozen=True)
+class DebugKnobs:
+    """The test-only ``service_debug`` section."""
+
+    sleep_seconds: float = 0.0
+    simulation: Mapping[str, Any] | None = None
+    exit_code: int | None = None
+
+    @classmethod
+    def from_mapping(cls, value: Any) -> DebugKnobs:
+        if not isinstance(value, Mapping):
+            raise ConfigError(DEBUG_SECTION, "must be a mapping", "see service/jobs/worker.py")
+        unknown = sorted(set(value) - {"sleep_seconds", "simulation", "exit_code"})
+        if unknown:
+            raise ConfigError(
+                f"{DEBUG_SECTION}.{unknown[0]}", "unknown key", "see service/jobs/worker.py"
+            )
+        simulation = value.get("simulation")
+        exit_code = value.get("exit_code")
+        return cls(
+            sleep_seconds=float(value.get("sleep_seconds", 0.0)),
+            simulation=dict(simulation) if simulation else None,
+            exit_code=int(exit_code) if exit_code is not None else None,
+        )
+
+
+def summarize_call(sample_call: Mapping[str, Any]) -> dict[str, Any]:
+    """The result summary stored with the job: the headline keys of ``sample_call.json``."""
+    return {key: sample_call[key] for key in SUMMARY_KEYS if key in sample_call}
+
+
+def parse_config(spec: JobSpec, *, enable_debug_jobs: bool) -> tuple[PipelineParams, DebugKnobs]:
+    """Validate the job's config; apply the job's seed and ``use_parallel`` where unset."""
+    text = spec.config_yaml or ""
+    knobs = DebugKnobs()
+    try:
+        loaded = yaml.safe_load(text) if text.strip() else {}
+    except yaml.YAMLError:
+        loaded = None  # from_yaml_text below raises the precise error
+    if not isinstance(loaded, dict):
+        params = PipelineParams.from_yaml_text(text, source="config")
+        loaded = {}
+    else:
+        if enable_debug_jobs and DEBUG_SECTION in loaded:
+            knobs = DebugKnobs.from_mapping(loaded.pop(DEBUG_SECTION))
+        params = PipelineParams.from_mapping(loaded)
+    overrides: dict[str, Any] = {}
+    if "seed" not in loaded:
+        overrides["seed"] = spec.seed
+    if spec.use_parallel and "threads" not in loaded:
+        overrides["threads"] = max(1, min(4, os.cpu_count() or 1))
+    if overrides:
+        params = params.with_overrides(**overrides)
+    return params, knobs
+
+
+def check_supported(spec: JobSpec) -> None:
+    """Refuse flags this version cannot honour (rather than silently ignoring them)."""
+    if spec.use_ml_calling:
+        raise ConfigError(
+            "use_ml_calling",
+            f"ML calling is not available yet: use_ml_calling=true "
+            f"(ml_model_type={spec.ml_model_type or 'ensemble'}) needs the ML scorers, "
+            "which this version does not ship",
+            "resubmit with use_ml_calling=false",
+        )
+    if spec.use_deep_learning:
+        raise ConfigError(
+            "use_deep_learning",
+            f"ML calling is not available yet: use_deep_learning=true "
+            f"(dl_model_type={spec.dl_model_type or 'cnn_lstm'}) needs the deep-learning "
+            "scorers, which this version does not ship",
+            "resubmit with use_deep_learning=false",
+        )
+
+
+def unsupported_reason(error: ConfigError) -> str:
+    """The reason text of a refused flag: it starts with "ML calling is not available yet"."""
+    return f"{error.problem}; fix: {error.fix}"
+
+
+def materialize_inputs(
+    job: JobView, store: LocalArtifactStore, inputs_dir: Path, knobs: DebugKnobs
+) -> tuple[RunInputs, str]:
+    """Copy the uploads into ``inputs_dir`` (or simulate a sample); return inputs and a name."""
+    inputs_dir.mkdir(parents=True, exist_ok=True)
+    keys = dict(job.spec.inputs)
+    if "reads" not in keys:
+        from precise_mrd.core.simulate import SimulationParams
+        from precise_mrd.pipeline.simulation import simulate_sample
+
+        overrides = {"seed": job.spec.seed, **(knobs.simulation or {})}
+        params = SimulationParams.preset("smoke", **overrides)
+        logger.info("simulating a smoke sample from seed %d", job.spec.seed)
+        sample = simulate_sample(inputs_dir, params)
+        return (
+            RunInputs(
+                reference_path=sample.reference_path,
+                variants_path=sample.vcf_path,
+                bam_path=sample.bam_path,
+            ),
+            job.spec.run_id,
+        )
+    for required in ("reference", "variants"):
+        if required not in keys:
+            raise InputFileError(
+                required,
+                "is required when reads are uploaded",
+                f"upload the {required} file with the reads, or omit reads to simulate",
+            )
+    paths: dict[str, Path] = {}
+    for kind, key in keys.items():
+        target = inputs_dir / f"{kind}-{key.rsplit('/', 1)[-1]}"
+        with store.open(key) as source, open(target, "wb") as out:
+            shutil.copyfileobj(source, out, length=1024 * 1024)
+        paths[kind] = target
+    reads = paths["reads"]
+    if "reads_r2" in paths:
+        structures = getattr(job.spec, "read_structures", None) or DEFAULT_READ_STRUCTURES
+        run_inputs = RunInputs(
+            reference_path=paths["reference"],
+            variants_path=paths["variants"],
+            fastq_paths=(reads, paths["reads_r2"]),
+            read_structures=structures,
+            targets_path=paths.get("targets"),
+        )
+    else:
+        run_inputs = RunInputs(
+            reference_path=paths["reference"],
+            variants_path=paths["variants"],
+            bam_path=reads,
+            targets_path=paths.get("targets"),
+        )
+    return run_inputs, job.spec.run_id
+
+
+class ProgressWriter:
+    """The pipeline's progress callback: writes stage changes at once, the rest throttled."""
+
+    def __init__(self, service: SqlJobService, job_id: str) -> None:
+        self.service = service
+        self.job_id = job_id
+        self.stage: str | None = None
+        self.last_write = 0.0
+
+    def __call__(self, stage: str, fraction: float) -> None:
+        now = time.monotonic()
+        if stage == self.stage and now - self.last_write < PROGRESS_INTERVAL_SECONDS:
+            return
+        if stage != self.stage:
+            logger.info("stage %s", stage, extra={"stage": stage, "progress": round(fraction, 4)})
+        self.stage = stage
+        self.last_write = now
+        self.service.update_progress(self.job_id, progress=fraction, stage=stage)
+
+
+def run_job(service: SqlJobService, job_id: str, work_dir: Path, settings: Settings) -> JobState:
+    """Run one claimed job to a final state (or leave it to the executor if it was canceled)."""
+    job = service.load(job_id)
+    if job.state != JobState.INITIALIZING:
+        logger.info("job is %s, not INITIALIZING; nothing to do", job.state)
+        return job.state
+    store = service.store
+    assert isinstance(store, LocalArtifactStore)
+    live = (JobState.INITIALIZING, JobState.RUNNING)
+    try:
+        check_supported(job.spec)
+    except ConfigError as error:
+        reason = unsupported_reason(error)
+        logger.warning("refused: %s", reason, extra={"reason": reason})
+        service.transition(
+            job_id, from_states=live, to_state=JobState.EXECUTOR_ERROR, reason=reason
+        )
+        return JobState.EXECUTOR_ERROR
+    try:
+        params, knobs = parse_config(job.spec, enable_debug_jobs=settings.enable_debug_jobs)
+        run_inputs, sample_name = materialize_inputs(job, store, work_dir / "inputs", knobs)
+        if not service.transition(
+            job_id, from_states=[JobState.INITIALIZING], to_state=JobState.RUNNING
+        ):
+            logger.info("job left INITIALIZING (canceled?); stopping")
+            return service.load(job_id).state
+        logger.info("running; config hash %s", params.config_hash, extra={"state": "RUNNING"})
+        if knobs.exit_code is not None:
+            logger.warning("debug: exiting with code %d", knobs.exit_code)
+            logging.shutdown()
+            os._exit(knobs.exit_code)
+        if knobs.sleep_seconds > 0:
+            service.update_progress(job_id, progress=0.0, stage="debug_sleep")
+            time.sleep(knobs.sleep_seconds)
+        from precise_mrd.pipeline.run import run_pipeline
+
+        result = run_pipeline(
+            run_inputs,
+            params,
+            work_dir / "out",
+            progress=ProgressWriter(service, job_id),
+            sample_name=sample_name,
+        )
+        artifacts: dict[str, str] = {}
+        for kind, name in ARTIFACTS.items():
+            path = result.out_dir / name
+            if path.is_file():
+                key = f"jobs/{job_id}/{name}"
+                store.put_file(key, path)
+                artifacts[kind] = key
+        summary = summarize_call(result.sample_call)
+        done = service.transition(
+            job_id,
+            from_states=[JobState.RUNNING],
+            to_state=JobState.COMPLETE,
+            result=summary,
+            artifacts=artifacts,
+            progress=1.0,
+            stage="done",
+        )
+        if not done:
+            logger.info("finished, but the job was canceled meanwhile")
+            return service.load(job_id).state
+        logger.info(
+            "complete: %s", summary.get("decision"), extra={"state": "COMPLETE", "progress": 1.0}
+        )
+        return JobState.COMPLETE
+    except (InputError, ConfigError) as error:
+        reason = str(error).splitlines()[0]
+        logger.warning("rejected: %s", reason, extra={"reason": reason})
+        service.transition(
+            job_id, from_states=live, to_state=JobState.EXECUTOR_ERROR, reason=reason
+        )
+        return JobState.EXECUTOR_ERROR
+    except Exception as error:
+        reason = f"{type(error).__name__}: {error}".splitlines()[0][:1000]
+        logger.exception("failed: %s", reason, extra={"reason": reason})
+        service.transition(job_id, from_states=live, to_state=JobState.SYSTEM_ERROR, reason=reason)
+        return JobState.SYSTEM_ERROR
+
+
+def _configure_logging(log_path: Path, job: JobView | None, job_id: str, level: str) -> None:
+    formatter = JsonLineFormatter(job_id, job.spec.request_id if job else None)
+    handlers: list[logging.Handler] = [
+        logging.FileHandler(log_path, encoding="utf-8"),
+        logging.StreamHandler(sys.stderr),
+    ]
+    package_logger = logging.getLogger("precise_mrd")
+    for handler in handlers:
+        handler.setFormatter(formatter)
+        package_logger.addHandler(handler)
+    package_logger.setLevel(level.upper())
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``python -m precise_mrd.service.jobs.worker``."""
+    parser = argparse.ArgumentParser(description="Run one precise-mrd job.")
+    parser.add_argument("--job-id", required=True)
+    parser.add_argument("--database-url", required=True)
+    parser.add_argument("--artifact-root", required=True, type=Path)
+    parser.add_argument("--work-root", type=Path, default=None)
+    parser.add_argument("--log-level", default="info")
+    parser.add_argument("--enable-debug-jobs", action="store_true")
+    args = parser.parse_args(argv)
+    settings = Settings(
+        database_url=args.database_url,
+        artifact_root=args.artifact_root,
+        work_root=args.work_root or args.artifact_root.parent / "work",
+        log_level=args.log_level,
+        enable_debug_jobs=args.enable_debug_jobs,
+    )
+    engine = create_engine_for_url(settings.database_url)
+    service = SqlJobService(
+        make_session_factory(engine), LocalArtifactStore(settings.artifact_dir), settings
+    )
+    work_dir = settings.work_dir / args.job_id
+    work_dir.mkdir(parents=True, exist_ok=True)
+    log_path = work_dir / WORKER_LOG
+    try:
+        job = service.load(args.job_id)
+        _configure_logging(log_path, job, args.job_id, settings.log_level)
+        logger.info("worker started", extra={"state": job.state.value})
+        run_job(service, args.job_id, work_dir, settings)
+    finally:
+        logging.shutdown()
+        if log_path.is_file():
+            service.store.put_file(f"jobs/{args.job_id}/{WORKER_LOG}", log_path)
+        engine.dispose()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,157 @@
+"""Service settings: the one place that reads the environment.
+
+The deployment guide's variable names are honoured exactly (``PRECISE_MRD_LOG_LEVEL``,
+``PRECISE_MRD_API_HOST``, ``PRECISE_MRD_API_PORT``, ``ENABLE_PARALLEL_PROCESSING``,
+``ENABLE_ML_CALLING``, ``ENABLE_DEEP_LEARNING``, ``MAX_CONCURRENT_JOBS``, ``JOB_TIMEOUT_SECONDS``,
+``CLEANUP_OLD_JOBS_HOURS``); everything else is ``PRECISE_MRD_``-prefixed. Build settings with
+:func:`get_settings` (or ``Settings(...)`` with keyword overrides in tests); nothing is read at
+import time. Keyword arguments use the field names and win over the environment.
+
+Unset locations derive from ``PRECISE_MRD_DATA_DIR`` (default ``./.precise_mrd_data``): the
+SQLite database ``jobs.db``, the artifact directory ``artifacts/`` and the job work directory
+``work/``.
+
+>>> settings = Settings(data_dir="/srv/mrd", max_concurrent_jobs=4)
+>>> settings.database_url, str(settings.artifact_root), settings.max_concurrent_jobs
+('sqlite:////srv/mrd/jobs.db', '/srv/mrd/artifacts', 4)
+>>> Settings(cors_origins="https://a.example, https://b.example").cors_origins
+['https://a.example', 'https://b.example']
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import AliasChoices, Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+LogLevel = Literal["debug", "info", "warning", "error", "critical"]
+
+
+def _env(name: str, field: str) -> AliasChoices:
+    """Accept the environment variable ``name`` and the keyword ``field``."""
+    return AliasChoices(name, field)
+
+
+class Settings(BaseSettings):
+    """Every knob of the service. Environment variable names are in each field's alias."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="", extra="ignore", populate_by_name=True, case_sensitive=False
+    )
+
+    # --- the deployment guide's variables -------------------------------------------------
+    log_level: LogLevel = Field("info", validation_alias=_env("PRECISE_MRD_LOG_LEVEL", "log_level"))
+    api_host: str = Field("127.0.0.1", validation_alias=_env("PRECISE_MRD_API_HOST", "api_host"))
+    api_port: int = Field(
+        8000, ge=0, le=65535, validation_alias=_env("PRECISE_MRD_API_PORT", "api_port")
+    )
+    enable_parallel_processing: bool = Field(
+        True, validation_alias=_env("ENABLE_PARALLEL_PROCESSING", "enable_parallel_processing")
+    )
+    enable_ml_calling: bool = Field(
+        False, validation_alias=_env("ENABLE_ML_CALLING", "enable_ml_calling")
+    )
+    enable_deep_learning: bool = Field(
+        False, validation_alias=_env("ENABLE_DEEP_LEARNING", "enable_deep_learning")
+    )
+    max_concurrent_jobs: int = Field(
+        2, ge=1, le=256, validation_alias=_env("MAX_CONCURRENT_JOBS", "max_concurrent_jobs")
+    )
+    job_timeout_seconds: float = Field(
+        3600, gt=0, validation_alias=_env("JOB_TIMEOUT_SECONDS", "job_timeout_seconds")
+    )
+    cleanup_old_jobs_hours: float = Field(
+        168, gt=0, validation_alias=_env("CLEANUP_OLD_JOBS_HOURS", "cleanup_old_jobs_hours")
+    )
+
+    # --- locations and limits -------------------------------------------------------------
+    data_dir: Path = Field(
+        Path(".precise_mrd_data"), validation_alias=_env("PRECISE_MRD_DATA_DIR", "data_dir")
+    )
+    database_url: str = Field("", validation_alias=_env("PRECISE_MRD_DATABASE_URL", "database_url"))
+    artifact_root: Path | None = Field(
+        None, validation_alias=_env("PRECISE_MRD_ARTIFACT_ROOT", "artifact_root")
+    )
+    work_root: Path | None = Field(
+        None, validation_alias=_env("PRECISE_MRD_WORK_ROOT", "work_root")
+    )
+    max_upload_bytes: int = Field(
+        2 * 1024**3,
+        gt=0,
+        validation_alias=_env("PRECISE_MRD_MAX_UPLOAD_BYTES", "max_upload_bytes"),
+    )
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, validation_alias=_env("PRECISE_MRD_CORS_ORIGINS", "cors_origins")
+    )
+    auth_enabled: bool = Field(
+        False, validation_alias=_env("PRECISE_MRD_AUTH_ENABLED", "auth_enabled")
+    )
+
+    # --- job service and local executor ---------------------------------------------------
+    max_job_attempts: int = Field(
+        2, ge=1, le=10, validation_alias=_env("PRECISE_MRD_MAX_JOB_ATTEMPTS", "max_job_attempts")
+    )
+    executor_poll_seconds: float = Field(
+        0.5,
+        gt=0,
+        le=60,
+        validation_alias=_env("PRECISE_MRD_EXECUTOR_POLL_SECONDS", "executor_poll_seconds"),
+    )
+    heartbeat_stale_seconds: float = Field(
+        30,
+        gt=0,
+        validation_alias=_env("PRECISE_MRD_HEARTBEAT_STALE_SECONDS", "heartbeat_stale_seconds"),
+    )
+    cleanup_interval_seconds: float = Field(
+        3600,
+        gt=0,
+        validation_alias=_env("PRECISE_MRD_CLEANUP_INTERVAL_SECONDS", "cleanup_interval_seconds"),
+    )
+    max_page_size: int = Field(
+        200, ge=1, le=10_000, validation_alias=_env("PRECISE_MRD_MAX_PAGE_SIZE", "max_page_size")
+    )
+    #: test-only: honour the ``service_debug`` config section (sleep, tiny simulation, crash)
+    enable_debug_jobs: bool = Field(
+        False, validation_alias=_env("PRECISE_MRD_ENABLE_DEBUG_JOBS", "enable_debug_jobs")
+    )
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _lower_log_level(cls, value: Any) -> Any:
+        return value.lower() if isinstance(value, str) else value
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [origin.strip() for origin in value.split(",") if origin.strip()]
+        return value
+
+    @model_validator(mode="after")
+    def _derive_locations(self) -> Settings:
+        if not self.database_url:
+            self.database_url = f"sqlite:///{self.data_dir / 'jobs.db'}"
+        if self.artifact_root is None:
+            self.artifact_root = self.data_dir / "artifacts"
+        if self.work_root is None:
+            self.work_root = self.data_dir / "work"
+        return self
+
+    @property
+    def artifact_dir(self) -> Path:
+        """:attr:`artifact_root`, resolved (never None after validation)."""
+        assert self.artifact_root is not None
+        return self.artifact_root
+
+    @property
+    def work_dir(self) -> Path:
+        """:attr:`work_root`, resolved (never None after validation)."""
+        assert self.work_root is not None
+        return self.work_root
+
+
+def get_settings(**overrides: Any) -> Settings:
+    """Settings from the environment, with keyword overrides (field names) on top."""
+    return Settings(**overrides)

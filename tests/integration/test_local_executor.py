@@ -1,0 +1,330 @@
+"""LocalExecutor with real worker subprocesses on a real SQLite file.
+
+Jobs use the test-only ``service_debug`` config section (honoured because the settings enable
+debug jobs): a tiny simulated sample keeps each pipeline run short, ``sleep_seconds`` keeps a job
+RUNNING long enough to cancel or time out, ``exit_code`` makes the worker die.
+"""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+from sqlalchemy import Engine, update
+
+from precise_mrd.service.db import (
+    JobRecord,
+    create_engine_from_settings,
+    make_session_factory,
+    upgrade_database,
+)
+from precise_mrd.service.jobs.executor import LocalExecutor
+from precise_mrd.service.jobs.model import JobSpec, JobState, JobView
+from precise_mrd.service.jobs.service import SqlJobService, this_host
+from precise_mrd.service.settings import Settings
+from precise_mrd.service.storage import LocalArtifactStore
+
+S = JobState
+TINY = "service_debug:\n  simulation: {n_variants: 2, molecules_per_locus: 30}\n"
+
+
+def _sleepy(seconds: float) -> str:
+    return f"service_debug:\n  sleep_seconds: {seconds}\n"
+
+
+@dataclass
+class Harness:
+    settings: Settings
+    engine: Engine
+    service: SqlJobService
+    executors: list[LocalExecutor]
+
+    def executor(self) -> LocalExecutor:
+        executor = LocalExecutor(self.service, self.settings)
+        self.executors.append(executor)
+        return executor
+
+    def submit(self, config_yaml: str = TINY, **kwargs: Any) -> JobView:
+        spec = JobSpec(
+            run_id=kwargs.pop("run_id", "run"),
+            seed=kwargs.pop("seed", 5),
+            config_yaml=config_yaml,
+            **kwargs,
+        )
+        return self.service.submit(spec)
+
+    def set_columns(self, job_id: str, **values: Any) -> None:
+        with make_session_factory(self.engine).begin() as session:
+            session.execute(update(JobRecord).where(JobRecord.id == job_id).values(**values))
+
+    def pid_of(self, job_id: str) -> int:
+        lease = next(x for x in self.service.active_leases() if x.job_id == job_id)
+        assert lease.worker_pid is not None
+        return lease.worker_pid
+
+
+@pytest.fixture
+def make_harness(tmp_path: Path) -> Iterator[Callable[..., Harness]]:
+    harnesses: list[Harness] = []
+
+    def make(**overrides: Any) -> Harness:
+        settings = Settings(
+            data_dir=tmp_path,
+            enable_debug_jobs=True,
+            executor_poll_seconds=0.1,
+            **overrides,
+        )
+        upgrade_database(settings.database_url)
+        engine = create_engine_from_settings(settings)
+        service = SqlJobService(
+            make_session_factory(engine), LocalArtifactStore(settings.artifact_dir), settings
+        )
+        harness = Harness(settings, engine, service, [])
+        harnesses.append(harness)
+        return harness
+
+    yield make
+    for harness in harnesses:
+        for executor in harness.executors:
+            executor.stop()
+        harness.engine.dispose()
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def _gone(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def _dead_pid() -> int:
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait()
+    return process.pid
+
+
+def _many_jobs_all_complete(harness: Harness, n_jobs: int) -> None:
+    jobs = [harness.submit(seed=i) for i in range(n_jobs)]
+    executor = harness.executor()
+    executor.start()
+    most_active = 0
+
+    def all_done() -> bool:
+        nonlocal most_active
+        counts = harness.service.counts_by_state()
+        most_active = max(most_active, counts[S.INITIALIZING] + counts[S.RUNNING])
+        return counts[S.COMPLETE] + counts[S.EXECUTOR_ERROR] + counts[S.SYSTEM_ERROR] == n_jobs
+
+    wait_for(all_done, 20 * n_jobs, f"{n_jobs} jobs to finish")
+    assert most_active <= 2
+    results = [harness.service.load(job.job_id) for job in jobs]
+    assert [job.state for job in results] == [S.COMPLETE] * n_jobs, [j.reason for j in results]
+    for job in results:
+        assert job.attempts == 1 and job.progress == 1.0 and job.reason is None
+        assert job.result is not None and job.result["n_variants"] == 2
+        assert job.result["decision"] in {"positive", "negative", "undetermined"}
+        completions = [e for e in harness.service.events(job.job_id) if e.to_state == S.COMPLETE]
+        assert len(completions) == 1  # nothing ran twice
+        report = harness.service.artifact_path(job.job_id, "report", tenant_id="default")
+        assert report.read_text().lstrip().lower().startswith("<!doctype html")
+        assert harness.service.store.exists(f"jobs/{job.job_id}/worker.log")
+    log = harness.service.store.path_for(f"jobs/{jobs[0].job_id}/worker.log").read_text()
+    assert f'"job_id": "{jobs[0].job_id}"' in log
+    # different seeds simulate different samples
+    assert len({job.result["tumor_fraction"] for job in results if job.result}) > 1
+
+
+def test_six_jobs_at_once_all_complete(make_harness: Callable[..., Harness]) -> None:
+    """The fast variant: at most two workers at a time, every job COMPLETE exactly once."""
+    _many_jobs_all_complete(make_harness(max_concurrent_jobs=2), 6)
+
+
+@pytest.mark.slow
+def test_twenty_jobs_at_once_all_complete(make_harness: Callable[..., Harness]) -> None:
+    """Each job is a fresh interpreter (~4 CPU-seconds: imports, pipeline, report plots), so
+    twenty take 40-100 s on two busy cores."""
+    _many_jobs_all_complete(make_harness(max_concurrent_jobs=2), 20)
+
+
+def test_cancel_running_and_queued_jobs(make_harness: Callable[..., Harness]) -> None:
+    harness = make_harness(max_concurrent_jobs=1)
+    running = harness.submit(_sleepy(60))
+    queued = harness.submit(TINY)
+    executor = harness.executor()
+    executor.start()
+    wait_for(lambda: harness.service.load(running.job_id).stage == "debug_sleep", 30, "RUNNING job")
+    pid = harness.pid_of(running.job_id)
+    assert psutil.pid_exists(pid)
+    assert harness.service.cancel(queued.job_id, tenant_id="default").state == S.CANCELED
+    assert harness.service.cancel(running.job_id, tenant_id="default").state == S.CANCELING
+    executor.notify()
+    wait_for(lambda: harness.service.load(running.job_id).state == S.CANCELED, 10, "CANCELED")
+    wait_for(lambda: _gone(pid), 5, "the worker to be gone")
+    assert harness.service.load(queued.job_id).attempts == 0  # never started
+    assert not (harness.settings.work_dir / running.job_id).exists()
+
+
+def test_timeout_kills_the_worker(make_harness: Callable[..., Harness]) -> None:
+    harness = make_harness(job_timeout_seconds=4)
+    job = harness.submit(_sleepy(60))
+    harness.executor().start()
+    wait_for(lambda: harness.service.load(job.job_id).stage == "debug_sleep", 30, "RUNNING")
+    pid = harness.pid_of(job.job_id)
+    wait_for(lambda: harness.service.load(job.job_id).state.is_terminal, 15, "the timeout")
+    finished = harness.service.load(job.job_id)
+    assert (finished.state, finished.reason) == (S.SYSTEM_ERROR, "timeout")
+    wait_for(lambda: _gone(pid), 5, "the worker to be gone")
+
+
+def test_failures_end_with_reasons(make_harness: Callable[..., Harness]) -> None:
+    harness = make_harness(max_concurrent_jobs=3)
+    crash = harness.submit("service_debug:\n  exit_code: 3\n")
+    ml = harness.submit(TINY, use_ml_calling=True, ml_model_type="ensemble")
+    bad = harness.submit("calling:\n  alpha: 2.0\n")
+    harness.executor().start()
+    wait_for(
+        lambda: all(harness.service.load(j.job_id).state.is_terminal for j in (crash, ml, bad)),
+        60,
+        "three failures",
+    )
+    crashed = harness.service.load(crash.job_id)
+    assert crashed.state == S.SYSTEM_ERROR
+    assert crashed.reason is not None and crashed.reason.startswith("worker exited with code 3")
+    refused = harness.service.load(ml.job_id)
+    assert refused.state == S.EXECUTOR_ERROR
+    assert refused.reason is not None
+    assert refused.reason.startswith("ML calling is not available yet: use_ml_calling=true")
+    rejected = harness.service.load(bad.job_id)
+    assert rejected.state == S.EXECUTOR_ERROR
+    assert rejected.reason is not None and rejected.reason.startswith("config calling.alpha")
+
+
+def test_crash_recovery_requeues_then_completes(make_harness: Callable[..., Harness]) -> None:
+    harness = make_harness(max_job_attempts=2)
+    job = harness.submit(TINY)
+    claimed = harness.service.claim_next(worker_host=this_host())
+    assert claimed is not None and claimed.attempts == 1
+    harness.service.transition(job.job_id, from_states=[S.INITIALIZING], to_state=S.RUNNING)
+    harness.service.set_worker(job.job_id, pid=_dead_pid(), host=this_host())
+    executor = harness.executor()
+    executor.start()  # recovery runs first, then the loop claims the job again
+    wait_for(lambda: harness.service.load(job.job_id).state.is_terminal, 60, "the retry")
+    finished = harness.service.load(job.job_id)
+    assert finished.state == S.COMPLETE and finished.attempts == 2
+    path = [(e.from_state, e.to_state) for e in harness.service.events(job.job_id)]
+    assert (S.RUNNING, S.QUEUED) in path and path[-1] == (S.RUNNING, S.COMPLETE)
+
+
+def test_crash_recovery_gives_up_after_max_attempts(
+    make_harness: Callable[..., Harness],
+) -> None:
+    harness = make_harness(max_job_attempts=2)
+    job = harness.submit(TINY)
+    canceling = harness.submit(TINY)
+    for _ in range(2):
+        harness.service.claim_next(worker_host=this_host())
+    harness.service.transition(job.job_id, from_states=[S.INITIALIZING], to_state=S.RUNNING)
+    harness.set_columns(job.job_id, attempts=2, worker_pid=_dead_pid(), worker_host=this_host())
+    harness.service.transition(canceling.job_id, from_states=[S.INITIALIZING], to_state=S.CANCELING)
+    harness.set_columns(canceling.job_id, worker_pid=_dead_pid(), worker_host=this_host())
+    executor = harness.executor()
+    assert sorted(executor.recover_orphans()) == sorted([job.job_id, canceling.job_id])
+    failed = harness.service.load(job.job_id)
+    assert failed.state == S.SYSTEM_ERROR
+    assert failed.reason is not None and "used all 2 attempts" in failed.reason
+    assert harness.service.load(canceling.job_id).state == S.CANCELED
+
+
+def test_a_live_orphan_worker_is_killed_and_its_job_requeued(
+    make_harness: Callable[..., Harness],
+) -> None:
+    """An API process died (SIGKILL) but its worker lives on: the next executor stops it."""
+    harness = make_harness(heartbeat_stale_seconds=1)
+    job = harness.submit(_sleepy(60))
+    harness.service.claim_next(worker_host=this_host())
+    settings = harness.settings
+    orphan = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "precise_mrd.service.jobs.worker",
+            "--job-id",
+            job.job_id,
+            "--database-url",
+            settings.database_url,
+            "--artifact-root",
+            str(settings.artifact_dir),
+            "--work-root",
+            str(settings.work_dir),
+            "--enable-debug-jobs",
+        ],
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        harness.service.set_worker(job.job_id, pid=orphan.pid, host=this_host())
+        wait_for(lambda: harness.service.load(job.job_id).stage == "debug_sleep", 30, "RUNNING")
+        executor = harness.executor()
+        assert executor.recover_orphans() == []  # heartbeat still fresh: someone owns it
+        harness.set_columns(job.job_id, heartbeat_at=datetime.now(UTC) - timedelta(seconds=5))
+        assert executor.recover_orphans() == [job.job_id]
+        assert orphan.wait(timeout=5) == -9
+        requeued = harness.service.load(job.job_id)
+        assert requeued.state == S.QUEUED and requeued.reason is not None
+        assert "re-queued after a crash" in requeued.reason
+    finally:
+        if orphan.poll() is None:
+            orphan.kill()
+            orphan.wait()
+
+
+def test_stop_requeues_running_jobs_without_using_an_attempt(
+    make_harness: Callable[..., Harness],
+) -> None:
+    harness = make_harness()
+    job = harness.submit(_sleepy(60))
+    executor = harness.executor()
+    executor.start()
+    wait_for(lambda: harness.service.load(job.job_id).stage == "debug_sleep", 30, "RUNNING")
+    pid = harness.pid_of(job.job_id)
+    executor.stop()
+    assert _gone(pid)
+    stopped = harness.service.load(job.job_id)
+    assert (stopped.state, stopped.attempts) == (S.QUEUED, 0)
+
+
+def test_cleanup_removes_old_jobs_and_their_files(make_harness: Callable[..., Harness]) -> None:
+    harness = make_harness(cleanup_old_jobs_hours=24)
+    store = harness.service.store
+    old, recent, running = (harness.submit(TINY) for _ in range(3))
+    for job in (old, recent):
+        store.put_stream(f"jobs/{job.job_id}/report.html", io.BytesIO(b"<html/>"))
+        harness.service.cancel(job.job_id, tenant_id="default")
+    harness.set_columns(running.job_id, state=S.RUNNING.value)
+    long_ago = datetime.now(UTC) - timedelta(hours=25)
+    harness.set_columns(old.job_id, finished_at=long_ago)
+    harness.set_columns(running.job_id, created_at=long_ago)
+    assert harness.executor().cleanup_once() == 1
+    ids = {job.job_id for job in harness.service.list_jobs(tenant_id="default")[0]}
+    assert ids == {recent.job_id, running.job_id}
+    assert not store.exists(f"jobs/{old.job_id}/report.html")
+    assert store.exists(f"jobs/{recent.job_id}/report.html")
