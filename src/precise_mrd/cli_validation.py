@@ -1,0 +1,191 @@
+"""CLI commands of analytical validation: ``lob``, ``lod`` and ``validate``.
+
+:func:`register` adds them to the ``precise-mrd`` Typer app (``cli.py`` calls it). The commands
+are thin wiring over :mod:`precise_mrd.pipeline.validation`; user mistakes print one line
+``error: <file>: <problem>; fix: <fix>`` on stderr and exit with status 2, as elsewhere in the CLI.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import sys
+from collections.abc import Callable
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any, ParamSpec, TypeVar
+
+import typer
+
+from precise_mrd.core.errors import ConfigError, InputError, PipelineError
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+EXIT_USER_ERROR = 2
+EXIT_PIPELINE_ERROR = 3
+
+
+class ValidationPreset(StrEnum):
+    smoke = "smoke"
+    standard = "standard"
+
+
+def _one_line_errors(function: Callable[P, R]) -> Callable[P, R]:
+    """The package's errors as one line on stderr and an exit status (no traceback)."""
+
+    @functools.wraps(function)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return function(*args, **kwargs)
+        except (InputError, ConfigError) as error:
+            typer.echo(f"error: {error}", err=True)
+            raise typer.Exit(EXIT_USER_ERROR) from None
+        except PipelineError as error:
+            typer.echo(f"error: pipeline failed: {error}", err=True)
+            raise typer.Exit(EXIT_PIPELINE_ERROR) from None
+
+    return wrapper
+
+
+def _echo_json(payload: Any) -> None:
+    typer.echo(json.dumps(_finite(payload), indent=2))
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(key): _finite(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(item) for item in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def lob(
+    measurements: Annotated[
+        Path,
+        typer.Option(
+            "--measurements", help="CSV of blank results: column 'value', optional 'lot', 'sample'."
+        ),
+    ],
+    lot_column: Annotated[
+        str | None,
+        typer.Option(help="Column naming the reagent lot (default: 'lot' when present)."),
+    ] = None,
+    parametric: Annotated[
+        bool, typer.Option("--parametric", help="mean + c_p*SD instead of the rank estimate.")
+    ] = False,
+) -> None:
+    """Limit of blank (CLSI EP17-A2) of blank measurements; prints JSON."""
+    from precise_mrd.pipeline.validation import limit_of_blank_from_csv
+
+    _echo_json(limit_of_blank_from_csv(measurements, lot_column=lot_column, parametric=parametric))
+
+
+def lod(
+    measurements: Annotated[
+        Path,
+        typer.Option(
+            "--measurements",
+            help="CSV of a dilution series: 'concentration', 'detected' (0/1), optional 'lot'.",
+        ),
+    ],
+    lot_column: Annotated[
+        str | None,
+        typer.Option(help="Column naming the reagent lot (default: 'lot' when present)."),
+    ] = None,
+) -> None:
+    """Probit LoD95 (with Fieller CI) of a dilution series; prints JSON."""
+    from precise_mrd.pipeline.validation import limit_of_detection_from_csv
+
+    _echo_json(limit_of_detection_from_csv(measurements, lot_column=lot_column))
+
+
+def validate(
+    out: Annotated[Path, typer.Option("--out", help="Directory for validation.json/.html.")],
+    preset: Annotated[
+        ValidationPreset, typer.Option(help="Simulator preset of every sample.")
+    ] = ValidationPreset.smoke,
+    replicates: Annotated[int, typer.Option(help="Samples per tumour fraction.")] = 3,
+    blank_replicates: Annotated[
+        int | None, typer.Option(help="Blank samples (default: max(replicates, 10)).")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the whole series.")] = 0,
+    workers: Annotated[
+        int | None, typer.Option(help="Worker processes (default: all cores).")
+    ] = None,
+    molecules_per_locus: Annotated[
+        int | None, typer.Option(help="Override the preset's molecules per locus.")
+    ] = None,
+    tumor_fractions: Annotated[
+        str | None,
+        typer.Option(help="Comma-separated grid, e.g. '0,1e-4,1e-3' (default 0..1e-3)."),
+    ] = None,
+) -> None:
+    """Run a simulated dilution series through the pipeline: LoB, LoD95, calibration, ROC."""
+    from precise_mrd.pipeline.validation import DEFAULT_TUMOR_FRACTIONS, run_validation
+
+    grid = DEFAULT_TUMOR_FRACTIONS
+    if tumor_fractions:
+        try:
+            grid = tuple(float(part) for part in tumor_fractions.split(","))
+        except ValueError:
+            raise ConfigError(
+                "--tumor-fractions",
+                f"is not a comma-separated list of numbers: {tumor_fractions!r}",
+                "write e.g. 0,1e-4,1e-3",
+            ) from None
+    result = run_validation(
+        out,
+        preset=preset.value,
+        tumor_fractions=grid,
+        replicates=replicates,
+        blank_replicates=blank_replicates,
+        seed=seed,
+        workers=workers,
+        molecules_per_locus=molecules_per_locus,
+        progress=_progress_bar(),
+    )
+    summary = result.summary
+    headline = {
+        key: summary.get(key)
+        for key in ("lob", "lod95", "lod95_ci", "lod95_status", "lod95_empirical", "specificity")
+    }
+    headline["auc"] = summary.get("auc")
+    line = summary.get("linearity")
+    headline["linearity"] = (
+        {"slope": line["slope"], "r_squared": line["r_squared"]} if line else None
+    )
+    headline["wall_seconds"] = result.seconds
+    headline["json"] = str(result.json_path)
+    headline["html"] = str(result.html_path)
+    _echo_json(headline)
+
+
+def _progress_bar() -> Callable[[str, float], None] | None:
+    """A rich progress bar on a terminal; nothing when stderr is a pipe or a file."""
+    if not sys.stderr.isatty():
+        return None
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    progress = Progress(
+        TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), transient=True
+    )
+    task = progress.add_task("validation", total=1.0)
+    progress.start()
+
+    def update(stage: str, fraction: float) -> None:
+        progress.update(task, completed=fraction, description=stage)
+        if fraction >= 1.0:
+            progress.stop()
+
+    return update
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``lob``, ``lod`` and ``validate`` commands to ``app``."""
+    app.command("lob")(_one_line_errors(lob))
+    app.command("lod")(_one_line_errors(lod))
+    app.command("validate")(_one_line_errors(validate))
