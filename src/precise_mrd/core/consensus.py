@@ -62,10 +62,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TypeAlias
+from typing import Any, TypeAlias
 
 import numpy as np
 import numpy.typing as npt
+
+from precise_mrd.core.consensus_kernels import family_likelihoods
 
 PhredScore: TypeAlias = int
 """A Phred-scaled quality or error rate: ``-10 * log10(p_error)``."""
@@ -280,10 +282,53 @@ def call_families(
         return FamilyConsensus(empty, empty, empty, np.zeros((0, 4, width), np.int32), zeros, zeros)
     if offsets[0] != 0 or np.any(np.diff(offsets) <= 0) or offsets[-1] >= n_reads:
         raise ValueError("offsets must start at 0, increase strictly and stay below n_reads")
-    n_families = len(offsets)
     sizes = np.diff(np.append(offsets, n_reads))
     if int(sizes.max()) >= _MAX_FAMILY_READS:
         raise ValueError(f"a family has >= {_MAX_FAMILY_READS} reads; downsample it first")
+    weights = _weight_table(params)
+    bounds = np.append(offsets, n_reads)
+    counts, best, n_best, others = family_likelihoods(
+        np.ascontiguousarray(bases), np.ascontiguousarray(quals), bounds, weights
+    )
+    # NB: exp and log10 in numpy (see consensus_kernels): the sum runs in base order, as a
+    # numpy sum over the candidate axis does.
+    e = np.exp(others)
+    posterior_others = e[:, 0] + e[:, 1]
+    posterior_others += e[:, 2]
+    return _finish_families(best, n_best, posterior_others, counts, params)
+
+
+def _finish_families(
+    best: U8Array,
+    n_best: npt.NDArray[np.integer[Any]],
+    others: npt.NDArray[np.float64],
+    counts: I32Array,
+    params: ConsensusParams,
+) -> FamilyConsensus:
+    """Qualities, masking and error counts from the per-column likelihood summary."""
+    depths = counts.sum(axis=1, dtype=np.int32)
+    p_error = others / (1.0 + others)
+    p_error = probability_of_error_two_trials(
+        phred_to_probability(params.error_rate_pre_umi), p_error
+    )
+    quals_out = probability_to_phred(p_error, params.max_consensus_quality)
+
+    covered = depths > 0
+    raw_bases = np.where(covered, best, NO_CALL).astype(np.uint8)
+    is_call = covered & (n_best == 1) & (quals_out >= params.min_consensus_base_quality)
+    bases_out = np.where(is_call, raw_bases, NO_CALL).astype(np.uint8)
+    quals_out = np.where(is_call, quals_out, NO_CALL_QUALITY).astype(np.uint8)
+    errors = _errors_against(counts, depths, raw_bases)
+    return FamilyConsensus(bases_out, quals_out, raw_bases, counts, depths, errors)
+
+
+def _call_families_numpy(
+    bases: U8Array, quals: U8Array, offsets: I64Array, params: ConsensusParams
+) -> FamilyConsensus:
+    """The all-numpy formulation of :func:`call_families` (no checks), kept as its reference."""
+    n_reads, width = bases.shape
+    n_families = len(offsets)
+    sizes = np.diff(np.append(offsets, n_reads))
     family_of_read = np.repeat(np.arange(n_families, dtype=np.int64), sizes)
     # NB: one bincount over (family, base, column) cells sums every candidate's log-likelihood
     # gain AND counts the raw bases of every family at once: a usable raw base weighs

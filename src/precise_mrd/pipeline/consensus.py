@@ -38,14 +38,15 @@ the depth of the current loci, not by the file.
 
 from __future__ import annotations
 
-import heapq
+import dataclasses
 import os
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
+import numba
 import numpy as np
 import numpy.typing as npt
 import pysam
@@ -55,18 +56,30 @@ from precise_mrd.core.consensus import (
     FamilyConsensus,
     call_duplex,
     call_families,
-    decode_ascii,
-    encode_ascii,
     reconcile_overlap,
 )
 from precise_mrd.core.errors import InputDataError, InputFileError
+from precise_mrd.io.bam import BgzfWriter, bam_header_bytes, iter_record_chunks
+from precise_mrd.io.bam_columns import (
+    STATUS_NO_MI,
+    STATUS_SKIPPED,
+    ReadColumns,
+    decode_status,
+    encode_consensus_records,
+    gather_records,
+)
 
-__all__ = ["ConsensusStats", "call_consensus_bam"]
+__all__ = ["ConsensusStats", "call_consensus_bam", "call_consensus_records"]
 
-_SKIP_FLAGS = 0x4 | 0x100 | 0x800  # unmapped, secondary, supplementary
+I64Array = npt.NDArray[np.int64]
+
 _MIN_BATCH_READS = 10_000  # finished molecules are processed together once this many reads wait
 _CIGAR_QUERY_OPS = frozenset((0, 1, 4, 7, 8))  # M I S = X consume the read
 _CIGAR_REF_OPS = frozenset((0, 2, 3, 7, 8))  # M D N = X consume the reference
+_CIGAR_CODES = "MIDNSHP=X"
+# NB: the consensus BAM is written once and read once by the evidence stage; zlib level 1 is
+# ~6x faster than level 6 for a file ~25% larger.
+CONSENSUS_BAM_COMPRESSION_LEVEL: Final[int] = 1
 
 
 @dataclass(frozen=True)
@@ -124,18 +137,6 @@ class ConsensusStats:
 
 
 @dataclass
-class _Molecule:
-    """Reads of one molecule waiting until the stream has passed all of them and their mates."""
-
-    molecule_id: str
-    is_duplex: bool
-    needed_key: int
-    reads: list[tuple[int, int, str, str, str]]
-    # (packed: flag | is_strand_b << 12 | MAPQ << 13 | CIGAR id << 21,
-    #  position key: tid << 32 | start, sequence, qualities as ASCII, RX)
-
-
-@dataclass
 class _Counters:
     n_reads_in: int = 0
     n_reads_skipped: int = 0
@@ -151,20 +152,42 @@ class _Counters:
 
 
 class _CigarTable:
-    """Interns CIGAR strings; caches query length, reference span and query->reference offsets."""
+    """Interns CIGARs; caches query length, reference span, query->reference offsets and the
+    binary words of each (``flat_words[offsets[c]:offsets[c + 1]]``, little-endian ``uint32``)."""
 
     def __init__(self) -> None:
         self.ids: dict[str, int] = {}
+        self.hash_ids: dict[int, int] = {}
         self.strings: list[str] = []
         self.query_lengths: list[int] = []
         self.ref_spans: list[int] = []
         self.ref_offsets: list[npt.NDArray[np.int64]] = []
+        self.flat_words = np.zeros(0, dtype=np.uint8)
+        self._offsets = np.zeros(1, dtype=np.int64)
 
     def intern(self, cigar: str) -> int:
+        """The id of a CIGAR string (``"10M2D5M"``)."""
         found = self.ids.get(cigar)
         if found is not None:
             return found
-        ops = _parse_cigar(cigar)
+        return self._add(cigar, _parse_cigar(cigar))
+
+    def intern_words(self, key: int, words: bytes) -> int:
+        """The id of a binary CIGAR (``key`` is a hash of it, checked by the caller)."""
+        found = self.hash_ids.get(key)
+        if found is None:
+            ops = [(w & 0xF, w >> 4) for w in np.frombuffer(words, dtype="<u4").tolist()]
+            cigar = "".join(f"{length}{_CIGAR_CODES[op]}" for op, length in ops)
+            found = self.ids.get(cigar)
+            if found is None:
+                found = self._add(cigar, ops)
+            self.hash_ids[key] = found
+        return found
+
+    def word_offsets(self) -> npt.NDArray[np.int64]:
+        return self._offsets
+
+    def _add(self, cigar: str, ops: list[tuple[int, int]]) -> int:
         offsets: list[int] = []
         ref = 0
         for op, length in ops:
@@ -180,11 +203,14 @@ class _CigarTable:
         self.query_lengths.append(sum(n for op, n in ops if op in _CIGAR_QUERY_OPS))
         self.ref_spans.append(ref)
         self.ref_offsets.append(np.asarray(offsets, dtype=np.int64))
+        words = np.asarray([(n << 4) | op for op, n in ops], dtype="<u4").view(np.uint8)
+        self.flat_words = np.concatenate([self.flat_words, words])
+        self._offsets = np.append(self._offsets, len(self.flat_words))
         return new_id
 
 
 def _parse_cigar(cigar: str) -> list[tuple[int, int]]:
-    codes = {"M": 0, "I": 1, "D": 2, "N": 3, "S": 4, "H": 5, "P": 6, "=": 7, "X": 8}
+    codes = {letter: code for code, letter in enumerate(_CIGAR_CODES)}
     ops: list[tuple[int, int]] = []
     number = ""
     for char in cigar:
@@ -217,169 +243,360 @@ def call_consensus_bam(
     if not grouped_bam_path.is_file():
         raise InputFileError(source, "does not exist", "pass the grouped BAM written by `group`")
     try:
-        bam = pysam.AlignmentFile(source, "rb", threads=threads)
+        with pysam.AlignmentFile(source, "rb", check_sq=False) as bam:
+            header = bam.header.to_dict()
+            contig_names = list(bam.references)
     except (OSError, ValueError) as error:
         raise InputFileError(
             source, f"is not a readable BAM ({error})", "pass a BAM file"
         ) from None
-    header = bam.header.to_dict()
     if header.get("HD", {}).get("SO") != "coordinate":
-        bam.close()
         raise InputFileError(
             source, "is not coordinate-sorted (@HD SO is not 'coordinate')", "run `samtools sort`"
         )
-    header["HD"] = {**header.get("HD", {"VN": "1.6"}), "SO": "unsorted"}
+    header["HD"] = {**header.get("HD", {"VN": "1.6"}), "SO": "coordinate"}
     header.setdefault("PG", []).append(
         {"ID": "precise_mrd.consensus", "PN": "precise_mrd", "CL": f"consensus {params}"}
     )
-
     out_bam_path.parent.mkdir(parents=True, exist_ok=True)
-    unsorted_path = out_bam_path.with_name(f".{out_bam_path.name}.unsorted.tmp")
-    sorted_path = out_bam_path.with_name(f".{out_bam_path.name}.sorted.tmp")
-    index_path = out_bam_path.with_name(f".{out_bam_path.name}.bai.tmp")
-    counters = _Counters()
-    cigars = _CigarTable()
+    tmp_path = out_bam_path.with_name(f".{out_bam_path.name}.{os.getpid()}.tmp")
+    index_path = out_bam_path.with_name(f".{out_bam_path.name}.{os.getpid()}.bai.tmp")
+    caller = _StreamingCaller(params, source, contig_names)
     try:
-        with (
-            bam,
-            pysam.AlignmentFile(
-                str(unsorted_path), "wbu", header=header, threads=threads
-            ) as writer,
-        ):
-            for batch in _finished_molecules(bam, source, counters, cigars):
-                _process_batch(batch, params, cigars, writer, counters)
-        pysam.sort("-@", str(threads), "-o", str(sorted_path), str(unsorted_path))
-        pysam.index(str(sorted_path), str(index_path))
-        os.replace(sorted_path, out_bam_path)
+        with BgzfWriter(
+            tmp_path, level=CONSENSUS_BAM_COMPRESSION_LEVEL, threads=max(2, threads)
+        ) as writer:
+            writer.write(bam_header_bytes(header, out_bam_path.parent))
+            for chunk in iter_record_chunks(grouped_bam_path):
+                for records in caller.add_chunk(chunk):
+                    writer.write(records)
+            for records in caller.finish():
+                writer.write(records)
+        pysam.index(str(tmp_path), str(index_path))
+        os.replace(tmp_path, out_bam_path)
         os.replace(index_path, Path(f"{out_bam_path}.bai"))
     finally:
-        for path in (unsorted_path, sorted_path, index_path):
+        for path in (tmp_path, index_path):
             path.unlink(missing_ok=True)
-    return ConsensusStats(
-        n_reads_in=counters.n_reads_in,
-        n_reads_skipped=counters.n_reads_skipped,
-        n_reads_filtered_alignment=counters.n_reads_filtered_alignment,
-        n_molecules=counters.n_molecules,
-        n_duplex_molecules=counters.n_duplex,
-        n_simplex_molecules=counters.n_simplex,
-        n_molecules_filtered_min_reads=counters.n_filtered_min_reads,
-        n_molecules_filtered_missing_end=counters.n_filtered_missing_end,
-        n_consensus_reads_out=counters.n_records_out,
-        family_size_histogram=dict(sorted(counters.family_sizes.items())),
-        duplex_family_size_histogram=dict(sorted(counters.duplex_sizes.items())),
-    )
+    return caller.stats()
 
 
-def _finished_molecules(
-    bam: pysam.AlignmentFile, source: str, counters: _Counters, cigars: _CigarTable
-) -> Iterator[list[_Molecule]]:
-    """Stream ``bam``; yield batches of molecules whose reads and mates have all been seen.
+def call_consensus_records(
+    chunks: Iterable[npt.NDArray[np.uint8]],
+    *,
+    params: ConsensusParams,
+    source: str,
+    contig_names: list[str],
+) -> tuple[Iterator[npt.NDArray[np.uint8]], Callable[[], ConsensusStats]]:
+    """The streaming core of :func:`call_consensus_bam`, for callers that already hold the grouped
+    records in memory (chunks of binary BAM records with ``MI`` tags, in coordinate order).
 
-    A molecule is finished once the stream is past the largest read or mate position of its
-    reads (``needed_key``). A heap ordered by ``needed_key`` finds finished molecules without
-    scanning the buffer; entries made stale by a later, larger ``needed_key`` are skipped.
+    Returns an iterator over chunks of binary consensus records (coordinate-sorted, ready for a
+    :class:`~precise_mrd.io.bam.BgzfWriter` after the header) and a function that gives the
+    :class:`ConsensusStats` once the iterator is exhausted.
     """
-    pending: dict[str, _Molecule] = {}
-    heap: list[tuple[int, str]] = []
-    cigar_ids = cigars.ids
-    finished: list[_Molecule] = []
-    n_finished_reads = 0
-    n_reads_in = n_reads_skipped = 0
-    last_key = -1
-    try:
-        for read in bam.fetch(until_eof=True):
-            n_reads_in += 1
-            flag = read.flag
-            if flag & _SKIP_FLAGS:
-                n_reads_skipped += 1
-                continue
-            key = (read.reference_id << 32) | read.reference_start
-            if key < last_key:
-                raise InputFileError(
-                    source,
-                    f"is not coordinate-sorted (read {read.query_name} comes after a later "
-                    "position)",
-                    "run `samtools sort`",
-                )
-            last_key = key
-            while heap and heap[0][0] < key:
-                needed_key, finished_id = heapq.heappop(heap)
-                molecule = pending.get(finished_id)
-                if molecule is not None and molecule.needed_key == needed_key:
-                    del pending[finished_id]
-                    finished.append(molecule)
-                    n_finished_reads += len(molecule.reads)
-            if n_finished_reads >= _MIN_BATCH_READS:
-                yield finished
-                finished, n_finished_reads = [], 0
-            try:
-                mi = str(read.get_tag("MI"))
-            except KeyError:
-                raise InputDataError(
-                    source,
-                    f"read {read.query_name} has no MI tag",
-                    "run the group stage first (every read needs an MI molecule id)",
-                ) from None
-            strand_b = 0
-            is_duplex = len(mi) > 2 and mi[-2] == "/" and mi[-1] in "AB"
-            if is_duplex:
-                strand_b = int(mi[-1] == "B")
-                mi = mi[:-2]
-            needed = key
-            if flag & 0x1 and not flag & 0x8:
-                mate_key = (read.next_reference_id << 32) | read.next_reference_start
-                if mate_key > key:
-                    needed = mate_key
-            molecule = pending.get(mi)
-            if molecule is None:
-                molecule = _Molecule(mi, is_duplex, needed, [])
-                pending[mi] = molecule
-                heapq.heappush(heap, (needed, mi))
-            elif needed > molecule.needed_key:
-                molecule.needed_key = needed
-                heapq.heappush(heap, (needed, mi))
-            try:
-                rx = str(read.get_tag("RX"))
-            except KeyError:
-                rx = ""
-            cigar = read.cigarstring or ""
-            cigar_id = cigar_ids.get(cigar)
-            if cigar_id is None:
-                cigar_id = cigars.intern(cigar)
-            packed = flag | (strand_b << 12) | (read.mapping_quality << 13) | (cigar_id << 21)
-            molecule.reads.append(
-                (packed, key, read.query_sequence or "", read.query_qualities_str or "", rx)
+    caller = _StreamingCaller(params, source, contig_names)
+
+    def generate() -> Iterator[npt.NDArray[np.uint8]]:
+        for chunk in chunks:
+            yield from caller.add_chunk(chunk)
+        yield from caller.finish()
+
+    return generate(), caller.stats
+
+
+class _StreamingCaller:
+    """Assembles molecules from chunks of grouped records and emits sorted consensus records.
+
+    A molecule (one ``MI`` without ``/A``/``/B``) is *finished* once the stream is past the
+    largest read or mate start of its reads; a read of the same ``MI`` that comes later starts a
+    new molecule. Consensus records are held until no unfinished molecule can produce a record
+    that sorts before them, then written in coordinate order (no separate sort pass).
+    """
+
+    def __init__(self, params: ConsensusParams, source: str, contig_names: list[str]) -> None:
+        self.params = params
+        self.source = source
+        self.contig_names = contig_names
+        self.counters = _Counters()
+        self.cigars = _CigarTable()
+        self.pending: ReadColumns | None = None
+        self.pending_instance = np.zeros(0, dtype=np.int64)
+        self.instance_of_code = numba.typed.Dict.empty(numba.types.int64, numba.types.int64)
+        self.max_of_code = numba.typed.Dict.empty(numba.types.int64, numba.types.int64)
+        self.next_instance = 0
+        self.last_key = -1
+        self.n_records_seen = 0
+        self.out_keys: list[npt.NDArray[np.int64]] = []
+        self.out_data: list[tuple[npt.NDArray[np.uint8], npt.NDArray[np.int64]]] = []
+
+    def add_chunk(self, chunk: npt.NDArray[np.uint8]) -> Iterator[npt.NDArray[np.uint8]]:
+        status, columns = decode_status(chunk)
+        n_records = len(status)
+        self.counters.n_reads_in += n_records
+        self.counters.n_reads_skipped += int((status == STATUS_SKIPPED).sum())
+        used = np.flatnonzero(status != STATUS_SKIPPED)
+        keys = columns.keys[used]
+        previous = np.concatenate(([self.last_key], keys[:-1]))
+        unsorted = np.flatnonzero(keys < np.maximum.accumulate(previous))
+        no_mi = np.flatnonzero(status[used] == STATUS_NO_MI)
+        if len(unsorted) and (not len(no_mi) or unsorted[0] <= no_mi[0]):
+            name = self._read_name(chunk, columns, int(used[unsorted[0]]))
+            raise InputFileError(
+                self.source,
+                f"is not coordinate-sorted (read {name} comes after a later position)",
+                "run `samtools sort`",
             )
-    finally:
-        counters.n_reads_in += n_reads_in
-        counters.n_reads_skipped += n_reads_skipped
-    finished.extend(pending.values())
-    if finished:
-        yield finished
+        if len(no_mi):
+            name = self._read_name(chunk, columns, int(used[no_mi[0]]))
+            raise InputDataError(
+                self.source,
+                f"read {name} has no MI tag",
+                "run the group stage first (every read needs an MI molecule id)",
+            )
+        self.n_records_seen += n_records
+        if len(used) == 0:
+            return
+        self.last_key = int(keys[-1])
+        new = columns.take(used)
+        cigar_ids = self._intern_cigars(chunk, new)
+        instance, self.next_instance = _assign_instances(
+            new.mi_codes,
+            new.keys,
+            new.needed,
+            self.instance_of_code,
+            self.max_of_code,
+            self.next_instance,
+        )
+        new = _with_cigar_ids(new, cigar_ids)
+        if self.pending is None or len(self.pending) == 0:
+            self.pending, self.pending_instance = new, instance
+        else:
+            self.pending = ReadColumns.concat([self.pending, new])
+            self.pending_instance = np.concatenate([self.pending_instance, instance])
+        complete = _complete_reads(
+            self.pending.mi_codes,
+            self.pending_instance,
+            self.instance_of_code,
+            self.max_of_code,
+            self.last_key,
+        )
+        n_complete = int(complete.sum())
+        if n_complete >= _MIN_BATCH_READS:
+            self._process(complete)
+            _forget_finished(self.instance_of_code, self.max_of_code, self.last_key)
+            yield from self._flush(bound=self._emission_bound())
+
+    def finish(self) -> Iterator[npt.NDArray[np.uint8]]:
+        if self.pending is not None and len(self.pending):
+            self._process(np.ones(len(self.pending), dtype=bool))
+        yield from self._flush(bound=None)
+
+    def stats(self) -> ConsensusStats:
+        counters = self.counters
+        return ConsensusStats(
+            n_reads_in=counters.n_reads_in,
+            n_reads_skipped=counters.n_reads_skipped,
+            n_reads_filtered_alignment=counters.n_reads_filtered_alignment,
+            n_molecules=counters.n_molecules,
+            n_duplex_molecules=counters.n_duplex,
+            n_simplex_molecules=counters.n_simplex,
+            n_molecules_filtered_min_reads=counters.n_filtered_min_reads,
+            n_molecules_filtered_missing_end=counters.n_filtered_missing_end,
+            n_consensus_reads_out=counters.n_records_out,
+            family_size_histogram=dict(sorted(counters.family_sizes.items())),
+            duplex_family_size_histogram=dict(sorted(counters.duplex_sizes.items())),
+        )
+
+    @staticmethod
+    def _read_name(chunk: npt.NDArray[np.uint8], columns: ReadColumns, row: int) -> str:
+        start = int(columns.name_starts[row])
+        end = int(columns.cigar_starts[row]) - 1
+        return chunk[start:end].tobytes().decode("ascii", errors="replace")
+
+    def _intern_cigars(self, chunk: npt.NDArray[np.uint8], columns: ReadColumns) -> I64Array:
+        """CIGAR ids in first-seen order over the stream (as the tie-breaks expect)."""
+        distinct, first, inverse = np.unique(
+            columns.cigar_hashes, return_index=True, return_inverse=True
+        )
+        local = np.empty(len(distinct), dtype=np.int64)
+        for j in np.argsort(first, kind="stable").tolist():
+            row = int(first[j])
+            start = int(columns.cigar_starts[row])
+            words = chunk[start : start + 4 * int(columns.cigar_counts[row])].tobytes()
+            local[j] = self.cigars.intern_words(int(distinct[j]), words)
+        ids = local[inverse.ravel()]
+        # NB: verify the hash: every read's CIGAR must have the bytes of its interned CIGAR
+        _check_cigars(chunk, columns.cigar_starts, columns.cigar_counts, ids, self.cigars)
+        return ids
+
+    def _emission_bound(self) -> int | None:
+        """Consensus records that start before this key can be written: every future record
+        starts at one of the reads still pending or yet to come."""
+        bound = self.last_key
+        if self.pending is not None and len(self.pending):
+            bound = min(bound, int(self.pending.keys.min()))
+        return bound
+
+    def _process(self, complete: npt.NDArray[np.bool_]) -> None:
+        assert self.pending is not None
+        rows = np.flatnonzero(complete)
+        order = rows[np.argsort(self.pending_instance[rows], kind="stable")]
+        batch = self.pending.take(order)
+        instance = self.pending_instance[order]
+        keep = ~complete
+        self.pending = self.pending.take(np.flatnonzero(keep))
+        self.pending_instance = self.pending_instance[keep]
+        new_mol = np.ones(len(instance), dtype=bool)
+        new_mol[1:] = instance[1:] != instance[:-1]
+        mol = np.cumsum(new_mol) - 1
+        result = _process_batch(batch, mol, self.params, self.cigars, self.counters)
+        if result is not None:
+            keys, data, offsets = result
+            self.out_keys.append(keys)
+            self.out_data.append((data, offsets))
+
+    def _flush(self, *, bound: int | None) -> Iterator[npt.NDArray[np.uint8]]:
+        if not self.out_keys:
+            return
+        keys = np.concatenate(self.out_keys)
+        sizes = [len(d) for d, _ in self.out_data]
+        data = np.concatenate([d for d, _ in self.out_data])
+        shifts = np.cumsum([0, *sizes[:-1]])
+        offsets = np.concatenate(
+            [o[:-1] + shift for (_, o), shift in zip(self.out_data, shifts, strict=True)]
+            + [np.array([len(data)], dtype=np.int64)]
+        )
+        order = np.argsort(keys, kind="stable")
+        n_ready = len(order) if bound is None else int(np.searchsorted(keys[order], bound))
+        if n_ready:
+            yield gather_records(data, offsets, order[:n_ready])
+        rest = order[n_ready:]
+        self.out_keys, self.out_data = [], []
+        if len(rest):
+            rest = np.sort(rest)
+            kept = gather_records(data, offsets, rest)
+            rest_offsets = np.concatenate(([0], np.cumsum(offsets[rest + 1] - offsets[rest])))
+            self.out_keys.append(keys[rest])
+            self.out_data.append((kept, rest_offsets.astype(np.int64)))
+
+
+def _with_cigar_ids(columns: ReadColumns, ids: I64Array) -> ReadColumns:
+    """``columns`` with ``cigar_hashes`` replaced by the interned CIGAR ids."""
+    return dataclasses.replace(columns, cigar_hashes=ids)
+
+
+@numba.njit(cache=True, nogil=True)
+def _assign_instances(
+    codes: I64Array,
+    keys: I64Array,
+    needed: I64Array,
+    instance_of_code: Any,
+    max_of_code: Any,
+    next_instance: int,
+) -> tuple[I64Array, int]:
+    """Molecule instance of each read: the open instance of its ``MI`` unless the stream has
+    passed every read and mate start of it (``key > max needed``), then a new one."""
+    out = np.empty(len(codes), dtype=np.int64)
+    for i in range(len(codes)):
+        code = codes[i]
+        if code in instance_of_code and keys[i] <= max_of_code[code]:
+            out[i] = instance_of_code[code]
+            if needed[i] > max_of_code[code]:
+                max_of_code[code] = needed[i]
+        else:
+            out[i] = next_instance
+            instance_of_code[code] = next_instance
+            max_of_code[code] = needed[i]
+            next_instance += 1
+    return out, next_instance
+
+
+@numba.njit(cache=True, nogil=True)
+def _complete_reads(
+    codes: I64Array,
+    instances: I64Array,
+    instance_of_code: Any,
+    max_of_code: Any,
+    last_key: int,
+) -> npt.NDArray[np.bool_]:
+    """Reads whose molecule is finished: superseded by a newer instance, or passed by the
+    stream (every later read has a key >= ``last_key`` > its largest needed key)."""
+    out = np.empty(len(codes), dtype=np.bool_)
+    for i in range(len(codes)):
+        code = codes[i]
+        if code not in instance_of_code or instance_of_code[code] != instances[i]:
+            out[i] = True
+        else:
+            out[i] = max_of_code[code] < last_key
+    return out
+
+
+@numba.njit(cache=True, nogil=True)
+def _forget_finished(instance_of_code: Any, max_of_code: Any, last_key: int) -> None:
+    """Drop finished molecules from the open table (a later read of their MI starts anew)."""
+    finished = []
+    for code, largest in max_of_code.items():
+        if largest < last_key:
+            finished.append(code)
+    for code in finished:
+        del max_of_code[code]
+        del instance_of_code[code]
+
+
+def _check_cigars(
+    chunk: npt.NDArray[np.uint8],
+    starts: I64Array,
+    counts: I64Array,
+    ids: I64Array,
+    cigars: _CigarTable,
+) -> None:
+    if not _cigars_match(chunk, starts, counts, ids, cigars.flat_words, cigars.word_offsets()):
+        raise RuntimeError("CIGAR hash collision; please report this input")
+
+
+@numba.njit(cache=True, nogil=True)
+def _cigars_match(
+    chunk: npt.NDArray[np.uint8],
+    starts: I64Array,
+    counts: I64Array,
+    ids: I64Array,
+    flat_bytes: npt.NDArray[np.uint8],
+    offsets: I64Array,
+) -> bool:
+    for i in range(len(ids)):
+        c = ids[i]
+        size = 4 * counts[i]
+        if offsets[c + 1] - offsets[c] != size:
+            return False
+        for k in range(size):
+            if chunk[starts[i] + k] != flat_bytes[offsets[c] + k]:
+                return False
+    return True
 
 
 def _process_batch(
-    molecules: list[_Molecule],
+    reads: ReadColumns,
+    mol: I64Array,
     params: ConsensusParams,
     cigars: _CigarTable,
-    writer: pysam.AlignmentFile,
     counters: _Counters,
-) -> None:
-    """Consensus of a batch of finished molecules, vectorised across all of their families."""
-    rows = [r for m in molecules for r in m.reads]
-    n_reads = len(rows)
-    n_mol = len(molecules)
-    per_molecule = np.fromiter((len(m.reads) for m in molecules), dtype=np.int64, count=n_mol)
-    mol = np.repeat(np.arange(n_mol, dtype=np.int64), per_molecule)
-    packed = np.fromiter((r[0] for r in rows), dtype=np.int64, count=n_reads)
-    position_key = np.fromiter((r[1] for r in rows), dtype=np.int64, count=n_reads)
-    flag = packed & 0xFFF
-    strand = (packed >> 12) & 1
-    mapq = (packed >> 13) & 0xFF
-    cigar = packed >> 21
-    start = position_key & 0xFFFFFFFF
-    tid = position_key >> 32
-    is_duplex_mol = np.fromiter((m.is_duplex for m in molecules), dtype=bool, count=n_mol)
+) -> tuple[I64Array, npt.NDArray[np.uint8], I64Array] | None:
+    """Consensus of a batch of finished molecules, vectorised across all of their families.
+
+    ``reads`` holds the molecules' reads grouped by molecule (``mol`` = 0, 1, ...), each
+    molecule's reads in file order. Returns the sort keys, bytes and offsets of the records.
+    """
+    n_reads = len(reads)
+    n_mol = int(mol[-1]) + 1
+    mol_first = np.flatnonzero(np.diff(mol, prepend=-1) != 0)
+    flag = reads.flags
+    strand = reads.strand_b
+    mapq = reads.mapqs
+    cigar = reads.cigar_hashes  # interned ids (see _with_cigar_ids)
+    start = reads.keys & 0xFFFFFFFF
+    tid = reads.keys >> 32
+    is_duplex_mol = reads.has_suffix[mol_first]
     is_paired = (flag & 0x1).astype(bool)
     is_reverse = ((flag >> 4) & 1).astype(np.int64)
     is_r2 = ((flag >> 7) & 1).astype(np.int64)
@@ -432,15 +649,17 @@ def _process_batch(
     both_strands = (n_a > 0) & (n_b > 0)
     counters.n_duplex += int((emit & is_duplex_mol & both_strands).sum())
     counters.n_simplex += int((emit & ~(is_duplex_mol & both_strands)).sum())
-    counters.family_sizes.update((n_a + n_b).tolist())
-    counters.duplex_sizes.update(
-        zip(n_a[is_duplex_mol].tolist(), n_b[is_duplex_mol].tolist(), strict=True)
-    )
+    _count_sizes(counters.family_sizes, n_a + n_b)
+    if is_duplex_mol.any():
+        pairs = n_a[is_duplex_mol] * (1 << 32) + n_b[is_duplex_mol]
+        values, counts = np.unique(pairs, return_counts=True)
+        for value, count in zip(values.tolist(), counts.tolist(), strict=True):
+            counters.duplex_sizes[(value >> 32, value & 0xFFFFFFFF)] += count
 
     use = keep & emit[mol]
     idx = np.flatnonzero(use)
     if len(idx) == 0:
-        return
+        return None
     fam_order = idx[np.lexsort((strand[idx], end[idx], mol[idx]))]
     fam_key = (mol[fam_order] * 2 + end[fam_order]) * 2 + strand[fam_order]
     fam_change = np.ones(len(fam_order), dtype=bool)
@@ -452,14 +671,10 @@ def _process_batch(
     f_mapq = np.minimum.reduceat(mapq[fam_order], offsets)
 
     # 3. matrices of the family reads, padded with N, and the consensus of every family
-    read_order = fam_order.tolist()
-    seqs = [rows[i][2] for i in read_order]
-    quals = [rows[i][3] for i in read_order]
-    width = max(map(len, seqs))
-    base_matrix = _padded_matrix(seqs, width, "N")
-    qual_matrix = _padded_matrix(quals, width, chr(33 + 2))
-    base_codes = encode_ascii(base_matrix)
-    ss = call_families(base_codes, qual_matrix - np.uint8(33), offsets, params)
+    width = int(reads.lengths[fam_order].max())
+    base_matrix = reads.bases[fam_order, :width]
+    qual_matrix = reads.quals[fam_order, :width]
+    ss = call_families(base_matrix, qual_matrix, offsets, params)
 
     # 4. one consensus per (molecule, end): duplex where both strands have a family
     end_key = f_mol * 2 + f_end
@@ -498,7 +713,7 @@ def _process_batch(
     mate[pair_first + 1] = pair_first
     _reconcile_pairs(pair_first, e_start, e_cigar, e_length, cigars, bases, cons_quals, depths)
 
-    # 6. per-record tags, vectorised, then the records
+    # 6. per-record tags, vectorised, then the binary records
     column = np.arange(width)[None, :]
     inside = column < e_length[:, None]
     tags = _depth_tags(depths, errors, inside)
@@ -510,42 +725,108 @@ def _process_batch(
         b_tags = [b_tags[0].copy(), b_tags[1].copy(), b_tags[2].copy()]
         for k in range(3):
             b_tags[k][two] = b_part[k]
-    seq_ascii = decode_ascii(bases)
-    umis = [_molecule_umi(m) for m in molecules]
-    _write_records(
-        writer,
-        molecules,
-        umis,
-        e_mol,
-        e_end,
-        e_start,
-        e_tid,
-        e_cigar,
-        e_reverse,
-        e_length,
-        e_span,
-        e_mapq,
-        mate,
-        paired_end,
-        seq_ascii,
-        cons_quals,
-        tags,
-        a_tags,
-        b_tags,
-        cigars,
-        counters,
+    umi_rows, umi_swap = _molecule_umi_rows(mol_first, n_reads, strand, reads.rx_hashes)
+    umis, umi_lengths = _swap_duplex_umis(reads.rx_text, reads.rx_lengths, umi_rows, umi_swap)
+    name_rows = mol_first[e_mol]
+    n_records = len(e_mol)
+    has_mate = paired_end & (mate >= 0)
+    mate_index = np.where(has_mate, mate, np.arange(n_records))
+    flags = np.where(e_reverse == 1, 0x10, 0)
+    flags |= np.where(has_mate, 0x1 | 0x2, 0)
+    flags |= np.where(has_mate & (e_end == 0), 0x40, 0)
+    flags |= np.where(has_mate & (e_end == 1), 0x80, 0)
+    flags |= np.where(has_mate & (e_reverse[mate_index] == 1), 0x20, 0)
+    ref_end = e_start + e_span
+    left = np.minimum(e_start, e_start[mate_index])
+    right = np.maximum(ref_end, ref_end[mate_index])
+    is_left = (e_start < e_start[mate_index]) | ((e_start == e_start[mate_index]) & (e_end == 0))
+    tlen = np.where(has_mate, np.where(is_left, right - left, left - right), 0)
+    data, record_offsets = encode_consensus_records(
+        names=reads.mi_text[name_rows],
+        name_lengths=reads.mi_lengths[name_rows],
+        flags=flags,
+        tids=e_tid,
+        starts=e_start,
+        mapqs=e_mapq,
+        cigar_words=cigars.flat_words.view(np.uint32),
+        cigar_offsets=cigars.word_offsets() // 4,
+        cigar_ids=e_cigar,
+        ref_spans=np.asarray(cigars.ref_spans, dtype=np.int64),
+        mate_tids=np.where(has_mate, e_tid[mate_index], -1),
+        mate_starts=np.where(has_mate, e_start[mate_index], -1),
+        tlens=tlen,
+        bases=bases,
+        quals=cons_quals,
+        lengths=e_length,
+        umis=umis[e_mol],
+        umi_lengths=umi_lengths[e_mol],
+        int_tags=np.stack([tags[0], tags[1]], axis=1),
+        float_tags=tags[2][:, None],
+        duplex_int_tags=np.stack([a_tags[0], b_tags[0], a_tags[1], b_tags[1]], axis=1),
+        duplex_float_tags=np.stack([a_tags[2], b_tags[2]], axis=1),
+        is_duplex=is_duplex_mol[e_mol],
     )
+    counters.n_records_out += n_records
+    return (e_tid << 32) | e_start, data, record_offsets
 
 
-def _padded_matrix(strings: list[str], width: int, fill: str) -> npt.NDArray[np.uint8]:
-    """A ``(len(strings), width)`` ``uint8`` matrix of ASCII strings, right-padded with ``fill``.
+def _count_sizes(counter: Counter[int], sizes: I64Array) -> None:
+    values, counts = np.unique(sizes, return_counts=True)
+    for value, count in zip(values.tolist(), counts.tolist(), strict=True):
+        counter[value] += count
 
-    >>> _padded_matrix(["ACG", "A"], 3, "N").tobytes()
-    b'ACGANN'
-    """
-    # NB: str.ljust in C beats numpy fancy-index scattering of ragged rows by ~10x.
-    flat = "".join([text.ljust(width, fill) for text in strings]).encode("ascii")
-    return np.frombuffer(flat, dtype=np.uint8).reshape(len(strings), width)
+
+@numba.njit(cache=True, nogil=True)
+def _molecule_umi_rows(
+    mol_first: I64Array, n_reads: int, strand_b: I64Array, rx_hashes: I64Array
+) -> tuple[I64Array, npt.NDArray[np.bool_]]:
+    """Per molecule, the read whose ``RX`` is the molecule's UMI: the most common ``RX`` of its
+    strand-A reads (ties: the first seen), or of all reads when none is on A (then the UMI is
+    written swapped, ``B-A`` -> ``A-B``)."""
+    n_mol = len(mol_first)
+    rows = np.empty(n_mol, dtype=np.int64)
+    swap = np.zeros(n_mol, dtype=np.bool_)
+    for m in range(n_mol):
+        lo = mol_first[m]
+        hi = mol_first[m + 1] if m + 1 < n_mol else n_reads
+        any_a = False
+        for i in range(lo, hi):
+            if strand_b[i] == 0:
+                any_a = True
+                break
+        best = -1
+        best_count = 0
+        for i in range(lo, hi):
+            if any_a and strand_b[i] != 0:
+                continue
+            count = 0
+            for j in range(lo, hi):
+                if (not any_a or strand_b[j] == 0) and rx_hashes[j] == rx_hashes[i]:
+                    count += 1
+            if count > best_count:
+                best = i
+                best_count = count
+        rows[m] = best
+        swap[m] = not any_a
+    return rows, swap
+
+
+def _swap_duplex_umis(
+    text: npt.NDArray[np.uint8],
+    lengths: I64Array,
+    rows: I64Array,
+    swap: npt.NDArray[np.bool_],
+) -> tuple[npt.NDArray[np.uint8], I64Array]:
+    """The UMI text of ``rows``; where ``swap``, ``B-A`` written as ``A-B`` (first ``-``)."""
+    umis = text[rows].copy()
+    umi_lengths = lengths[rows].copy()
+    for m in np.flatnonzero(swap).tolist():
+        umi = umis[m, : umi_lengths[m]].tobytes().decode("ascii", errors="replace")
+        left, dash, right = umi.partition("-")
+        if dash:
+            swapped = f"{right}-{left}".encode("ascii", errors="replace")
+            umis[m, : len(swapped)] = np.frombuffer(swapped, dtype=np.uint8)
+    return umis, umi_lengths
 
 
 def _take(ss: FamilyConsensus, index: npt.NDArray[np.int64]) -> FamilyConsensus:
@@ -633,83 +914,3 @@ def _depth_tags(
         where=total_depth > 0,
     )
     return [max_depth, min_depth, rate]
-
-
-def _molecule_umi(molecule: _Molecule) -> str:
-    """Most common ``RX`` of the molecule, written as seen on strand A (``B-A`` swapped)."""
-    a_umis = [r[4] for r in molecule.reads if not r[0] & (1 << 12)]
-    if a_umis:
-        return a_umis[0] if len(set(a_umis)) == 1 else Counter(a_umis).most_common(1)[0][0]
-    umi = Counter(r[4] for r in molecule.reads).most_common(1)[0][0]
-    left, dash, right = umi.partition("-")
-    return f"{right}-{left}" if dash else umi
-
-
-def _write_records(
-    writer: pysam.AlignmentFile,
-    molecules: list[_Molecule],
-    umis: list[str],
-    e_mol: npt.NDArray[np.int64],
-    e_end: npt.NDArray[np.int64],
-    e_start: npt.NDArray[np.int64],
-    e_tid: npt.NDArray[np.int64],
-    e_cigar: npt.NDArray[np.int64],
-    e_reverse: npt.NDArray[np.int64],
-    e_length: npt.NDArray[np.int64],
-    e_span: npt.NDArray[np.int64],
-    e_mapq: npt.NDArray[np.int64],
-    mate: npt.NDArray[np.int64],
-    paired_end: npt.NDArray[np.bool_],
-    seq_ascii: npt.NDArray[np.uint8],
-    quals: npt.NDArray[np.uint8],
-    tags: list[npt.NDArray[Any]],
-    a_tags: list[npt.NDArray[Any]],
-    b_tags: list[npt.NDArray[Any]],
-    cigars: _CigarTable,
-    counters: _Counters,
-) -> None:
-    header = writer.header  # NB: the output header is the input's, so read tids carry over
-    contig_names = list(header.references)
-    n_records = len(e_mol)
-    has_mate = paired_end & (mate >= 0)
-    mate_index = np.where(has_mate, mate, np.arange(n_records))
-    flags = np.where(e_reverse == 1, 0x10, 0)
-    flags |= np.where(has_mate, 0x1 | 0x2, 0)
-    flags |= np.where(has_mate & (e_end == 0), 0x40, 0)
-    flags |= np.where(has_mate & (e_end == 1), 0x80, 0)
-    flags |= np.where(has_mate & (e_reverse[mate_index] == 1), 0x20, 0)
-    ref_end = e_start + e_span
-    left = np.minimum(e_start, e_start[mate_index])
-    right = np.maximum(ref_end, ref_end[mate_index])
-    is_left = (e_start < e_start[mate_index]) | ((e_start == e_start[mate_index]) & (e_end == 0))
-    tlen = np.where(has_mate, np.where(is_left, right - left, left - right), 0)
-    mate_start = np.where(has_mate, e_start[mate_index] + 1, 0)
-    mate_tid = e_tid[mate_index]
-    qual_ascii = quals + np.uint8(33)
-    # NB: formatting SAM text and parsing it in htslib is ~5x faster than setting fields and
-    # tags one by one on a pysam.AlignedSegment.
-    for i in range(n_records):
-        m = int(e_mol[i])
-        molecule = molecules[m]
-        n = int(e_length[i])
-        name = molecule.molecule_id
-        tid = int(e_tid[i])
-        if has_mate[i]:
-            mate_name = "=" if mate_tid[i] == tid else contig_names[int(mate_tid[i])]
-        else:
-            mate_name = "*"
-        line = (
-            f"{name}\t{flags[i]}\t{contig_names[tid]}\t{e_start[i] + 1}\t{e_mapq[i]}\t"
-            f"{cigars.strings[int(e_cigar[i])]}\t{mate_name}\t{mate_start[i]}\t{tlen[i]}\t"
-            f"{seq_ascii[i, :n].tobytes().decode('ascii')}\t"
-            f"{qual_ascii[i, :n].tobytes().decode('ascii')}\t"
-            f"MI:Z:{name}\tRX:Z:{umis[m]}\tcD:i:{tags[0][i]}\tcM:i:{tags[1][i]}\t"
-            f"cE:f:{tags[2][i]:.6g}"
-        )
-        if molecule.is_duplex:
-            line += (
-                f"\taD:i:{a_tags[0][i]}\tbD:i:{b_tags[0][i]}\taM:i:{a_tags[1][i]}"
-                f"\tbM:i:{b_tags[1][i]}\taE:f:{a_tags[2][i]:.6g}\tbE:f:{b_tags[2][i]:.6g}"
-            )
-        writer.write(pysam.AlignedSegment.fromstring(line, header))
-    counters.n_records_out += n_records
