@@ -312,6 +312,15 @@ def _progress_printer() -> Callable[[str, float], None] | None:
     return update
 
 
+def _register_command_groups() -> None:
+    from precise_mrd.cli_validation import register as register_validation
+
+    register_validation(app)
+
+
+_register_command_groups()
+
+
 def main() -> None:
     """Console-script entry point."""
     app()
