@@ -131,12 +131,16 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _derive_locations(self) -> Settings:
+        # NB: absolute, so worker subprocesses and the API agree whatever their cwd
+        self.data_dir = self.data_dir.expanduser().absolute()
         if not self.database_url:
             self.database_url = f"sqlite:///{self.data_dir / 'jobs.db'}"
         if self.artifact_root is None:
             self.artifact_root = self.data_dir / "artifacts"
         if self.work_root is None:
             self.work_root = self.data_dir / "work"
+        self.artifact_root = self.artifact_root.expanduser().absolute()
+        self.work_root = self.work_root.expanduser().absolute()
         return self
 
     @property

@@ -418,7 +418,8 @@ class SqlJobService:
             )
 
     def update_progress(self, job_id: str, *, progress: float, stage: str | None) -> bool:
-        """Write progress (clamped to 0..1) and stage of a RUNNING job."""
+        """Write progress (clamped to 0..1) and stage of a RUNNING job. NB: not a heartbeat; only
+        the supervising executor beats, so a worker that lost its executor is found."""
         now = now_utc()
         with self._sessions.begin() as session:
             result = cast(
@@ -429,7 +430,6 @@ class SqlJobService:
                     .values(
                         progress=min(max(float(progress), 0.0), 1.0),
                         stage=stage,
-                        heartbeat_at=now,
                         updated_at=now,
                     )
                     .execution_options(synchronize_session=False)
