@@ -115,6 +115,13 @@ def _gone(pid: int) -> bool:
         return True
 
 
+def _process_group(pid: int) -> list[int]:
+    """The worker and its descendants (the debug sleep starts one child)."""
+    children = [child.pid for child in psutil.Process(pid).children(recursive=True)]
+    assert children, "the sleeping worker should have a child process"
+    return [pid, *children]
+
+
 def _dead_pid() -> int:
     process = subprocess.Popen([sys.executable, "-c", "pass"])
     process.wait()
@@ -171,13 +178,12 @@ def test_cancel_running_and_queued_jobs(make_harness: Callable[..., Harness]) ->
     executor = harness.executor()
     executor.start()
     wait_for(lambda: harness.service.load(running.job_id).stage == "debug_sleep", 30, "RUNNING job")
-    pid = harness.pid_of(running.job_id)
-    assert psutil.pid_exists(pid)
+    group = _process_group(harness.pid_of(running.job_id))
     assert harness.service.cancel(queued.job_id, tenant_id="default").state == S.CANCELED
     assert harness.service.cancel(running.job_id, tenant_id="default").state == S.CANCELING
     executor.notify()
     wait_for(lambda: harness.service.load(running.job_id).state == S.CANCELED, 10, "CANCELED")
-    wait_for(lambda: _gone(pid), 5, "the worker to be gone")
+    wait_for(lambda: all(_gone(pid) for pid in group), 5, "the worker group to be gone")
     assert harness.service.load(queued.job_id).attempts == 0  # never started
     assert not (harness.settings.work_dir / running.job_id).exists()
 
@@ -187,11 +193,11 @@ def test_timeout_kills_the_worker(make_harness: Callable[..., Harness]) -> None:
     job = harness.submit(_sleepy(60))
     harness.executor().start()
     wait_for(lambda: harness.service.load(job.job_id).stage == "debug_sleep", 30, "RUNNING")
-    pid = harness.pid_of(job.job_id)
+    group = _process_group(harness.pid_of(job.job_id))
     wait_for(lambda: harness.service.load(job.job_id).state.is_terminal, 15, "the timeout")
     finished = harness.service.load(job.job_id)
     assert (finished.state, finished.reason) == (S.SYSTEM_ERROR, "timeout")
-    wait_for(lambda: _gone(pid), 5, "the worker to be gone")
+    wait_for(lambda: all(_gone(pid) for pid in group), 5, "the worker group to be gone")
 
 
 def test_failures_end_with_reasons(make_harness: Callable[..., Harness]) -> None:
@@ -306,9 +312,9 @@ def test_stop_requeues_running_jobs_without_using_an_attempt(
     executor = harness.executor()
     executor.start()
     wait_for(lambda: harness.service.load(job.job_id).stage == "debug_sleep", 30, "RUNNING")
-    pid = harness.pid_of(job.job_id)
+    group = _process_group(harness.pid_of(job.job_id))
     executor.stop()
-    assert _gone(pid)
+    wait_for(lambda: all(_gone(pid) for pid in group), 5, "the worker group to be gone")
     stopped = harness.service.load(job.job_id)
     assert (stopped.state, stopped.attempts) == (S.QUEUED, 0)
 

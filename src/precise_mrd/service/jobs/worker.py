@@ -23,7 +23,8 @@ the submission's ``request_id`` to stderr and to ``worker.log``, stored as ``job
 
 Test-only knobs: when the executor runs with ``PRECISE_MRD_ENABLE_DEBUG_JOBS=true`` (it passes
 ``--enable-debug-jobs``), a top-level ``service_debug`` config section is honoured and removed
-before validation: ``sleep_seconds`` (sleep while RUNNING, stage ``debug_sleep``), ``simulation``
+before validation: ``sleep_seconds`` (sleep while RUNNING, stage ``debug_sleep``, with a child
+process sleeping as long, to show that the whole process group is stopped), ``simulation``
 (overrides of the ``smoke`` preset, e.g. ``{n_variants: 2}``) and ``exit_code`` (the worker dies
 with that code once RUNNING). Without the flag the section is an unknown config key.
 
@@ -294,8 +295,14 @@ def run_job(service: SqlJobService, job_id: str, work_dir: Path, settings: Setti
             logging.shutdown()
             os._exit(knobs.exit_code)
         if knobs.sleep_seconds > 0:
+            import subprocess
+
+            child = subprocess.Popen(
+                [sys.executable, "-c", f"import time; time.sleep({knobs.sleep_seconds})"]
+            )
             service.update_progress(job_id, progress=0.0, stage="debug_sleep")
             time.sleep(knobs.sleep_seconds)
+            child.wait()
         from precise_mrd.pipeline.run import run_pipeline
 
         result = run_pipeline(
