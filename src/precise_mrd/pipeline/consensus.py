@@ -41,7 +41,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -68,8 +68,9 @@ from precise_mrd.io.bam_columns import (
     encode_consensus_records,
     gather_records,
 )
+from precise_mrd.pipeline.group import GroupStats, prepare_grouping
 
-__all__ = ["ConsensusStats", "call_consensus_bam", "call_consensus_records"]
+__all__ = ["ConsensusStats", "call_consensus_bam", "group_and_call_consensus"]
 
 I64Array = npt.NDArray[np.int64]
 
@@ -245,7 +246,6 @@ def call_consensus_bam(
     try:
         with pysam.AlignmentFile(source, "rb", check_sq=False) as bam:
             header = bam.header.to_dict()
-            contig_names = list(bam.references)
     except (OSError, ValueError) as error:
         raise InputFileError(
             source, f"is not a readable BAM ({error})", "pass a BAM file"
@@ -254,10 +254,77 @@ def call_consensus_bam(
         raise InputFileError(
             source, "is not coordinate-sorted (@HD SO is not 'coordinate')", "run `samtools sort`"
         )
-    header["HD"] = {**header.get("HD", {"VN": "1.6"}), "SO": "coordinate"}
-    header.setdefault("PG", []).append(
-        {"ID": "precise_mrd.consensus", "PN": "precise_mrd", "CL": f"consensus {params}"}
+    return _write_consensus(
+        iter_record_chunks(grouped_bam_path),
+        header,
+        out_bam_path,
+        params=params,
+        source=source,
+        threads=threads,
     )
+
+
+def group_and_call_consensus(
+    in_bam_path: Path,
+    consensus_bam_path: Path,
+    *,
+    params: ConsensusParams,
+    strategy: str = "directional",
+    max_edits: int = 1,
+    umi_tag: str = "RX",
+    umi_from_read_name: bool = False,
+    umi_separator: str = "_",
+    min_mapq: int = 0,
+    threads: int = 1,
+) -> tuple[GroupStats, ConsensusStats]:
+    """:func:`~precise_mrd.pipeline.group.group_bam` then :func:`call_consensus_bam` without the
+    grouped BAM in between: the ``MI``-tagged records go straight from the group stage's write
+    pass into the consensus caller (no deflate, inflate or index of an intermediate file).
+
+    Same options, checks, errors and results as the two stages run one after the other.
+    """
+    in_bam_path = Path(in_bam_path)
+    consensus_bam_path = Path(consensus_bam_path)
+    if threads < 1:
+        raise ValueError(f"threads must be >= 1; got {threads}")
+    prepared = prepare_grouping(
+        in_bam_path,
+        strategy=strategy,
+        max_edits=max_edits,
+        umi_tag=umi_tag,
+        umi_from_read_name=umi_from_read_name,
+        umi_separator=umi_separator,
+        min_mapq=min_mapq,
+    )
+    counter = [0]
+    consensus_stats = _write_consensus(
+        prepared.tagged_chunks(counter),
+        prepared.header(),
+        consensus_bam_path,
+        params=params,
+        source=str(in_bam_path),
+        threads=threads,
+    )
+    return prepared.stats(counter[0]), consensus_stats
+
+
+def _write_consensus(
+    chunks: Iterable[npt.NDArray[np.uint8]],
+    header: dict[str, Any],
+    out_bam_path: Path,
+    *,
+    params: ConsensusParams,
+    source: str,
+    threads: int,
+) -> ConsensusStats:
+    """Consensus records of the grouped record ``chunks`` into a sorted, indexed BAM."""
+    contig_names = [entry["SN"] for entry in header.get("SQ", [])]
+    header = dict(header)
+    header["HD"] = {**header.get("HD", {"VN": "1.6"}), "SO": "coordinate"}
+    header["PG"] = [
+        *header.get("PG", []),
+        {"ID": "precise_mrd.consensus", "PN": "precise_mrd", "CL": f"consensus {params}"},
+    ]
     out_bam_path.parent.mkdir(parents=True, exist_ok=True)
     tmp_path = out_bam_path.with_name(f".{out_bam_path.name}.{os.getpid()}.tmp")
     index_path = out_bam_path.with_name(f".{out_bam_path.name}.{os.getpid()}.bai.tmp")
@@ -267,7 +334,7 @@ def call_consensus_bam(
             tmp_path, level=CONSENSUS_BAM_COMPRESSION_LEVEL, threads=max(2, threads)
         ) as writer:
             writer.write(bam_header_bytes(header, out_bam_path.parent))
-            for chunk in iter_record_chunks(grouped_bam_path):
+            for chunk in chunks:
                 for records in caller.add_chunk(chunk):
                     writer.write(records)
             for records in caller.finish():
@@ -279,30 +346,6 @@ def call_consensus_bam(
         for path in (tmp_path, index_path):
             path.unlink(missing_ok=True)
     return caller.stats()
-
-
-def call_consensus_records(
-    chunks: Iterable[npt.NDArray[np.uint8]],
-    *,
-    params: ConsensusParams,
-    source: str,
-    contig_names: list[str],
-) -> tuple[Iterator[npt.NDArray[np.uint8]], Callable[[], ConsensusStats]]:
-    """The streaming core of :func:`call_consensus_bam`, for callers that already hold the grouped
-    records in memory (chunks of binary BAM records with ``MI`` tags, in coordinate order).
-
-    Returns an iterator over chunks of binary consensus records (coordinate-sorted, ready for a
-    :class:`~precise_mrd.io.bam.BgzfWriter` after the header) and a function that gives the
-    :class:`ConsensusStats` once the iterator is exhausted.
-    """
-    caller = _StreamingCaller(params, source, contig_names)
-
-    def generate() -> Iterator[npt.NDArray[np.uint8]]:
-        for chunk in chunks:
-            yield from caller.add_chunk(chunk)
-        yield from caller.finish()
-
-    return generate(), caller.stats
 
 
 class _StreamingCaller:
