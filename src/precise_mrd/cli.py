@@ -6,23 +6,18 @@ User mistakes (:class:`~precise_mrd.core.errors.InputError`, :class:`ConfigError
 
 from __future__ import annotations
 
-import functools
-import json
-import sys
-from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any, ParamSpec, TypeVar
+from typing import Annotated
 
 import typer
 
-from precise_mrd.core.errors import ConfigError, InputError, PipelineError
-
-P = ParamSpec("P")
-R = TypeVar("R")
-
-EXIT_USER_ERROR = 2
-EXIT_PIPELINE_ERROR = 3
+from precise_mrd.cli_support import (
+    print_json,
+    progress_printer,
+    user_errors_to_exit,
+)
+from precise_mrd.core.errors import ConfigError
 
 app = typer.Typer(
     name="precise-mrd",
@@ -31,29 +26,6 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-
-
-def _fail(message: str, code: int) -> None:
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(code)
-
-
-def user_errors_to_exit(function: Callable[P, R]) -> Callable[P, R]:
-    """Turn the package's errors into a one-line message and an exit status."""
-
-    @functools.wraps(function)
-    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-        try:
-            return function(*args, **kwargs)
-        except (InputError, ConfigError) as error:
-            _fail(str(error), EXIT_USER_ERROR)
-        except PipelineError as error:
-            _fail(f"pipeline failed: {error}", EXIT_PIPELINE_ERROR)
-        except KeyboardInterrupt:
-            _fail("interrupted; nothing was written to the output directory", 130)
-        raise AssertionError("unreachable")  # pragma: no cover
-
-    return wrapper
 
 
 class Preset(StrEnum):
@@ -67,12 +39,6 @@ class Strategy(StrEnum):
     adjacency = "adjacency"
     directional = "directional"
     paired = "paired"
-
-
-def _print_json(payload: Any) -> None:
-    from precise_mrd.pipeline.run import to_jsonable
-
-    typer.echo(json.dumps(to_jsonable(payload), indent=2, default=str))
 
 
 @app.command()
@@ -134,7 +100,7 @@ def simulate(
     if fastq:
         summary["fastq"] = [outputs.fastq_r1_path, outputs.fastq_r2_path]
         summary["read_structure"] = f"{params.read_structure} {params.read_structure}"
-    _print_json(summary)
+    print_json(summary)
 
 
 @app.command()
@@ -172,7 +138,7 @@ def group(
         umi_separator=umi_separator,
         group_out_path=group_out,
     )
-    _print_json(stats)
+    print_json(stats)
 
 
 @app.command()
@@ -198,7 +164,7 @@ def consensus(
         section["min_reads"] = min_reads
         params = PipelineParams.from_mapping({**params.model_dump(), "consensus": section})
     stats = call_consensus_bam(bam, out, params=consensus_params_from(params))
-    _print_json(stats)
+    print_json(stats)
 
 
 @app.command()
@@ -250,7 +216,7 @@ def run(
         read_structures=read_structure,
         targets_path=targets,
     )
-    result = run_pipeline(inputs, params, out, progress=_progress_printer())
+    result = run_pipeline(inputs, params, out, progress=progress_printer())
     call = result.sample_call
     typer.echo(
         f"{call['decision']}: tumour fraction {call['tumor_fraction']:.3g} "
@@ -283,7 +249,7 @@ def demo(
         bam_path=sample.bam_path,
     )
     result = run_pipeline(
-        inputs, PipelineParams(seed=seed), out / "results", progress=_progress_printer()
+        inputs, PipelineParams(seed=seed), out / "results", progress=progress_printer()
     )
     call = result.sample_call
     typer.echo(
@@ -292,24 +258,6 @@ def demo(
         f"{call['tumor_fraction_ci'][1]:.3g})"
     )
     typer.echo(f"report: {(result.out_dir / 'report.html').resolve()}")
-
-
-def _progress_printer() -> Callable[[str, float], None] | None:
-    """A rich progress bar on a terminal; nothing when stderr is a pipe or file."""
-    if not sys.stderr.isatty():
-        return None
-    from rich.progress import Progress
-
-    progress = Progress(transient=True)
-    task = progress.add_task("starting", total=1.0)
-    progress.start()
-
-    def update(stage: str, fraction: float) -> None:
-        progress.update(task, completed=fraction, description=stage)
-        if fraction >= 1.0:
-            progress.stop()
-
-    return update
 
 
 def _register_command_groups() -> None:

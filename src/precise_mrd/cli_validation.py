@@ -7,60 +7,19 @@ are thin wiring over :mod:`precise_mrd.pipeline.validation`; user mistakes print
 
 from __future__ import annotations
 
-import functools
-import json
-import math
-import sys
-from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any, ParamSpec, TypeVar
+from typing import Annotated
 
 import typer
 
-from precise_mrd.core.errors import ConfigError, InputError, PipelineError
-
-P = ParamSpec("P")
-R = TypeVar("R")
-
-EXIT_USER_ERROR = 2
-EXIT_PIPELINE_ERROR = 3
+from precise_mrd.cli_support import print_json, progress_printer, user_errors_to_exit
+from precise_mrd.core.errors import ConfigError
 
 
 class ValidationPreset(StrEnum):
     smoke = "smoke"
     standard = "standard"
-
-
-def _one_line_errors(function: Callable[P, R]) -> Callable[P, R]:
-    """The package's errors as one line on stderr and an exit status (no traceback)."""
-
-    @functools.wraps(function)
-    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-        try:
-            return function(*args, **kwargs)
-        except (InputError, ConfigError) as error:
-            typer.echo(f"error: {error}", err=True)
-            raise typer.Exit(EXIT_USER_ERROR) from None
-        except PipelineError as error:
-            typer.echo(f"error: pipeline failed: {error}", err=True)
-            raise typer.Exit(EXIT_PIPELINE_ERROR) from None
-
-    return wrapper
-
-
-def _echo_json(payload: Any) -> None:
-    typer.echo(json.dumps(_finite(payload), indent=2))
-
-
-def _finite(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(key): _finite(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [_finite(item) for item in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
 
 
 def lob(
@@ -81,7 +40,7 @@ def lob(
     """Limit of blank (CLSI EP17-A2) of blank measurements; prints JSON."""
     from precise_mrd.pipeline.validation import limit_of_blank_from_csv
 
-    _echo_json(limit_of_blank_from_csv(measurements, lot_column=lot_column, parametric=parametric))
+    print_json(limit_of_blank_from_csv(measurements, lot_column=lot_column, parametric=parametric))
 
 
 def lod(
@@ -100,7 +59,7 @@ def lod(
     """Probit LoD95 (with Fieller CI) of a dilution series; prints JSON."""
     from precise_mrd.pipeline.validation import limit_of_detection_from_csv
 
-    _echo_json(limit_of_detection_from_csv(measurements, lot_column=lot_column))
+    print_json(limit_of_detection_from_csv(measurements, lot_column=lot_column))
 
 
 def validate(
@@ -146,7 +105,7 @@ def validate(
         seed=seed,
         workers=workers,
         molecules_per_locus=molecules_per_locus,
-        progress=_progress_bar(),
+        progress=progress_printer("validation"),
     )
     summary = result.summary
     headline = {
@@ -161,31 +120,11 @@ def validate(
     headline["wall_seconds"] = result.seconds
     headline["json"] = str(result.json_path)
     headline["html"] = str(result.html_path)
-    _echo_json(headline)
-
-
-def _progress_bar() -> Callable[[str, float], None] | None:
-    """A rich progress bar on a terminal; nothing when stderr is a pipe or a file."""
-    if not sys.stderr.isatty():
-        return None
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
-    progress = Progress(
-        TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), transient=True
-    )
-    task = progress.add_task("validation", total=1.0)
-    progress.start()
-
-    def update(stage: str, fraction: float) -> None:
-        progress.update(task, completed=fraction, description=stage)
-        if fraction >= 1.0:
-            progress.stop()
-
-    return update
+    print_json(headline)
 
 
 def register(app: typer.Typer) -> None:
     """Add the ``lob``, ``lod`` and ``validate`` commands to ``app``."""
-    app.command("lob")(_one_line_errors(lob))
-    app.command("lod")(_one_line_errors(lod))
-    app.command("validate")(_one_line_errors(validate))
+    app.command("lob")(user_errors_to_exit(lob))
+    app.command("lod")(user_errors_to_exit(lod))
+    app.command("validate")(user_errors_to_exit(validate))

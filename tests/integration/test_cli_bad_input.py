@@ -15,7 +15,8 @@ import pysam
 import pytest
 from typer.testing import CliRunner
 
-from precise_mrd.cli import EXIT_USER_ERROR, app
+from precise_mrd.cli import app
+from precise_mrd.cli_support import EXIT_USER_ERROR
 
 runner = CliRunner()
 
