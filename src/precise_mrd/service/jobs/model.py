@@ -24,12 +24,8 @@ class JobState(StrEnum):
     INITIALIZING = "INITIALIZING"  # an executor took it and is preparing inputs
     RUNNING = "RUNNING"  # the pipeline is running; progress and stage are updated
     COMPLETE = "COMPLETE"  # finished; results and artifacts are available
-    EXECUTOR_ERROR = (
-        "EXECUTOR_ERROR"  # the pipeline rejected it (bad input or config)
-    )
-    SYSTEM_ERROR = (
-        "SYSTEM_ERROR"  # timeout, worker died, or a bug
-    )
+    EXECUTOR_ERROR = "EXECUTOR_ERROR"  # the pipeline rejected it (bad input or config)
+    SYSTEM_ERROR = "SYSTEM_ERROR"  # timeout, worker died, or a bug
     CANCELING = "CANCELING"  # cancel requested; the executor is stopping it
     CANCELED = "CANCELED"  # stopped on request
 
@@ -62,6 +58,7 @@ class JobSpec:
     config_template: str | None = None
     inputs: Mapping[str, str] = field(default_factory=dict)
     request_id: str | None = None
+    read_structures: str | None = None  # for FASTQ input, e.g. "8M142T 8M142T"
 
 
 @dataclass(frozen=True)
