@@ -218,13 +218,24 @@ def test_submit_fastq_pair(client: TestClient, harness: Harness, sample: Any) ->
         "reference": ("ref.fa", sample.reference_path.read_bytes()),
         "variants": ("v.vcf", sample.vcf_path.read_bytes()),
     }
-    response = client.post("/submit", data={"run_id": "fq"}, files=files)
+    data = {"run_id": "fq", "read_structures": "8M+T 8M+T"}
+    response = client.post("/submit", data=data, files=files)
     assert response.status_code == 202, response.text
-    inputs = harness.jobs.get(response.json()["job_id"], tenant_id="default").spec.inputs
-    assert inputs["reads"].endswith("reads_R1.fastq.gz")
+    spec = harness.jobs.get(response.json()["job_id"], tenant_id="default").spec
+    assert spec.inputs["reads"].endswith("reads_R1.fastq.gz")
+    assert spec.read_structures == "8M+T 8M+T"
+    bad = {"run_id": "fq", "read_structures": "8M142T"}
+    error = error_of(client.post("/submit", data=bad, files=files))
+    assert error["field"] == "read_structures" and "two" in error["fix"]
     del files["reads_r2"]
     error = error_of(client.post("/submit", data={"run_id": "fq"}, files=files))
     assert error["field"] == "reads_r2"
+
+
+def test_read_structures_only_with_fastq(client: TestClient, sample: Any) -> None:
+    data = {"run_id": "b", "read_structures": "8M+T 8M+T"}
+    error = error_of(client.post("/submit", data=data, files=_files(sample)))
+    assert error["field"] == "read_structures" and "FASTQ reads only" in error["message"]
 
 
 def _files(sample: Any, **replace: tuple[str, bytes]) -> dict[str, tuple[str, bytes]]:

@@ -112,14 +112,26 @@ class _JobStateCollector(Collector):
     def __init__(self, metrics: ServiceMetrics) -> None:
         self._metrics = metrics
 
-    def collect(self) -> Iterable[Metric]:
-        service = self._metrics.job_service
-        gauge = GaugeMetricFamily(
+    @staticmethod
+    def _family() -> GaugeMetricFamily:
+        return GaugeMetricFamily(
             "precise_mrd_jobs", "Jobs in the database by state", labels=["state"]
         )
+
+    def describe(self) -> Iterable[Metric]:
+        return [self._family()]
+
+    def collect(self) -> Iterable[Metric]:
+        service = self._metrics.job_service
+        gauge = self._family()
         if service is None:
             return [gauge]
-        counts = service.counts_by_state()
+        try:
+            counts = service.counts_by_state()
+        except Exception:
+            # NB: a scrape must not fail because the database does; /health reports that.
+            get_logger().warning("jobs by state unavailable for /metrics", exc_info=True)
+            return [gauge]
         for state in JobState:
             gauge.add_metric([state.value], float(counts.get(state, 0)))
         return [gauge]

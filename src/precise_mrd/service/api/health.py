@@ -12,6 +12,7 @@ probe; ``executor`` asks the executor whether its loop is alive (when this proce
 from __future__ import annotations
 
 import io
+import logging
 import uuid
 from typing import Any
 
@@ -110,5 +111,8 @@ def prometheus_metrics(request: Request) -> Response:
     """Request latency, errors and throughput by route; jobs by state; job duration; detection
     outcomes."""
     metrics: ServiceMetrics = request.app.state.metrics
-    metrics.scan_finished_jobs()
+    try:
+        metrics.scan_finished_jobs()
+    except Exception:  # NB: the database may be down; the scrape still answers
+        logging.getLogger("precise_mrd.service").warning("job scan failed", exc_info=True)
     return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -55,6 +55,7 @@ from precise_mrd.service.api.uploads import (
     StoredUpload,
     canonical_keys,
     check_combination,
+    check_read_structures,
     store_upload,
     validate_uploads,
 )
@@ -156,6 +157,7 @@ def _upload_files(
     settings: Settings,
     files: dict[str, UploadFile | None],
     prefix: str,
+    read_structures: str | None,
 ) -> dict[str, StoredUpload]:
     uploads: dict[str, StoredUpload] = {}
     try:
@@ -172,7 +174,8 @@ def _upload_files(
                 max_bytes=settings.max_upload_bytes,
             )
         check_combination(uploads)
-        validate_uploads(store, uploads, read_structures=DEFAULT_READ_STRUCTURES)
+        check_read_structures(uploads, read_structures)
+        validate_uploads(store, uploads, read_structures=read_structures or DEFAULT_READ_STRUCTURES)
     except BaseException:
         store.delete_prefix(prefix)
         raise
@@ -210,6 +213,13 @@ def submit_job(
     config_template: Annotated[
         str | None, Form(description="A template name (GET /config-templates)")
     ] = None,
+    read_structures: Annotated[
+        str | None,
+        Form(
+            description="FASTQ reads only: the R1 and R2 read structures, e.g. '8M142T 8M142T' "
+            f"(default {DEFAULT_READ_STRUCTURES!r})"
+        ),
+    ] = None,
     reads: Annotated[
         UploadFile | None, File(description="Reads: coordinate-sorted BAM, or FASTQ R1")
     ] = None,
@@ -234,6 +244,7 @@ def submit_job(
             use_parallel=use_parallel,
             config_yaml=config_yaml or None,
             config_template=config_template or None,
+            read_structures=read_structures or None,
         )
     except ValidationError as error:
         first = error.errors()[0]
@@ -257,7 +268,9 @@ def submit_job(
         "variants": variants,
         "targets": targets,
     }
-    uploads = _upload_files(store, settings, files, f"jobs/{job_id}/inputs/")
+    uploads = _upload_files(
+        store, settings, files, f"jobs/{job_id}/inputs/", create.read_structures
+    )
     spec = JobSpec(
         run_id=create.run_id,
         seed=params.seed,
@@ -271,6 +284,7 @@ def submit_job(
         use_parallel=create.use_parallel,
         config_template=create.config_template,
         inputs=canonical_keys(uploads),
+        read_structures=create.read_structures,
         request_id=request_id,
     )
     try:

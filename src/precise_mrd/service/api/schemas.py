@@ -48,6 +48,7 @@ class JobCreate(BaseModel):
     use_parallel: bool = False
     config_yaml: str | None = None
     config_template: str | None = None
+    read_structures: str | None = Field(None, max_length=200)
 
 
 class JobAccepted(_Response):
@@ -105,7 +106,6 @@ class SampleCallSummary(_Response):
     tumor_fraction_ci: list[float] | None = None
     p_value: float | None = None
     informative_molecules: int | None = None
-    alt_molecules: int | None = None
     n_variants: int | None = None
     n_variants_with_alt: int | None = None
     personal_lod: float | None = None

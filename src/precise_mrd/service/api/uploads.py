@@ -128,10 +128,15 @@ def sniff(field: str, head: bytes) -> str:
                 problem = "is a gzip-compressed BAM stream but not BGZF (not a valid BAM)"
             else:
                 return "bam"
+        elif re.match(rb"@(HD|SQ|RG|PG|CO)\t", text.lstrip()):
+            problem = "is SAM text, not BAM (a SAM header line starts it)"
+            raise UploadInvalidError(
+                f"{field}: {problem}",
+                field=field,
+                fix="convert it with `samtools view -b -o reads.bam in.sam`",
+            )
         elif first == b"@":
             return "fastq" + suffix
-        elif text.startswith((b"@HD", b"@SQ")):
-            return "fastq" + suffix  # NB: a SAM header also starts with '@'; the reader decides.
         else:
             problem = (
                 f"is neither a BAM nor a FASTQ file (it starts with {_printable_start(text)!r})"
@@ -276,6 +281,31 @@ def check_combination(uploads: Mapping[str, StoredUpload]) -> None:
             field="reads_r2",
             fix="omit reads_r2 when reads is a BAM",
         )
+
+
+def check_read_structures(uploads: Mapping[str, StoredUpload], read_structures: str | None) -> None:
+    """``read_structures`` must parse, and only comes with FASTQ reads."""
+    from precise_mrd.core.errors import ConfigError
+    from precise_mrd.pipeline.run import parse_read_structures
+
+    if read_structures is None:
+        return
+    reads = uploads.get("reads")
+    if reads is None or not reads.kind.startswith("fastq"):
+        raise UploadInvalidError(
+            "read_structures applies to FASTQ reads only",
+            field="read_structures",
+            fix="omit read_structures, or upload FASTQ reads (R1 as reads, R2 as reads_r2)",
+        )
+    try:
+        parse_read_structures(read_structures)
+    except (ConfigError, ValueError) as error:
+        problem = getattr(error, "problem", str(error))
+        raise UploadInvalidError(
+            f"read_structures: {problem}",
+            field="read_structures",
+            fix='give two structures separated by a space, e.g. "8M142T 8M142T"',
+        ) from None
 
 
 def validate_uploads(

@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# Deploy Precise MRD.
+#
+#   ./deploy.sh --local-python [--port P] [--host H] [--log-level debug] [--reload]
+#       One machine, zero services: creates .venv if needed (make venv), migrates the SQLite
+#       database and serves the API on PRECISE_MRD_API_HOST:PRECISE_MRD_API_PORT (default
+#       127.0.0.1:8000) with a local artifact directory and the local executor. Data lives under
+#       PRECISE_MRD_DATA_DIR (default ./.precise_mrd_data). Ctrl-C stops it; running jobs are
+#       re-queued and resume at the next start.
+#   ./deploy.sh --local-docker     Docker Compose (API, worker, PostgreSQL, Redis, S3 store).
+#   ./deploy.sh --kubernetes       Apply the manifests to the current kubectl context.
+#
+# Feature switches (environment): ENABLE_ML_CALLING, ENABLE_DEEP_LEARNING (default false: a
+# request asking for them gets 422 naming the variable), ENABLE_PARALLEL_PROCESSING (default
+# true), MAX_CONCURRENT_JOBS, JOB_TIMEOUT_SECONDS, CLEANUP_OLD_JOBS_HOURS, PRECISE_MRD_LOG_LEVEL.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+cd "$ROOT"
+
+die() {
+    echo "deploy.sh: $*" >&2
+    exit 1
+}
+
+usage() {
+    sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'
+}
+
+local_python() {
+    command -v make >/dev/null 2>&1 || die "make is not installed; install it (apt-get install make) or run: python3 -m venv .venv && .venv/bin/pip install -r requirements.lock && .venv/bin/pip install --no-deps -e ."
+    # NB: make venv is a no-op when .venv is up to date with pyproject.toml and the lock file.
+    make --no-print-directory venv
+    local python="$ROOT/.venv/bin/python"
+    "$python" - <<'PY'
+from precise_mrd.service.db import upgrade_database
+from precise_mrd.service.settings import get_settings
+
+settings = get_settings()
+upgrade_database(settings.database_url)
+print(f"deploy.sh: database migrated ({settings.database_url}); artifacts in {settings.artifact_dir}")
+print(f"deploy.sh: serving on http://{settings.api_host}:{settings.api_port} (docs: /docs)")
+PY
+    exec "$python" -m precise_mrd.api "$@"
+}
+
+local_docker() {
+    command -v docker >/dev/null 2>&1 \
+        || die "--local-docker needs Docker, but the docker command is not installed. Install Docker Engine (https://docs.docker.com/engine/install/) or use --local-python."
+    docker info >/dev/null 2>&1 \
+        || die "--local-docker: no Docker engine is reachable (docker info failed). Start the Docker daemon (or set DOCKER_HOST) and retry, or use --local-python."
+    [[ -f deploy/compose.yaml ]] \
+        || die "--local-docker: deploy/compose.yaml is not part of this version yet; use --local-python."
+    exec docker compose -f deploy/compose.yaml up --build "$@"
+}
+
+kubernetes() {
+    command -v kubectl >/dev/null 2>&1 \
+        || die "--kubernetes needs kubectl, which is not installed. Install it and point it at a cluster, or use --local-python."
+    kubectl cluster-info --request-timeout=5s >/dev/null 2>&1 \
+        || die "--kubernetes: no Kubernetes cluster is reachable from the current kubectl context ($(kubectl config current-context 2>/dev/null || echo none)). Check KUBECONFIG, or use --local-python."
+    [[ -d deploy/k8s ]] \
+        || die "--kubernetes: deploy/k8s is not part of this version yet; use --local-python."
+    exec kubectl apply -k deploy/k8s "$@"
+}
+
+mode="${1:-}"
+[[ $# -gt 0 ]] && shift
+case "$mode" in
+    --local-python) local_python "$@" ;;
+    --local-docker) local_docker "$@" ;;
+    --kubernetes) kubernetes "$@" ;;
+    -h | --help) usage ;;
+    "") usage >&2; exit 2 ;;
+    *) echo "deploy.sh: unknown mode '$mode'" >&2; usage >&2; exit 2 ;;
+esac

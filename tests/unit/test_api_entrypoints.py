@@ -1,0 +1,159 @@
+"""Entry points and operability of the API: CLI options, JSON logs, templates, upload sniffing."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import warnings
+import zlib
+from pathlib import Path
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from precise_mrd.api import parse_args
+from precise_mrd.cli_serve import register
+from precise_mrd.core.errors import ConfigError
+from precise_mrd.pipeline.params import PipelineParams
+from precise_mrd.service.api.uploads import safe_file_name, sniff
+from precise_mrd.service.errors import UploadInvalidError
+from precise_mrd.service.templates import TEMPLATES, merge_overrides, params_from_template
+
+with warnings.catch_warnings():
+    warnings.filterwarnings("ignore", message="Using `httpx` with `starlette.testclient`")
+    from fastapi.testclient import TestClient
+
+
+def test_api_module_options() -> None:
+    args = parse_args(["--host", "0.0.0.0", "--port", "9000", "--reload", "--log-level", "DEBUG"])
+    assert (args.host, args.port, args.reload, args.log_level) == ("0.0.0.0", 9000, True, "debug")
+    defaults = parse_args([])
+    assert defaults.host is None and defaults.port is None and not defaults.reload
+    with pytest.raises(SystemExit):
+        parse_args(["--log-level", "loud"])
+
+
+def test_serve_command_is_registered_with_the_same_options() -> None:
+    app = typer.Typer()
+    register(app)
+
+    @app.command()
+    def other() -> None:  # NB: a second command keeps typer in multi-command mode
+        """Placeholder."""
+
+    result = CliRunner().invoke(app, ["serve", "--help"])
+    assert result.exit_code == 0, result.output
+    for option in ("--host", "--port", "--reload", "--log-level"):
+        assert option in result.output
+    result = CliRunner().invoke(app, ["serve", "--log-level", "loud"])
+    assert result.exit_code != 0 and "not a log level" in result.output
+
+
+def test_json_logs_carry_the_request_id_and_honour_the_level(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from precise_mrd.service.app import create_app
+    from precise_mrd.service.jobs.memory import InMemoryJobService
+    from precise_mrd.service.settings import Settings
+    from precise_mrd.service.storage import LocalArtifactStore
+
+    for level, expect_debug in (("warning", False), ("info", True)):
+        app = create_app(
+            Settings(data_dir=tmp_path, log_level=level),
+            job_service=InMemoryJobService(),
+            store=LocalArtifactStore(tmp_path / "a"),
+            start_executor=False,
+        )
+        capsys.readouterr()
+        with TestClient(app) as client:
+            client.get("/health/live", headers={"X-Request-ID": "req-42"})
+        lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("{")]
+        events = [json.loads(line) for line in lines]
+        access = [event for event in events if event.get("event") == "request"]
+        if expect_debug:
+            assert access and access[0]["request_id"] == "req-42"
+            assert access[0]["route"] == "/health/live" and access[0]["status"] == 200
+        else:
+            assert access == []  # info-level access lines are filtered at warning
+
+
+def test_every_template_is_valid_and_described() -> None:
+    for name, template in TEMPLATES.items():
+        params = params_from_template(name)
+        assert isinstance(params, PipelineParams) and len(template.description) > 30
+    assert TEMPLATES["duplex-high-depth"].mapping()["consensus"]["min_reads"] == [3, 1, 1]
+    assert not TEMPLATES["validation-dilution"].is_runnable
+    with pytest.raises(ConfigError, match="unknown template"):
+        params_from_template("nope")
+    with pytest.raises(ConfigError) as raised:
+        params_from_template("smoke", {"umi": {"strategy": "bogus"}})
+    assert raised.value.path == "umi.strategy"
+
+
+def test_merge_overrides_nested_and_dotted() -> None:
+    base = {"calling": {"alpha": 0.05, "n_bootstrap": 200}, "seed": 1}
+    merged = merge_overrides(base, {"calling": {"alpha": 0.1}, "umi.strategy": "edit"})
+    assert merged == {
+        "calling": {"alpha": 0.1, "n_bootstrap": 200},
+        "seed": 1,
+        "umi": {"strategy": "edit"},
+    }
+    assert base["calling"] == {"alpha": 0.05, "n_bootstrap": 200}  # not mutated
+    with pytest.raises(ConfigError):
+        merge_overrides(base, {"calling..alpha": 1})
+
+
+def _bgzf(payload: bytes) -> bytes:
+    compressor = zlib.compressobj(6, zlib.DEFLATED, -15)
+    body = compressor.compress(payload) + compressor.flush()
+    import struct
+
+    header = b"\x1f\x8b\x08\x04" + b"\x00" * 4 + b"\x00\xff\x06\x00BC\x02\x00"
+    header += struct.pack("<H", len(body) + 25)
+    return header + body + struct.pack("<II", zlib.crc32(payload), len(payload))
+
+
+@pytest.mark.parametrize(
+    ("field", "head", "kind"),
+    [
+        ("reads", None, "bam"),
+        ("reads", b"@r1\nACGT\n+\nIIII\n", "fastq"),
+        ("reads", gzip.compress(b"@r1\nACGT\n+\nIIII\n"), "fastq.gz"),
+        ("reads_r2", b"\n@r1\nACGT\n", "fastq"),
+        ("reference", b">chr1\nACGT\n", "fasta"),
+        ("reference", gzip.compress(b">chr1\nACGT\n"), "fasta.gz"),
+        ("variants", b"##fileformat=VCFv4.2\n#CHROM\n", "vcf"),
+        ("variants", b"#chrom,pos,ref,alt,af\nchr1,5,A,C,0.2\n", "tsv"),
+        ("targets", b"track name=x\nchr1\t10\t200\n", "bed"),
+    ],
+)
+def test_sniff_accepts(field: str, head: bytes | None, kind: str) -> None:
+    data = _bgzf(b"BAM\x01" + b"\x00" * 8) if head is None else head
+    assert sniff(field, data) == kind
+
+
+@pytest.mark.parametrize(
+    ("field", "head", "problem"),
+    [
+        ("reads", b"", "empty"),
+        ("reads", b"\x1f\x8bnot really gzip", "does not decompress"),
+        ("reads", b"@HD\tVN:1.6\n", "is SAM text"),
+        ("reads_r2", b">chr1\n", "not a FASTQ"),
+        ("reference", b"@r1\n", "not a FASTA"),
+        ("variants", b"chrom\tstart\n", "neither a VCF"),
+        ("targets", b"chr1\tten\t20\n", "not a BED"),
+    ],
+)
+def test_sniff_rejects(field: str, head: bytes, problem: str) -> None:
+    with pytest.raises(UploadInvalidError) as raised:
+        sniff(field, head)
+    assert raised.value.field == field and problem in raised.value.message
+
+
+def test_safe_file_names() -> None:
+    assert safe_file_name("reads", "/abs/path/x.bam") == "x.bam"
+    assert safe_file_name("reads", None) == "reads"
+    for bad in ("../x.bam", "a/../b", "x\x00.bam", "x\n.bam", "dir/"):
+        with pytest.raises(UploadInvalidError):
+            safe_file_name("reads", bad)
