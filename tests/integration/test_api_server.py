@@ -27,6 +27,8 @@ import requests
 
 ROOT = Path(__file__).resolve().parents[2]
 TERMINAL = {"COMPLETE", "EXECUTOR_ERROR", "SYSTEM_ERROR", "CANCELED"}
+# NB: one xdist worker runs this module, so the module's server is started once.
+pytestmark = pytest.mark.xdist_group(name="api_server")
 TINY = "service_debug:\n  simulation: {n_variants: 2, molecules_per_locus: 40}\n"
 
 
@@ -187,6 +189,21 @@ def test_requests_snippet_full_lifecycle(server: Server) -> None:
     assert call["decision"] == results["sample_call"]["decision"]
     bam = requests.get(f"{url}/download/{job_id}/consensus_bam").content
     assert bam[:4] == b"\x1f\x8b\x08\x04"
+
+
+def test_request_id_follows_the_job_into_its_worker_log(server: Server) -> None:
+    response = requests.post(
+        server.url + "/submit",
+        data={"run_id": "traced", "config_yaml": TINY},
+        headers={"X-Request-ID": "trace-me-123"},
+    )
+    assert response.headers["X-Request-ID"] == "trace-me-123"
+    job_id = response.json()["job_id"]
+    server.wait(job_id, TERMINAL)
+    log_path = server.data_dir / "artifacts" / "jobs" / job_id / "worker.log"
+    events = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
+    assert events and all(event["request_id"] == "trace-me-123" for event in events)
+    assert all(event["job_id"] == job_id for event in events)
 
 
 def test_cancel_a_running_job(server: Server) -> None:

@@ -330,7 +330,7 @@ def list_templates() -> TemplateList:
     "/config-from-template",
     response_model=ConfigFromTemplateRead,
     summary="Build a validated config from a template and overrides",
-    responses=responses(404, 422),
+    responses=responses(422),
 )
 def config_from_template(body: ConfigFromTemplate) -> ConfigFromTemplateRead:
     """Merge ``overrides`` (nested or dotted keys) into the template, validate, return the YAML
