@@ -354,6 +354,22 @@ def test_whole_request_over_the_limit_is_413_before_parsing(harness: Harness) ->
     assert error_of(response)["code"] == "payload_too_large"
 
 
+def test_chunked_request_over_the_limit_is_413(harness: Harness) -> None:
+    def chunks() -> Iterator[bytes]:
+        yield b'--b\r\nContent-Disposition: form-data; name="run_id"\r\n\r\nx\r\n'
+        for _ in range(40):
+            yield b"x" * 65536  # 2.6 MB in all, over 5 x 200 kB + 1 MiB
+
+    with TestClient(harness.app) as client:
+        response = client.post(
+            "/submit",
+            content=chunks(),
+            headers={"content-type": "multipart/form-data; boundary=b"},
+        )
+    assert response.status_code == 413
+    assert error_of(response)["code"] == "payload_too_large"
+
+
 # ---------------------------------------------------------------------------- status, results
 
 
