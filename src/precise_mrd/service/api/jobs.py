@@ -13,6 +13,13 @@ are checked against the server's switches first (a disabled feature is a 422 nam
 that enables it), then the config, then each upload (name, size, content), and only then is the
 job stored as QUEUED, so a job in the database always has inputs that open.
 
+``ENABLE_ML_CALLING`` is off by default, so the first curl above answers 422 with
+``"fix": "set ENABLE_ML_CALLING=true ..."``. With it on, the job is accepted and, until the ML
+scorers ship, ends EXECUTOR_ERROR with the reason "ML calling is not available yet: ..." (the
+flag is never silently ignored). The same holds for ``use_deep_learning``
+(``ENABLE_DEEP_LEARNING``); ``use_parallel`` (``ENABLE_PARALLEL_PROCESSING``, on by default) runs
+the pipeline with more threads.
+
 ``GET /results/{job_id}`` answers 409 (with the state) while the job is queued or running, and 200
 once it is finished: with the sample call, key metrics and download links when COMPLETE, with the
 reason (and no call) when it failed or was canceled.
