@@ -67,7 +67,7 @@ from typing import Any, TypeAlias
 import numpy as np
 import numpy.typing as npt
 
-from precise_mrd.core.consensus_kernels import family_likelihoods
+from precise_mrd.core.consensus_kernels import errors_against, family_likelihoods
 
 PhredScore: TypeAlias = int
 """A Phred-scaled quality or error rate: ``-10 * log10(p_error)``."""
@@ -369,15 +369,17 @@ def _call_families_numpy(
     is_call = covered & (n_best == 1) & (quals_out >= params.min_consensus_base_quality)
     bases_out = np.where(is_call, raw_bases, NO_CALL).astype(np.uint8)
     quals_out = np.where(is_call, quals_out, NO_CALL_QUALITY).astype(np.uint8)
-    errors = _errors_against(counts, depths, raw_bases)
+    index = np.minimum(raw_bases, 3)[:, None, :].astype(np.intp)
+    agree = np.take_along_axis(counts, index, axis=1)[:, 0]
+    errors = np.where(raw_bases < NO_CALL, depths - agree, 0).astype(np.int32)
     return FamilyConsensus(bases_out, quals_out, raw_bases, counts, depths, errors)
 
 
 def _errors_against(counts: I32Array, depths: I32Array, reference: U8Array) -> I32Array:
     """Raw bases that differ from ``reference`` (none where ``reference`` is ``N``)."""
-    index = np.minimum(reference, 3)[:, None, :].astype(np.intp)
-    agree = np.take_along_axis(counts, index, axis=1)[:, 0]
-    return np.where(reference < NO_CALL, depths - agree, 0).astype(np.int32)
+    return errors_against(
+        np.ascontiguousarray(counts), np.ascontiguousarray(depths), np.ascontiguousarray(reference)
+    )
 
 
 def combine_duplex(

@@ -24,7 +24,7 @@ import numba
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["family_likelihoods"]
+__all__ = ["errors_against", "family_likelihoods", "reconcile_pairs"]
 
 _COUNT_UNIT = float(2**20)
 
@@ -87,3 +87,82 @@ def family_likelihoods(
             best[f, c] = top
             n_best[f, c] = tied
     return counts, best, n_best, others
+
+
+@numba.njit(cache=True, nogil=True)
+def errors_against(
+    counts: npt.NDArray[np.int32], depths: npt.NDArray[np.int32], reference: npt.NDArray[np.uint8]
+) -> npt.NDArray[np.int32]:
+    """Raw bases of each column that differ from ``reference`` (0 where it is ``N``)."""
+    n, _, width = counts.shape
+    out = np.zeros((n, width), dtype=np.int32)
+    for f in range(n):
+        for c in range(width):
+            r = reference[f, c]
+            if r < 4:
+                out[f, c] = depths[f, c] - counts[f, r, c]
+    return out
+
+
+@numba.njit(cache=True, nogil=True)
+def reconcile_pairs(
+    pair_first: npt.NDArray[np.int64],
+    starts: npt.NDArray[np.int64],
+    cigar_ids: npt.NDArray[np.int64],
+    ref_offsets: npt.NDArray[np.int64],
+    ref_bounds: npt.NDArray[np.int64],
+    bases: npt.NDArray[np.uint8],
+    quals: npt.NDArray[np.uint8],
+    depths: npt.NDArray[np.int32],
+) -> None:
+    """Make rows ``p`` and ``p + 1`` (``p`` in ``pair_first``) agree wherever both have a column
+    aligned to the same reference position (in place; the rule of ``reconcile_overlap``).
+
+    ``ref_offsets[ref_bounds[c]:ref_bounds[c + 1]]`` is CIGAR ``c``'s reference offset of each
+    query column (-1: clipped or inserted); columns past the matrix width are ignored.
+    """
+    width = bases.shape[1]
+    for p in range(len(pair_first)):
+        r1 = pair_first[p]
+        r2 = r1 + 1
+        lo1 = ref_bounds[cigar_ids[r1]]
+        n1 = min(ref_bounds[cigar_ids[r1] + 1] - lo1, width)
+        lo2 = ref_bounds[cigar_ids[r2]]
+        n2 = min(ref_bounds[cigar_ids[r2] + 1] - lo2, width)
+        s1 = starts[r1]
+        s2 = starts[r2]
+        j = 0
+        for i in range(n1):
+            off1 = ref_offsets[lo1 + i]
+            if off1 < 0:
+                continue
+            ref = s1 + off1
+            # columns of r2 with a reference position increase with the column
+            while j < n2 and (ref_offsets[lo2 + j] < 0 or s2 + ref_offsets[lo2 + j] < ref):
+                j += 1
+            if j >= n2:
+                break
+            if s2 + ref_offsets[lo2 + j] != ref:
+                continue
+            b1 = bases[r1, i]
+            b2 = bases[r2, j]
+            called1 = b1 < 4
+            called2 = b2 < 4
+            agree = called1 and called2 and b1 == b2
+            take1 = called1 and depths[r2, j] == 0
+            take2 = called2 and depths[r1, i] == 0
+            base = 4
+            qual = 2
+            if agree:
+                base = b1
+                qual = max(quals[r1, i], quals[r2, j])
+            elif take2:  # NB: where both sides could be taken, R2's wins (as in the numpy rule)
+                base = b2
+                qual = quals[r2, j]
+            elif take1:
+                base = b1
+                qual = quals[r1, i]
+            bases[r1, i] = base
+            bases[r2, j] = base
+            quals[r1, i] = qual
+            quals[r2, j] = qual

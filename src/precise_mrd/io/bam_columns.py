@@ -107,9 +107,15 @@ class ReadColumns:
     def __len__(self) -> int:
         return len(self.keys)
 
-    def take(self, index: I64Array) -> ReadColumns:
-        """The rows ``index`` (any integer or boolean index)."""
-        return ReadColumns(**{name: getattr(self, name)[index] for name in _FIELDS})
+    def take(self, index: I64Array, *, keep_whole: tuple[str, ...] = ()) -> ReadColumns:
+        """The rows ``index`` (any integer or boolean index). Fields named in ``keep_whole`` are
+        passed through unindexed (for a caller that gathers just the rows it needs later)."""
+        return ReadColumns(
+            **{
+                name: getattr(self, name) if name in keep_whole else getattr(self, name)[index]
+                for name in _FIELDS
+            }
+        )
 
     @staticmethod
     def concat(parts: list[ReadColumns]) -> ReadColumns:

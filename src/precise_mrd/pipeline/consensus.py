@@ -56,8 +56,8 @@ from precise_mrd.core.consensus import (
     FamilyConsensus,
     call_duplex,
     call_families,
-    reconcile_overlap,
 )
+from precise_mrd.core.consensus_kernels import reconcile_pairs
 from precise_mrd.core.errors import InputDataError, InputFileError
 from precise_mrd.io.bam import BgzfWriter, bam_header_bytes, iter_record_chunks
 from precise_mrd.io.bam_columns import (
@@ -165,6 +165,8 @@ class _CigarTable:
         self.ref_offsets: list[npt.NDArray[np.int64]] = []
         self.flat_words = np.zeros(0, dtype=np.uint8)
         self._offsets = np.zeros(1, dtype=np.int64)
+        self._ref_flat: npt.NDArray[np.int64] | None = None
+        self._ref_bounds = np.zeros(1, dtype=np.int64)
 
     def intern(self, cigar: str) -> int:
         """The id of a CIGAR string (``"10M2D5M"``)."""
@@ -187,6 +189,18 @@ class _CigarTable:
 
     def word_offsets(self) -> npt.NDArray[np.int64]:
         return self._offsets
+
+    def flat_ref_offsets(self) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+        """Every CIGAR's query->reference offsets, concatenated, and the bounds of each."""
+        if self._ref_flat is None or len(self._ref_bounds) != len(self.strings) + 1:
+            lengths = [len(o) for o in self.ref_offsets]
+            self._ref_bounds = np.concatenate(([0], np.cumsum(lengths))).astype(np.int64)
+            self._ref_flat = (
+                np.concatenate(self.ref_offsets).astype(np.int64)
+                if self.ref_offsets
+                else np.zeros(0, dtype=np.int64)
+            )
+        return self._ref_flat, self._ref_bounds
 
     def _add(self, cigar: str, ops: list[tuple[int, int]]) -> int:
         offsets: list[int] = []
@@ -485,7 +499,7 @@ class _StreamingCaller:
         assert self.pending is not None
         rows = np.flatnonzero(complete)
         order = rows[np.argsort(self.pending_instance[rows], kind="stable")]
-        batch = self.pending.take(order)
+        batch = self.pending.take(order, keep_whole=("bases", "quals"))
         instance = self.pending_instance[order]
         keep = ~complete
         self.pending = self.pending.take(np.flatnonzero(keep))
@@ -493,7 +507,7 @@ class _StreamingCaller:
         new_mol = np.ones(len(instance), dtype=bool)
         new_mol[1:] = instance[1:] != instance[:-1]
         mol = np.cumsum(new_mol) - 1
-        result = _process_batch(batch, mol, self.params, self.cigars, self.counters)
+        result = _process_batch(batch, order, mol, self.params, self.cigars, self.counters)
         if result is not None:
             keys, data, offsets = result
             self.out_keys.append(keys)
@@ -620,6 +634,7 @@ def _cigars_match(
 
 def _process_batch(
     reads: ReadColumns,
+    matrix_rows: I64Array,
     mol: I64Array,
     params: ConsensusParams,
     cigars: _CigarTable,
@@ -628,7 +643,8 @@ def _process_batch(
     """Consensus of a batch of finished molecules, vectorised across all of their families.
 
     ``reads`` holds the molecules' reads grouped by molecule (``mol`` = 0, 1, ...), each
-    molecule's reads in file order. Returns the sort keys, bytes and offsets of the records.
+    molecule's reads in file order, except ``bases``/``quals``, whose row for read ``i`` is
+    ``matrix_rows[i]``. Returns the sort keys, bytes and offsets of the records.
     """
     n_reads = len(reads)
     n_mol = int(mol[-1]) + 1
@@ -715,8 +731,9 @@ def _process_batch(
 
     # 3. matrices of the family reads, padded with N, and the consensus of every family
     width = int(reads.lengths[fam_order].max())
-    base_matrix = reads.bases[fam_order, :width]
-    qual_matrix = reads.quals[fam_order, :width]
+    source_rows = matrix_rows[fam_order]
+    base_matrix = reads.bases[source_rows, :width]
+    qual_matrix = reads.quals[source_rows, :width]
     ss = call_families(base_matrix, qual_matrix, offsets, params)
 
     # 4. one consensus per (molecule, end): duplex where both strands have a family
@@ -896,50 +913,17 @@ def _reconcile_pairs(
     """Make R1 and R2 agree where they cover the same reference base (edits in place)."""
     if len(pair_first) == 0:
         return
-    width = bases.shape[1]
-    # Reference position of every query column (-1: soft clip, insertion or padding).
-    offset_rows = np.full((len(cigars.strings), width), -1, dtype=np.int64)
-    for cigar_id, offsets in enumerate(cigars.ref_offsets):
-        n = min(len(offsets), width)
-        offset_rows[cigar_id, :n] = offsets[:n]
-
-    def ref_positions(records: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
-        rel = offset_rows[e_cigar[records]]
-        return np.where(rel >= 0, rel + e_start[records][:, None], -1)
-
-    ref1 = ref_positions(pair_first)
-    ref2 = ref_positions(pair_first + 1)
-    # NB: key = pair * BIG + ref position; within a pair the aligned columns increase with the
-    # reference position, so one searchsorted finds every shared position of every pair.
-    big = np.int64(1) << 40
-    pair_index = np.arange(len(pair_first), dtype=np.int64)[:, None]
-    valid1 = ref1 >= 0
-    valid2 = ref2 >= 0
-    key1 = (pair_index * big + ref1)[valid1]
-    key2 = (pair_index * big + ref2)[valid2]
-    hit = np.searchsorted(key2, key1)
-    hit_clipped = np.minimum(hit, len(key2) - 1)
-    shared = (hit < len(key2)) & (key2[hit_clipped] == key1)
-    if not shared.any():
-        return
-    rows1, cols1 = np.nonzero(valid1)
-    rows2, cols2 = np.nonzero(valid2)
-    r1_row = pair_first[rows1[shared]]
-    r1_col = cols1[shared]
-    r2_row = pair_first[rows2[hit_clipped[shared]]] + 1
-    r2_col = cols2[hit_clipped[shared]]
-    new_bases, new_quals = reconcile_overlap(
-        bases[r1_row, r1_col],
-        quals[r1_row, r1_col],
-        depths[r1_row, r1_col],
-        bases[r2_row, r2_col],
-        quals[r2_row, r2_col],
-        depths[r2_row, r2_col],
+    ref_flat, ref_bounds = cigars.flat_ref_offsets()
+    reconcile_pairs(
+        np.asarray(pair_first, dtype=np.int64),
+        np.asarray(e_start, dtype=np.int64),
+        np.asarray(e_cigar, dtype=np.int64),
+        ref_flat,
+        ref_bounds,
+        bases,
+        quals,
+        depths,
     )
-    bases[r1_row, r1_col] = new_bases
-    bases[r2_row, r2_col] = new_bases
-    quals[r1_row, r1_col] = new_quals
-    quals[r2_row, r2_col] = new_quals
 
 
 def _depth_tags(

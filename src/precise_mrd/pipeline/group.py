@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
+import numba
 import numpy as np
 import numpy.typing as npt
 import pysam
@@ -50,6 +51,7 @@ from precise_mrd.core.umi import (
     swap_duplex_umi,
 )
 from precise_mrd.io.bam import (
+    MAX_UMI_LENGTH,
     STATUS_KEPT,
     STATUS_NAMES,
     BgzfWriter,
@@ -137,6 +139,82 @@ class _Collected:
     n_records: int
 
 
+class _UmiInterner:
+    """UMI bytes -> dense codes in first-seen order, in compiled code (a hash table whose hits
+    are checked byte for byte against the stored UMI)."""
+
+    def __init__(self) -> None:
+        self.code_of_hash = numba.typed.Dict.empty(numba.types.int64, numba.types.int64)
+        self.table = np.zeros((1024, MAX_UMI_LENGTH), dtype=np.uint8)
+        self.lengths = np.zeros(1024, dtype=np.int64)
+        self.n_codes = 0
+        self._umis: list[str] | None = None
+
+    def reserve(self, n_more: int) -> None:
+        if self.n_codes + n_more > len(self.lengths):
+            size = max(2 * len(self.lengths), self.n_codes + n_more)
+            table = np.zeros((size, MAX_UMI_LENGTH), dtype=np.uint8)
+            table[: self.n_codes] = self.table[: self.n_codes]
+            lengths = np.zeros(size, dtype=np.int64)
+            lengths[: self.n_codes] = self.lengths[: self.n_codes]
+            self.table, self.lengths = table, lengths
+
+    @property
+    def umis(self) -> list[str]:
+        if self._umis is None:
+            self._umis = [
+                self.table[i, : self.lengths[i]].tobytes().decode("ascii", errors="replace")
+                for i in range(self.n_codes)
+            ]
+        return self._umis
+
+    def remap_duplicates(self, codes: npt.NDArray[np.int32]) -> npt.NDArray[np.int32]:
+        """Merge codes whose bytes decode to the same text (only non-ASCII UMIs can)."""
+        umis = self.umis
+        first: dict[str, int] = {}
+        mapping = np.array([first.setdefault(u, i) for i, u in enumerate(umis)], dtype=np.int64)
+        if len(first) == len(umis):
+            return codes
+        dense = np.unique(mapping, return_inverse=True)[1].astype(np.int32)
+        self._umis = list(first)
+        return dense[codes]
+
+
+@numba.njit(cache=True, nogil=True)
+def _intern_umis(
+    umis: npt.NDArray[np.uint8],
+    lengths: Int64Array,
+    rows: Int64Array,
+    code_of_hash: Any,
+    table: npt.NDArray[np.uint8],
+    table_lengths: Int64Array,
+    n_codes: int,
+) -> tuple[npt.NDArray[np.int32], int, bool]:
+    codes = np.empty(len(rows), dtype=np.int32)
+    for k in range(len(rows)):
+        i = rows[k]
+        n = lengths[i]
+        h = np.uint64(14695981039346656037)
+        for j in range(n):
+            h = (h ^ np.uint64(umis[i, j])) * np.uint64(1099511628211)
+        key = np.int64(h ^ np.uint64(n))
+        if key in code_of_hash:
+            code = code_of_hash[key]
+            if table_lengths[code] != n:
+                return codes, n_codes, True
+            for j in range(n):
+                if table[code, j] != umis[i, j]:
+                    return codes, n_codes, True
+        else:
+            code = n_codes
+            code_of_hash[key] = code
+            table[code, :n] = umis[i, :n]
+            table_lengths[code] = n
+            n_codes += 1
+        codes[k] = code
+    return codes, n_codes, False
+
+
 def _collect(
     path: Path,
     *,
@@ -151,7 +229,7 @@ def _collect(
     tag = np.frombuffer(umi_tag.encode("ascii"), dtype=np.uint8)
     separator = ord(umi_separator)
     order_state = np.array([-1, -1, 0], dtype=np.int64)
-    umi_index: dict[str, int] = {}
+    interner = _UmiInterner()
     skipped = dict.fromkeys(SKIP_REASONS, 0)
     parts: dict[str, list[Any]] = {
         key: [] for key in ("flags", "tid", "pos5", "mate_tid", "mate_pos5", "name_hash", "umi")
@@ -186,20 +264,21 @@ def _collect(
         for code, count in zip(*np.unique(status, return_counts=True), strict=True):
             if code != STATUS_KEPT:
                 skipped[STATUS_NAMES[int(code)]] += int(count)
-        rows = np.ascontiguousarray(umi_bytes[kept])
-        lengths = umi_lengths[kept]
-        if len(rows):
-            distinct, first_row, inverse = np.unique(
-                rows.view(f"V{rows.shape[1]}").ravel(), return_index=True, return_inverse=True
+        kept_rows = np.flatnonzero(kept)
+        if len(kept_rows):
+            interner.reserve(len(kept_rows))
+            codes, interner.n_codes, collided = _intern_umis(
+                umi_bytes,
+                umi_lengths,
+                kept_rows,
+                interner.code_of_hash,
+                interner.table,
+                interner.lengths,
+                interner.n_codes,
             )
-            local_codes = np.empty(len(distinct), dtype=np.int32)
-            for j, row in enumerate(first_row.tolist()):
-                umi = rows[row, : lengths[row]].tobytes().decode("ascii", errors="replace")
-                code = umi_index.get(umi)
-                if code is None:
-                    code = umi_index[umi] = len(umi_index)
-                local_codes[j] = code
-            parts["umi"].append(local_codes[inverse.ravel()])
+            if collided:  # NB: a 64-bit hash collision; astronomically rare, but stay exact
+                raise RuntimeError("UMI hash collision; please report this input")
+            parts["umi"].append(codes)
         for key, values, dtype in (
             ("flags", flags, np.int32),
             ("tid", tids, np.int32),
@@ -228,8 +307,8 @@ def _collect(
         mate_tid=joined("mate_tid"),
         mate_pos5=joined("mate_pos5"),
         name_hash=joined("name_hash"),
-        umi_code=joined("umi"),
-        umis=list(umi_index),
+        umi_code=interner.remap_duplicates(joined("umi")),
+        umis=interner.umis,
         skipped=skipped,
         n_records=n_records,
     )
@@ -388,33 +467,107 @@ def _pack_end(
 
 def _duplex_tables(umis: list[str]) -> tuple[Int64Array, npt.NDArray[np.int8]]:
     """Per UMI code: the code of its swapped form (added to ``umis``) and its lexical label."""
-    index = {umi: code for code, umi in enumerate(umis)}
     n_original = len(umis)
-    swapped = np.empty(n_original, dtype=np.int64)
-    label = np.empty(n_original, dtype=np.int8)
-    for code in range(n_original):
-        umi = umis[code]
-        if umi.count(DUPLEX_SEPARATOR) != 1:
-            raise InputDataError(
-                "UMIs",
-                f"UMI {umi!r} is not a duplex UMI 'A-B' but strategy 'paired' needs one",
-                "use a single-strand strategy (e.g. --strategy directional) or duplex UMIs",
-            )
-        other = swap_duplex_umi(umi)
-        other_code = index.get(other)
-        if other_code is None:
-            other_code = index[other] = len(umis)
-            umis.append(other)
-        swapped[code] = other_code
-        label[code] = 1 if canonical_duplex_umi(umi)[1] == "A" else 2
-    # swapped forms that were not seen themselves only ever need their own entries
-    extra = len(umis) - n_original
-    if extra:
-        swapped = np.concatenate([swapped, np.zeros(extra, dtype=np.int64)])
-        label = np.concatenate([label, np.ones(extra, dtype=np.int8)])
-        for code in range(n_original, len(umis)):
-            swapped[code] = index[swap_duplex_umi(umis[code])]
+    if n_original == 0:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int8)
+    matrix, lengths = encode_umis(umis)
+    swapped, label, added, bad, status = _duplex_kernel(matrix, lengths, ord(DUPLEX_SEPARATOR))
+    if status == 1:
+        raise InputDataError(
+            "UMIs",
+            f"UMI {umis[bad]!r} is not a duplex UMI 'A-B' but strategy 'paired' needs one",
+            "use a single-strand strategy (e.g. --strategy directional) or duplex UMIs",
+        )
+    if status == 2:
+        canonical_duplex_umi(umis[bad])  # raises the precise ValueError
+    if status == 3:  # NB: a 64-bit hash collision; astronomically rare, but stay exact
+        raise RuntimeError("UMI hash collision; please report this input")
+    # the swapped forms that were not seen, in first-needed order
+    for row in added.tolist():
+        umis.append(swap_duplex_umi(umis[row]))
     return swapped, label
+
+
+@numba.njit(cache=True, nogil=True)
+def _duplex_kernel(
+    matrix: npt.NDArray[np.uint8], lengths: Int64Array, separator: int
+) -> tuple[Int64Array, npt.NDArray[np.int8], Int64Array, int, int]:
+    """Swapped-form codes (new codes from ``n`` on for unseen forms), labels (1: the UMI sorts
+    before its swap, or is a palindrome; 2: after), the source rows of the new codes, and
+    (bad row, status): 1 no single separator, 2 an empty part."""
+    n = len(lengths)
+    width = matrix.shape[1]
+    code_of_hash: dict[Any, int] = dict()
+    hashes = np.empty(n, dtype=np.int64)
+    for i in range(n):
+        h = np.uint64(14695981039346656037)
+        for j in range(lengths[i]):
+            h = (h ^ np.uint64(matrix[i, j])) * np.uint64(1099511628211)
+        hashes[i] = np.int64(h ^ np.uint64(lengths[i]))
+        code_of_hash[hashes[i]] = i
+    swapped = np.empty(n, dtype=np.int64)
+    label = np.empty(n, dtype=np.int8)
+    added = np.empty(n, dtype=np.int64)
+    n_added = 0
+    other = np.zeros(width, dtype=np.uint8)
+    added_hashes: dict[Any, int] = dict()
+    for i in range(n):
+        length = lengths[i]
+        where = -1
+        count = 0
+        for j in range(length):
+            if matrix[i, j] == separator:
+                count += 1
+                if where < 0:
+                    where = j
+        if count != 1:
+            return swapped, label, added[:n_added], i, 1
+        if where == 0 or where == length - 1:
+            return swapped, label, added[:n_added], i, 2
+        # swapped form: second part, separator, first part
+        second = length - where - 1
+        for j in range(second):
+            other[j] = matrix[i, where + 1 + j]
+        other[second] = separator
+        for j in range(where):
+            other[second + 1 + j] = matrix[i, j]
+        h = np.uint64(14695981039346656037)
+        for j in range(length):
+            h = (h ^ np.uint64(other[j])) * np.uint64(1099511628211)
+        key = np.int64(h ^ np.uint64(length))
+        code = -1
+        if key in code_of_hash:
+            code = code_of_hash[key]
+            for j in range(length):
+                if matrix[code, j] != other[j] or lengths[code] != length:
+                    code = -2
+                    break
+        if code == -2:
+            return swapped, label, added[:n_added], i, 3
+        if code < 0:
+            if key in added_hashes:
+                code = added_hashes[key]
+            else:
+                code = n + n_added
+                added_hashes[key] = code
+                added[n_added] = i
+                n_added += 1
+        swapped[i] = code
+        # label: 1 if umi <= swapped (byte order, equal lengths)
+        cmp = 0
+        for j in range(length):
+            if matrix[i, j] != other[j]:
+                cmp = -1 if matrix[i, j] < other[j] else 1
+                break
+        label[i] = 1 if cmp <= 0 else 2
+    # codes of the added forms: their swap is the row they came from
+    full_swapped = np.empty(n + n_added, dtype=np.int64)
+    full_label = np.ones(n + n_added, dtype=np.int8)
+    full_swapped[:n] = swapped
+    full_label[:n] = label
+    for k in range(n_added):
+        full_swapped[n + k] = added[k]
+    return full_swapped, full_label, added[:n_added], -1, 0
 
 
 def _temporary_path(path: Path) -> Path:
