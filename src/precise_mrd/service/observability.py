@@ -56,6 +56,17 @@ def new_request_id() -> str:
     return uuid.uuid4().hex
 
 
+class _CurrentStderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever ``sys.stderr`` is now (test captures swap it; never a stale stream)."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.stream = sys.stderr
+        super().emit(record)
+
+
 def configure_logging(level: str = "INFO") -> None:
     """Route structlog and the standard ``logging`` module into JSON lines on stderr."""
     numeric = logging.getLevelName(level.upper())
@@ -84,7 +95,7 @@ def configure_logging(level: str = "INFO") -> None:
             structlog.processors.JSONRenderer(),
         ],
     )
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _CurrentStderrHandler()
     handler.setFormatter(formatter)
     handler.set_name("precise_mrd_json")
     root = logging.getLogger()
