@@ -1,4 +1,4 @@
-"""The ``precise-mrd`` command line: thin wiring over the pipeline (and, later, the service).
+"""The ``precise-mrd`` command line: thin wiring over the pipeline and the service.
 
 User mistakes (:class:`~precise_mrd.core.errors.InputError`, :class:`ConfigError`) print one line
 ``error: <file>: <problem>; fix: <fix>`` on stderr and exit with status 2, without a traceback.
@@ -261,9 +261,11 @@ def demo(
 
 
 def _register_command_groups() -> None:
+    from precise_mrd.cli_serve import register as register_serve
     from precise_mrd.cli_validation import register as register_validation
 
     register_validation(app)
+    register_serve(app)
 
 
 _register_command_groups()
