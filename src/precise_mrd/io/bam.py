@@ -32,11 +32,13 @@ from __future__ import annotations
 import collections
 import contextlib
 import os
+import threading
 import zlib
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Final
+from queue import Empty, Queue
+from typing import Any, Final, TypeVar
 
 import numba
 import numpy as np
@@ -300,6 +302,48 @@ def _bam_header_length(buffer: bytes | bytearray, name: str) -> int | None:
             return None
         offset += 4 + int.from_bytes(buffer[offset : offset + 4], "little", signed=True) + 4
     return offset if len(buffer) >= offset else None
+
+
+_T = TypeVar("_T")
+_DONE: Final[object] = object()
+
+
+def prefetch(items: Iterator[_T], *, depth: int = 2) -> Iterator[_T]:
+    """Run ``items`` in a background thread, up to ``depth`` items ahead of the consumer.
+
+    The producer's compiled kernels and zlib release the GIL, so producing the next chunk
+    overlaps with processing this one. An exception in the producer is raised in the consumer;
+    closing the consumer stops the producer at its next item.
+    """
+    queue: Queue[Any] = Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if stop.is_set():
+                    return
+                queue.put(item)
+            queue.put(_DONE)
+        except BaseException as error:  # NB: handed to the consumer
+            queue.put(error)
+
+    worker = threading.Thread(target=produce, name="prefetch", daemon=True)
+    worker.start()
+    try:
+        while True:
+            item = queue.get()
+            if item is _DONE:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        while worker.is_alive():
+            with contextlib.suppress(Empty):
+                queue.get(timeout=0.05)
+        worker.join()
 
 
 def iter_record_chunks(path: Path) -> Iterator[npt.NDArray[np.uint8]]:

@@ -59,7 +59,7 @@ from precise_mrd.core.consensus import (
 )
 from precise_mrd.core.consensus_kernels import reconcile_pairs
 from precise_mrd.core.errors import InputDataError, InputFileError
-from precise_mrd.io.bam import BgzfWriter, bam_header_bytes, iter_record_chunks
+from precise_mrd.io.bam import BgzfWriter, bam_header_bytes, iter_record_chunks, prefetch
 from precise_mrd.io.bam_columns import (
     STATUS_NO_MI,
     STATUS_SKIPPED,
@@ -348,7 +348,7 @@ def _write_consensus(
             tmp_path, level=CONSENSUS_BAM_COMPRESSION_LEVEL, threads=max(2, threads)
         ) as writer:
             writer.write(bam_header_bytes(header, out_bam_path.parent))
-            for chunk in chunks:
+            for chunk in prefetch(iter(chunks)):
                 for records in caller.add_chunk(chunk):
                     writer.write(records)
             for records in caller.finish():

@@ -60,6 +60,7 @@ from precise_mrd.io.bam import (
     iter_alignments,
     iter_record_chunks,
     open_bam,
+    prefetch,
     require_umis,
     summarise_records,
     tag_records,
@@ -236,7 +237,7 @@ def _collect(
     }
     statuses: list[npt.NDArray[np.int8]] = []
     n_records = 0
-    for chunk in iter_record_chunks(path):
+    for chunk in prefetch(iter_record_chunks(path)):
         (
             status,
             flags,
@@ -750,7 +751,7 @@ def _write(
     try:
         with BgzfWriter(tmp_bam, level=GROUPED_BAM_COMPRESSION_LEVEL) as writer:
             writer.write(bam_header_bytes(header, out_bam_path.parent))
-            for tagged in prepared.tagged_chunks(counter):
+            for tagged in prefetch(prepared.tagged_chunks(counter)):
                 writer.write(tagged)
         pysam.index(str(tmp_bam), str(tmp_bai))
         if tmp_tsv is not None and group_out_path is not None:
