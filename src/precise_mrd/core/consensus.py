@@ -67,7 +67,7 @@ from typing import Any, TypeAlias
 import numpy as np
 import numpy.typing as npt
 
-from precise_mrd.core.consensus_kernels import errors_against, family_likelihoods
+from precise_mrd.core.consensus_kernels import duplex_errors, errors_against, family_likelihoods
 
 PhredScore: TypeAlias = int
 """A Phred-scaled quality or error rate: ``-10 * log10(p_error)``."""
@@ -442,6 +442,34 @@ def call_duplex(a: FamilyConsensus, b: FamilyConsensus, params: ConsensusParams)
     counts = a.counts + b.counts
     depths = a.depths + b.depths
     return DuplexConsensus(bases, quals, depths, _errors_against(counts, depths, raw))
+
+
+def call_duplex_rows(
+    ss: FamilyConsensus, a_rows: I64Array, b_rows: I64Array, params: ConsensusParams
+) -> DuplexConsensus:
+    """:func:`call_duplex` of rows ``a_rows[i]`` and ``b_rows[i]`` of one :class:`FamilyConsensus`
+    (same result, without copying the per-base counts of either strand).
+
+    >>> p = ConsensusParams()
+    >>> q = np.full((4, 3), 30, dtype=np.uint8)
+    >>> ss = call_families(encode_bases([b"ACG", b"ACG", b"ACT", b"ACT"]), q, np.array([0, 2]), p)
+    >>> d = call_duplex_rows(ss, np.array([0]), np.array([1]), p)
+    >>> decode_bases(d.bases[0]), d.quals[0].tolist(), d.depths[0].tolist(), d.errors[0].tolist()
+    ('ACN', [88, 88, 2], [4, 4, 4], [0, 0, 2])
+    """
+    a_rows = np.asarray(a_rows, dtype=np.int64)
+    b_rows = np.asarray(b_rows, dtype=np.int64)
+    a_bases, a_quals = ss.bases[a_rows], ss.quals[a_rows]
+    b_bases, b_quals = ss.bases[b_rows], ss.quals[b_rows]
+    raw, quals = _duplex_raw(a_bases, a_quals, b_bases, b_quals, params)
+    masked = (a_bases == NO_CALL) | (b_bases == NO_CALL) | (quals <= NO_CALL_QUALITY)
+    masked |= quals < params.min_consensus_base_quality
+    bases = np.where(masked, NO_CALL, raw).astype(np.uint8)
+    quals = np.where(masked, NO_CALL_QUALITY, quals).astype(np.uint8)
+    depths, errors = duplex_errors(
+        np.ascontiguousarray(ss.counts), np.ascontiguousarray(ss.depths), a_rows, b_rows, raw
+    )
+    return DuplexConsensus(bases, quals, depths, errors)
 
 
 def reconcile_overlap(

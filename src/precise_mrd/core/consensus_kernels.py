@@ -24,7 +24,13 @@ import numba
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["errors_against", "family_likelihoods", "reconcile_pairs"]
+__all__ = [
+    "depth_tags",
+    "duplex_errors",
+    "errors_against",
+    "family_likelihoods",
+    "reconcile_pairs",
+]
 
 _COUNT_UNIT = float(2**20)
 
@@ -166,3 +172,58 @@ def reconcile_pairs(
             bases[r2, j] = base
             quals[r1, i] = qual
             quals[r2, j] = qual
+
+
+@numba.njit(cache=True, nogil=True)
+def duplex_errors(
+    counts: npt.NDArray[np.int32],
+    depths: npt.NDArray[np.int32],
+    a_rows: npt.NDArray[np.int64],
+    b_rows: npt.NDArray[np.int64],
+    reference: npt.NDArray[np.uint8],
+) -> tuple[npt.NDArray[np.int32], npt.NDArray[np.int32]]:
+    """Depths and raw-base errors of duplex pairs (rows ``a_rows[i]`` and ``b_rows[i]`` of the
+    single-strand arrays) against ``reference[i]``, without copying the per-base counts."""
+    n = len(a_rows)
+    width = depths.shape[1]
+    out_depths = np.empty((n, width), dtype=np.int32)
+    out_errors = np.zeros((n, width), dtype=np.int32)
+    for i in range(n):
+        a = a_rows[i]
+        b = b_rows[i]
+        for c in range(width):
+            depth = depths[a, c] + depths[b, c]
+            out_depths[i, c] = depth
+            r = reference[i, c]
+            if r < 4:
+                out_errors[i, c] = depth - (counts[a, r, c] + counts[b, r, c])
+    return out_depths, out_errors
+
+
+@numba.njit(cache=True, nogil=True)
+def depth_tags(
+    depths: npt.NDArray[np.int32],
+    errors: npt.NDArray[np.int32],
+    rows: npt.NDArray[np.int64],
+    lengths: npt.NDArray[np.int64],
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.float64]]:
+    """Per record ``i``: max and min depth and errors / depth over the first ``lengths[i]``
+    columns of row ``rows[i]`` (min is ``2**31 - 1`` and the rate 0 without columns)."""
+    n = len(rows)
+    width = depths.shape[1]
+    max_depth = np.zeros(n, dtype=np.int64)
+    min_depth = np.full(n, 2147483647, dtype=np.int64)
+    rate = np.zeros(n, dtype=np.float64)
+    for i in range(n):
+        row = rows[i]
+        total_depth = 0
+        total_errors = 0
+        for c in range(min(lengths[i], width)):
+            d = depths[row, c]
+            max_depth[i] = max(max_depth[i], d)
+            min_depth[i] = min(min_depth[i], d)
+            total_depth += d
+            total_errors += errors[row, c]
+        if total_depth > 0:
+            rate[i] = total_errors / total_depth
+    return max_depth, min_depth, rate

@@ -53,11 +53,10 @@ import pysam
 
 from precise_mrd.core.consensus import (
     ConsensusParams,
-    FamilyConsensus,
-    call_duplex,
+    call_duplex_rows,
     call_families,
 )
-from precise_mrd.core.consensus_kernels import reconcile_pairs
+from precise_mrd.core.consensus_kernels import depth_tags, reconcile_pairs
 from precise_mrd.core.errors import InputDataError, InputFileError
 from precise_mrd.io.bam import BgzfWriter, bam_header_bytes, iter_record_chunks, prefetch
 from precise_mrd.io.bam_columns import (
@@ -751,7 +750,7 @@ def _process_batch(
     errors = ss.errors[a_fam].copy()
     two = np.flatnonzero(has_two)
     if len(two):
-        duplex = call_duplex(_take(ss, a_fam[two]), _take(ss, b_fam[two]), params)
+        duplex = call_duplex_rows(ss, a_fam[two], b_fam[two], params)
         bases[two], cons_quals[two] = duplex.bases, duplex.quals
         depths[two], errors[two] = duplex.depths, duplex.errors
     e_mol = f_mol[a_fam]
@@ -774,15 +773,16 @@ def _process_batch(
     _reconcile_pairs(pair_first, e_start, e_cigar, e_length, cigars, bases, cons_quals, depths)
 
     # 6. per-record tags, vectorised, then the binary records
-    column = np.arange(width)[None, :]
-    inside = column < e_length[:, None]
-    tags = _depth_tags(depths, errors, inside)
-    a_tags = _depth_tags(ss.depths[a_fam], ss.errors[a_fam], inside)
-    b_tags = [np.zeros(len(e_mol), dtype=np.int64)] * 2 + [np.zeros(len(e_mol))]
+    n_e = len(e_mol)
+    tags = list(depth_tags(depths, errors, np.arange(n_e, dtype=np.int64), e_length))
+    a_tags = list(depth_tags(ss.depths, ss.errors, a_fam.astype(np.int64), e_length))
+    b_tags: list[npt.NDArray[Any]] = [
+        np.zeros(n_e, dtype=np.int64),
+        np.zeros(n_e, dtype=np.int64),
+        np.zeros(n_e),
+    ]
     if len(two):
-        b_inside = inside[two]
-        b_part = _depth_tags(ss.depths[b_fam[two]], ss.errors[b_fam[two]], b_inside)
-        b_tags = [b_tags[0].copy(), b_tags[1].copy(), b_tags[2].copy()]
+        b_part = depth_tags(ss.depths, ss.errors, b_fam[two].astype(np.int64), e_length[two])
         for k in range(3):
             b_tags[k][two] = b_part[k]
     umi_rows, umi_swap = _molecule_umi_rows(mol_first, n_reads, strand, reads.rx_hashes)
@@ -821,7 +821,7 @@ def _process_batch(
         umis=umis[e_mol],
         umi_lengths=umi_lengths[e_mol],
         int_tags=np.stack([tags[0], tags[1]], axis=1),
-        float_tags=tags[2][:, None],
+        float_tags=np.asarray(tags[2], dtype=np.float64)[:, None],
         duplex_int_tags=np.stack([a_tags[0], b_tags[0], a_tags[1], b_tags[1]], axis=1),
         duplex_float_tags=np.stack([a_tags[2], b_tags[2]], axis=1),
         is_duplex=is_duplex_mol[e_mol],
@@ -889,17 +889,6 @@ def _swap_duplex_umis(
     return umis, umi_lengths
 
 
-def _take(ss: FamilyConsensus, index: npt.NDArray[np.int64]) -> FamilyConsensus:
-    return FamilyConsensus(
-        ss.bases[index],
-        ss.quals[index],
-        ss.raw_bases[index],
-        ss.counts[index],
-        ss.depths[index],
-        ss.errors[index],
-    )
-
-
 def _reconcile_pairs(
     pair_first: npt.NDArray[np.int64],
     e_start: npt.NDArray[np.int64],
@@ -924,20 +913,3 @@ def _reconcile_pairs(
         quals,
         depths,
     )
-
-
-def _depth_tags(
-    depths: npt.NDArray[np.int32], errors: npt.NDArray[np.int32], inside: npt.NDArray[np.bool_]
-) -> list[npt.NDArray[Any]]:
-    """Per record: max depth, min depth and raw error rate (errors / depth) over its columns."""
-    max_depth = np.where(inside, depths, 0).max(axis=1).astype(np.int64)
-    min_depth = np.where(inside, depths, np.iinfo(np.int32).max).min(axis=1).astype(np.int64)
-    total_depth = np.where(inside, depths, 0).sum(axis=1)
-    total_errors = np.where(inside, errors, 0).sum(axis=1)
-    rate = np.divide(
-        total_errors,
-        total_depth,
-        out=np.zeros(len(total_depth), dtype=np.float64),
-        where=total_depth > 0,
-    )
-    return [max_depth, min_depth, rate]

@@ -171,6 +171,8 @@ class _UmiInterner:
 
     def remap_duplicates(self, codes: npt.NDArray[np.int32]) -> npt.NDArray[np.int32]:
         """Merge codes whose bytes decode to the same text (only non-ASCII UMIs can)."""
+        if not (self.table[: self.n_codes] >= 128).any():
+            return codes  # ASCII bytes decode one-to-one
         umis = self.umis
         first: dict[str, int] = {}
         mapping = np.array([first.setdefault(u, i) for i, u in enumerate(umis)], dtype=np.int64)
