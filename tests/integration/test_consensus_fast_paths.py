@@ -115,3 +115,31 @@ def test_float_tags_match_the_sam_text_round_trip() -> None:
     )
     expected = np.array([float(f"{v:.6g}") for v in values.tolist()], dtype=np.float32)
     assert np.array_equal(_round_significant(values), expected)
+
+
+def test_decoder_handles_long_and_integer_molecule_ids(tmp_path: Path) -> None:
+    header = {"HD": {"VN": "1.6", "SO": "coordinate"}, "SQ": [{"SN": "chr1", "LN": 1000}]}
+    path = tmp_path / "ids.bam"
+    long_mi = "molecule-" + "x" * 70 + "/B"
+    long_rx = "ACGT" * 15
+    with pysam.AlignmentFile(str(path), "wb", header=header) as writer:
+        for i, mi in enumerate([long_mi, 12345, "007/A"]):
+            read = pysam.AlignedSegment(writer.header)
+            read.query_name, read.flag, read.reference_id = f"r{i}", 0, 0
+            read.reference_start, read.cigarstring = 10 + i, "4M"
+            read.query_sequence = "ACGN"
+            read.query_qualities = pysam.qualitystring_to_array("I#I5")
+            read.set_tag("MI", mi)
+            read.set_tag("RX", long_rx if i == 0 else "AC-GT")
+            writer.write(read)
+    columns = decode_consensus_columns(next(iter_record_chunks(path)))
+    texts = [bytes(columns.mi_text[i, : columns.mi_lengths[i]]).decode() for i in range(3)]
+    assert texts == [long_mi[:-2], "12345", "007"]
+    assert columns.strand_b.tolist() == [1, 0, 0]
+    assert columns.has_suffix.tolist() == [True, False, True]
+    # numeric ids keep their value; text ids (and "007", which is not canonical) are hashed
+    assert columns.mi_codes[1] == 12345
+    assert columns.mi_codes[0] < 0 and columns.mi_codes[2] < 0
+    assert bytes(columns.rx_text[0, : columns.rx_lengths[0]]).decode() == long_rx
+    assert columns.bases[0, :4].tolist() == [0, 1, 2, 4]
+    assert columns.quals[0, :4].tolist() == [40, 2, 40, 20]

@@ -163,8 +163,27 @@ def decode_status(buffer: npt.NDArray[np.uint8]) -> tuple[npt.NDArray[np.int8], 
 
 
 def _decode(buffer: npt.NDArray[np.uint8]) -> tuple[npt.NDArray[np.int8], tuple[Any, ...]]:
-    n, max_seq, max_mi, max_rx = _measure(buffer)
-    return _decode_kernel(buffer, n, max(max_seq, 1), max(max_mi, 1), max(max_rx, 1))
+    # NB: first try widths that fit typical MI and RX text (no pass over the tags to measure)
+    n, max_seq = _measure_sequences(buffer)
+    status, columns, overflow = _decode_kernel(buffer, n, max(max_seq, 1), 48, 40)
+    if overflow:
+        n, max_seq, max_mi, max_rx = _measure(buffer)
+        widths = (max(max_seq, 1), max(max_mi, 24), max(max_rx, 1))
+        status, columns, _ = _decode_kernel(buffer, n, *widths)
+    return status, columns
+
+
+@numba.njit(cache=True, nogil=True)
+def _measure_sequences(buffer: npt.NDArray[np.uint8]) -> tuple[int, int]:
+    """Record count and the longest sequence of a chunk."""
+    n = 0
+    max_seq = 0
+    offset = 0
+    while offset + 4 <= len(buffer):
+        max_seq = max(max_seq, _int32(buffer, offset + 4 + 16))
+        offset += 4 + _int32(buffer, offset)
+        n += 1
+    return n, max_seq
 
 
 @numba.njit(cache=True, nogil=True)
@@ -270,8 +289,9 @@ def _measure(buffer: npt.NDArray[np.uint8]) -> tuple[int, int, int, int]:
 @numba.njit(cache=True, nogil=True)
 def _decode_kernel(
     buffer: npt.NDArray[np.uint8], n: int, max_seq: int, max_mi: int, max_rx: int
-) -> tuple[npt.NDArray[np.int8], tuple[Any, ...]]:
+) -> tuple[npt.NDArray[np.int8], tuple[Any, ...], bool]:
     status = np.zeros(n, dtype=np.int8)
+    overflow = False
     flags = np.zeros(n, dtype=np.int64)
     keys = np.zeros(n, dtype=np.int64)
     needed = np.zeros(n, dtype=np.int64)
@@ -334,9 +354,14 @@ def _decode_kernel(
         if kind == 90 or kind == 72:
             q = mi + 3
             while q < end and buffer[q] != 0:
+                if m_len >= max_mi:
+                    overflow = True  # too narrow: the caller measures and retries
+                    break
                 mi_text[i, m_len] = buffer[q]
                 m_len += 1
                 q += 1
+            if overflow:
+                break
         elif kind == 65:
             mi_text[i, 0] = buffer[mi + 3]
             m_len = 1
@@ -392,10 +417,15 @@ def _decode_kernel(
         if rx >= 0 and (buffer[rx + 2] == 90 or buffer[rx + 2] == 72):
             q = rx + 3
             while q < end and buffer[q] != 0:
+                if r_len >= max_rx:
+                    overflow = True  # too narrow: the caller measures and retries
+                    break
                 rx_text[i, r_len] = buffer[q]
                 hr = (hr ^ np.uint64(buffer[q])) * np.uint64(1099511628211)
                 r_len += 1
                 q += 1
+            if overflow:
+                break
         rx_hashes[i] = np.int64(hr)
         rx_lengths[i] = r_len
         # CIGAR
@@ -433,7 +463,7 @@ def _decode_kernel(
         bases,
         quals,
     )
-    return status, columns
+    return status, columns, overflow
 
 
 @numba.njit(cache=True, nogil=True)

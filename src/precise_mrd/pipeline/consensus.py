@@ -414,7 +414,7 @@ class _StreamingCaller:
         if len(used) == 0:
             return
         self.last_key = int(keys[-1])
-        new = columns.take(used)
+        new = columns if len(used) == n_records else columns.take(used)
         cigar_ids = self._intern_cigars(chunk, new)
         instance, self.next_instance = _assign_instances(
             new.mi_codes,
