@@ -242,7 +242,11 @@ def test_filters_and_page_cap(service: SqlJobService, sessions: sessionmaker[Ses
     assert len(zero) == 1  # clamped up to one
 
 
-@pytest.mark.parametrize("cursor", ["garbage!", "", encode_cursor(datetime.now(UTC), "")])
+@pytest.mark.parametrize(
+    "cursor",
+    ["garbage!", "", encode_cursor(datetime(2026, 1, 1, tzinfo=UTC), "")],
+    ids=["garbage", "empty", "no-id"],
+)
 def test_invalid_cursor(service: SqlJobService, cursor: str) -> None:
     with pytest.raises(InvalidCursorError):
         service.list_jobs(tenant_id="t1", cursor=cursor)
