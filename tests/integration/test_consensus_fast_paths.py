@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Generator, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -17,8 +18,9 @@ import pysam
 import pytest
 
 from precise_mrd.core.consensus import ConsensusParams, _call_families_numpy, call_families
+from precise_mrd.core.errors import InputFileError
 from precise_mrd.core.simulate import SimulationParams
-from precise_mrd.io.bam import iter_record_chunks
+from precise_mrd.io.bam import iter_record_chunks, prefetch
 from precise_mrd.io.bam_columns import (
     STATUS_NO_MI,
     _round_significant,
@@ -123,7 +125,8 @@ def test_decoder_handles_long_and_integer_molecule_ids(tmp_path: Path) -> None:
     long_mi = "molecule-" + "x" * 70 + "/B"
     long_rx = "ACGT" * 15
     with pysam.AlignmentFile(str(path), "wb", header=header) as writer:
-        for i, mi in enumerate([long_mi, 12345, "007/A"]):
+        mis: list[str | int] = [long_mi, 12345, "007/A"]
+        for i, mi in enumerate(mis):
             read = pysam.AlignedSegment(writer.header)
             read.query_name, read.flag, read.reference_id = f"r{i}", 0, 0
             read.reference_start, read.cigarstring = 10 + i, "4M"
@@ -143,3 +146,26 @@ def test_decoder_handles_long_and_integer_molecule_ids(tmp_path: Path) -> None:
     assert bytes(columns.rx_text[0, : columns.rx_lengths[0]]).decode() == long_rx
     assert columns.bases[0, :4].tolist() == [0, 1, 2, 4]
     assert columns.quals[0, :4].tolist() == [40, 2, 40, 20]
+
+
+def test_prefetch_keeps_order_raises_producer_errors_and_stops_early() -> None:
+    assert list(prefetch(iter(range(50)), depth=3)) == list(range(50))
+
+    def failing() -> Iterator[int]:
+        yield 1
+        raise InputFileError("x.bam", "is truncated", "re-create it")
+
+    with pytest.raises(InputFileError, match="truncated"):
+        list(prefetch(failing()))
+    produced: list[int] = []
+
+    def counting() -> Iterator[int]:
+        for i in range(1000):
+            produced.append(i)
+            yield i
+
+    stream = prefetch(counting(), depth=2)
+    assert next(stream) == 0
+    assert isinstance(stream, Generator)
+    stream.close()  # the producer stops within a few items instead of running to the end
+    assert len(produced) < 10
