@@ -371,6 +371,10 @@ def _group(collected: _Collected, *, strategy: str, max_edits: int) -> _Grouping
     mate_rev = mate[2] & has_mate
     is_read2 = (flags & _FLAG_READ2) > 0
     umi_code = collected.umi_code[reps].copy()
+    # NB: the per-read columns are not needed past this point: free them (peak RSS)
+    for name in ("flags", "tid", "pos5", "mate_tid", "mate_pos5", "name_hash", "umi_code"):
+        setattr(collected, name, np.zeros(0, dtype=getattr(collected, name).dtype))
+    collected.umis = []
     strand = np.zeros(len(reps), dtype=np.int8)
     if is_duplex:
         own_first = _pack_end(own[0], own[1], own[2]) <= _pack_end(mate[0], mate[1], mate_rev)
@@ -610,6 +614,7 @@ def group_bam(
         umi_from_read_name=umi_from_read_name,
         umi_separator=umi_separator,
         min_mapq=min_mapq,
+        keep_read_detail=group_out_path is not None,
     )
     n_out = _write(
         in_bam_path,
@@ -629,15 +634,20 @@ class PreparedGrouping:
 
     :meth:`tagged_chunks` streams the kept records of the input with their ``MI`` tags (the
     grouped BAM's records, without the BGZF round trip); :meth:`stats` gives the
-    :class:`GroupStats` once the number of records written is known.
+    :class:`GroupStats` once the number of records written is known. ``slots`` and ``grouping``
+    (per-read detail for the ``--group-out`` TSV) are kept only when asked for.
     """
 
     in_bam_path: Path
-    slots: npt.NDArray[np.int32]
-    grouping: _Grouping
-    is_duplex: bool
+    molecule_of_record: Int64Array  # -1: record dropped
+    strand_of_record: npt.NDArray[np.int8]  # 0 none, 1 /A, 2 /B
     n_records: int
     skipped: dict[str, int]
+    n_bundles: int
+    n_molecules: int
+    family_sizes: Int64Array
+    slots: npt.NDArray[np.int32] | None = None
+    grouping: _Grouping | None = None
 
     def header(self) -> dict[str, Any]:
         """The input header with this stage's ``@PG`` line added."""
@@ -653,14 +663,8 @@ class PreparedGrouping:
 
     def tagged_chunks(self, counter: list[int]) -> Iterator[npt.NDArray[np.uint8]]:
         """Chunks of binary records (input order) with ``MI``; adds the count to ``counter[0]``."""
-        slots = self.slots
-        grouping = self.grouping
-        kept = slots >= 0
-        molecule_of_record = np.full(len(slots), -1, dtype=np.int64)
-        molecule_of_record[kept] = grouping.molecule_of_read[slots[kept]]
-        strand_of_record = np.zeros(len(slots), dtype=np.int8)
-        if self.is_duplex:
-            strand_of_record[kept] = grouping.strand_of_read[slots[kept]]
+        molecule_of_record = self.molecule_of_record
+        strand_of_record = self.strand_of_record
         mi_tag = np.frombuffer(b"MI", dtype=np.uint8)
         n_done = 0
         for chunk in iter_record_chunks(self.in_bam_path):
@@ -676,13 +680,13 @@ class PreparedGrouping:
             yield tagged
 
     def stats(self, n_out: int) -> GroupStats:
-        sizes, n_with_size = np.unique(self.grouping.family_sizes, return_counts=True)
+        sizes, n_with_size = np.unique(self.family_sizes, return_counts=True)
         return GroupStats(
             n_reads_in=self.n_records,
             n_reads_out=n_out,
             n_reads_skipped_by_reason=dict(self.skipped),
-            n_bundles=self.grouping.n_bundles,
-            n_molecules=self.grouping.n_molecules,
+            n_bundles=self.n_bundles,
+            n_molecules=self.n_molecules,
             family_size_histogram={
                 int(s): int(c) for s, c in zip(sizes.tolist(), n_with_size.tolist(), strict=True)
             },
@@ -698,9 +702,11 @@ def prepare_grouping(
     umi_from_read_name: bool = False,
     umi_separator: str = "_",
     min_mapq: int = 0,
+    keep_read_detail: bool = False,
 ) -> PreparedGrouping:
     """Validate the options and the input, collect every read and cluster the UMIs (passes 1
-    and 2 of :func:`group_bam`); the records are written by the caller."""
+    and 2 of :func:`group_bam`); the records are written by the caller. ``keep_read_detail``
+    keeps what the ``--group-out`` TSV needs."""
     if strategy not in GROUP_STRATEGIES:
         raise ValueError(f"strategy must be one of {', '.join(GROUP_STRATEGIES)}; got {strategy!r}")
     if max_edits < 0:
@@ -730,13 +736,23 @@ def prepare_grouping(
     n_records = collected.n_records
     skipped = dict(collected.skipped)
     del collected  # NB: frees the per-read columns before the write pass
+    kept = slots >= 0
+    molecule_of_record = np.full(len(slots), -1, dtype=np.int64)
+    molecule_of_record[kept] = grouping.molecule_of_read[slots[kept]]
+    strand_of_record = np.zeros(len(slots), dtype=np.int8)
+    if strategy == "paired":
+        strand_of_record[kept] = grouping.strand_of_read[slots[kept]]
     return PreparedGrouping(
         in_bam_path=in_bam_path,
-        slots=slots,
-        grouping=grouping,
-        is_duplex=strategy == "paired",
+        molecule_of_record=molecule_of_record,
+        strand_of_record=strand_of_record,
         n_records=n_records,
         skipped=skipped,
+        n_bundles=grouping.n_bundles,
+        n_molecules=grouping.n_molecules,
+        family_sizes=grouping.family_sizes,
+        slots=slots if keep_read_detail else None,
+        grouping=grouping if keep_read_detail else None,
     )
 
 
@@ -763,6 +779,7 @@ def _write(
                 writer.write(tagged)
         pysam.index(str(tmp_bam), str(tmp_bai))
         if tmp_tsv is not None and group_out_path is not None:
+            assert prepared.slots is not None and prepared.grouping is not None
             _write_group_tsv(
                 in_bam_path,
                 tmp_tsv,
