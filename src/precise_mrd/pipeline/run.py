@@ -39,8 +39,7 @@ ProgressCallback = Callable[[str, float], None]
 STAGE_WEIGHTS: dict[str, float] = {
     "validate": 0.02,
     "align": 0.20,
-    "group": 0.20,
-    "consensus": 0.33,
+    "consensus": 0.53,
     "evidence": 0.15,
     "calling": 0.05,
     "report": 0.05,
@@ -187,7 +186,7 @@ def run_pipeline(
     sample_name: str | None = None,
 ) -> RunResult:
     """Run every stage and write the outputs named in :data:`ARTIFACTS` into ``out_dir``."""
-    stages = ["validate", *(["align"] if inputs.fastq_paths else []), "group", "consensus"]
+    stages = ["validate", *(["align"] if inputs.fastq_paths else []), "consensus"]
     stages += ["evidence", "calling", "report"]
     tracker = _Progress(progress, stages)
     out_dir = Path(out_dir)
@@ -223,9 +222,8 @@ def _run_stages(
     from precise_mrd.io.fasta import open_reference
     from precise_mrd.io.tables import write_parquet, write_tsv
     from precise_mrd.io.vcf import read_variants
-    from precise_mrd.pipeline.consensus import call_consensus_bam
+    from precise_mrd.pipeline.consensus import group_and_call_consensus
     from precise_mrd.pipeline.evidence import collect_evidence
-    from precise_mrd.pipeline.group import group_bam
     from precise_mrd.pipeline.report import render_report
 
     with tracker.stage("validate"):
@@ -256,30 +254,22 @@ def _run_stages(
             )
     assert reads_bam is not None
 
-    grouped_bam = staging / "grouped.bam"
-    with tracker.stage("group"):
-        group_stats = group_bam(
+    consensus_bam = staging / ARTIFACTS["consensus_bam"]
+    with tracker.stage("consensus"):
+        # NB: grouping and consensus run fused: MI-tagged records go straight into the caller.
+        group_stats, consensus_stats = group_and_call_consensus(
             reads_bam,
-            grouped_bam,
+            consensus_bam,
+            params=consensus_params_from(params),
             strategy=params.umi.strategy,
             max_edits=params.umi.max_edits,
             umi_tag=params.umi.umi_tag,
             umi_from_read_name=params.umi.umi_from_read_name,
             umi_separator=params.umi.umi_separator,
             min_mapq=params.umi.min_mapping_quality,
+            threads=params.threads,
         )
-
-    consensus_bam = staging / ARTIFACTS["consensus_bam"]
-    with tracker.stage("consensus"):
-        consensus_stats = call_consensus_bam(
-            grouped_bam, consensus_bam, params=consensus_params_from(params), threads=params.threads
-        )
-    for leftover in (
-        grouped_bam,
-        Path(f"{grouped_bam}.bai"),
-        staging / "aligned.bam",
-        staging / "aligned.bam.bai",
-    ):
+    for leftover in (staging / "aligned.bam", staging / "aligned.bam.bai"):
         leftover.unlink(missing_ok=True)
 
     with tracker.stage("evidence"):
