@@ -98,7 +98,13 @@ class Server:
         self._log.close()
 
     def status(self, job_id: str) -> dict[str, Any]:
-        response = requests.get(f"{self.url}/status/{job_id}", timeout=10)
+        try:
+            response = requests.get(f"{self.url}/status/{job_id}", timeout=10)
+        except requests.ConnectionError as error:
+            # NB: say why the server is gone (its own log), not just "connection refused".
+            exit_code = self.process.poll()
+            log = self.log_path.read_text(errors="replace")[-4000:]
+            raise AssertionError(f"server unreachable (exit code {exit_code}): {log}") from error
         assert response.status_code == 200, response.text
         return dict(response.json())
 
