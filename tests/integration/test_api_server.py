@@ -365,3 +365,34 @@ def test_deploy_local_python(tmp_path: Path) -> None:
         assert "ENABLE_ML_CALLING" in response.json()["error"]["fix"]
     finally:
         server.stop()
+
+
+VALIDATION_GRID = """\
+calling:
+  n_bootstrap: 200
+validation:
+  tumor_fractions: [0.0, 0.02]
+  replicates: 2
+  blank_replicates: 3
+  n_variants: 3
+  molecules_per_locus: 150
+"""
+
+
+def test_validation_dilution_job_downloads_validation_report(server: Server) -> None:
+    templates = requests.get(server.url + "/config-templates").json()
+    names = {template["name"] for template in templates["templates"]}
+    assert "validation-dilution" in names
+    job_id = submit(server, config_yaml=VALIDATION_GRID)
+    final = server.wait(job_id, TERMINAL, timeout=300)
+    assert final["state"] == "COMPLETE", final
+    results = requests.get(f"{server.url}/results/{job_id}").json()
+    assert results["sample_call"] is None
+    validation = results["validation"]
+    assert {"lob", "lod95", "specificity", "auc", "linearity"} <= set(validation)
+    assert 0.0 <= validation["specificity"] <= 1.0
+    assert set(results["downloads"]) == {"validation", "validation_report"}
+    report = requests.get(f"{server.url}/download/{job_id}/validation_report")
+    assert report.status_code == 200 and report.headers["content-type"].startswith("text/html")
+    document = requests.get(f"{server.url}/download/{job_id}/validation").json()
+    assert len(document["samples"]) == 3 + 2  # 3 blanks and 2 replicates at TF 0.02

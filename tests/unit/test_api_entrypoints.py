@@ -83,7 +83,8 @@ def test_every_template_is_valid_and_described() -> None:
         params = params_from_template(name)
         assert isinstance(params, PipelineParams) and len(template.description) > 30
     assert TEMPLATES["duplex-high-depth"].mapping()["consensus"]["min_reads"] == [3, 1, 1]
-    assert not TEMPLATES["validation-dilution"].is_runnable
+    assert all(template.is_runnable for template in TEMPLATES.values())
+    assert "validation" in TEMPLATES["validation-dilution"].mapping()
     with pytest.raises(ConfigError, match="unknown template"):
         params_from_template("nope")
     with pytest.raises(ConfigError) as raised:

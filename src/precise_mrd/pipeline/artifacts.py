@@ -20,6 +20,15 @@ ARTIFACTS: Final[dict[str, str]] = {
     "log": "run.log",
 }
 
+#: download type -> file name of a validation (dilution-series) job
+VALIDATION_ARTIFACTS: Final[dict[str, str]] = {
+    "validation": "validation.json",
+    "validation_report": "validation.html",
+}
+
+#: every download type a job may offer
+DOWNLOAD_TYPES: Final[dict[str, str]] = {**ARTIFACTS, **VALIDATION_ARTIFACTS}
+
 #: media type of each download type
 MEDIA_TYPES: Final[dict[str, str]] = {
     "consensus_bam": "application/octet-stream",
@@ -30,4 +39,6 @@ MEDIA_TYPES: Final[dict[str, str]] = {
     "report": "text/html",
     "config": "application/yaml",
     "log": "text/plain",
+    "validation": "application/json",
+    "validation_report": "text/html",
 }

@@ -95,6 +95,24 @@ class CallingSection(_Section):
     n_bootstrap: int = Field(2000, ge=100, le=1_000_000)
 
 
+class ValidationSection(_Section):
+    """The dilution series a validation job runs (only read by the ``validation-dilution`` job)."""
+
+    preset: Literal["smoke", "standard"] = "smoke"
+    tumor_fractions: tuple[float, ...] = (0.0, 1e-5, 3e-5, 1e-4, 3e-4, 1e-3)
+    replicates: int = Field(3, ge=1, le=1000)
+    blank_replicates: int | None = Field(None, ge=1, le=10_000)
+    molecules_per_locus: int | None = Field(None, ge=10, le=1_000_000)
+    n_variants: int | None = Field(None, ge=1, le=10_000)
+
+    @field_validator("tumor_fractions")
+    @classmethod
+    def _check_fractions(cls, value: tuple[float, ...]) -> tuple[float, ...]:
+        if not value or any(not 0.0 <= fraction < 1.0 for fraction in value):
+            raise ValueError(f"tumor_fractions must be in [0, 1); got {list(value)}")
+        return value
+
+
 class PipelineParams(_Section):
     """The whole configuration of a run. Build with :meth:`from_mapping` or :meth:`from_yaml`."""
 
@@ -104,6 +122,7 @@ class PipelineParams(_Section):
     consensus: ConsensusSection = ConsensusSection()
     evidence: EvidenceSection = EvidenceSection()
     calling: CallingSection = CallingSection()
+    validation: ValidationSection = ValidationSection()
 
     @classmethod
     def from_mapping(cls, mapping: Mapping[str, Any]) -> PipelineParams:

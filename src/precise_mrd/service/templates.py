@@ -114,6 +114,10 @@ calling:
   alpha: 0.05
   min_informative_molecules: 1000
   n_bootstrap: 5000
+validation:
+  preset: smoke
+  tumor_fractions: [0.0, 1.0e-5, 3.0e-5, 1.0e-4, 3.0e-4, 1.0e-3]
+  replicates: 3
 """
 
 TEMPLATES: dict[str, ConfigTemplate] = {
@@ -138,12 +142,10 @@ TEMPLATES: dict[str, ConfigTemplate] = {
         ),
         ConfigTemplate(
             "validation-dilution",
-            "Per-sample settings for a dilution series (limit of blank / limit of detection "
-            "study). A job runs one sample with them.",
+            "A dilution series (CLSI EP17-A2 LoB / probit LoD95 study): simulated blanks and "
+            "tumour fractions 1e-5..1e-3 run through the pipeline; downloads validation.json "
+            "and validation.html. Uploaded reads are not used.",
             _VALIDATION_DILUTION,
-            is_runnable=False,
-            note="the dilution-series workflow (many samples, LoB/LoD fit) is not available in "
-            "the service yet; a job with this template runs a single sample",
         ),
     )
 }

@@ -36,7 +36,7 @@ from fastapi import APIRouter, File, Form, Query, Request, Response, UploadFile
 from fastapi.responses import FileResponse
 from pydantic import ValidationError
 
-from precise_mrd.pipeline.artifacts import ARTIFACTS, MEDIA_TYPES
+from precise_mrd.pipeline.artifacts import DOWNLOAD_TYPES, MEDIA_TYPES
 from precise_mrd.service.api.configs import resolve_config
 from precise_mrd.service.api.deps import (
     CurrentPrincipal,
@@ -373,15 +373,21 @@ def job_results(
     if job.state == JobState.COMPLETE:
         base = str(request.base_url).rstrip("/")
         downloads = {
-            kind: f"{base}/download/{job_id}/{kind}" for kind in ARTIFACTS if kind in job.artifacts
+            kind: f"{base}/download/{job_id}/{kind}"
+            for kind in DOWNLOAD_TYPES
+            if kind in job.artifacts
         }
+    complete = job.state == JobState.COMPLETE
+    is_validation_result = complete and bool(job.result) and "decision" not in (job.result or {})
+    is_sample_result = complete and not is_validation_result
     return JobResult(
         job_id=job.job_id,
         run_id=job.spec.run_id,
         state=job.state,
         status=job.state,
         reason=job.reason,
-        sample_call=_summary(job.result) if job.state == JobState.COMPLETE else None,
+        sample_call=_summary(job.result) if is_sample_result else None,
+        validation=dict(job.result) if is_validation_result and job.result else None,
         metrics=_key_metrics(service, job) if job.state == JobState.COMPLETE else {},
         downloads=downloads,
         finished_at=job.finished_at,
@@ -390,7 +396,7 @@ def job_results(
 
 def _download_name(run_id: str, kind: str) -> str:
     safe = _SAFE_RUN_ID.sub("_", run_id).strip("._") or "run"
-    return f"{safe}.{ARTIFACTS[kind]}"
+    return f"{safe}.{DOWNLOAD_TYPES[kind]}"
 
 
 @router.get(
@@ -411,12 +417,12 @@ def download(
     """``artifact_type`` is one of report, calls, calls_parquet, sample_call, consensus_bam,
     metrics, config, log. 404 for an unknown job or type, 409
     before the job is COMPLETE."""
-    if artifact_type not in ARTIFACTS:
+    if artifact_type not in DOWNLOAD_TYPES:
         raise NotFoundError(
             f"unknown download type {artifact_type!r}",
             field="artifact_type",
             code="unknown_artifact_type",
-            fix=f"use one of {', '.join(ARTIFACTS)}",
+            fix=f"use one of {', '.join(DOWNLOAD_TYPES)}",
         )
     job = service.get(job_id, tenant_id=principal.tenant_id)
     if job.state != JobState.COMPLETE:

@@ -121,7 +121,12 @@ class JobResult(_Response):
     status: JobState
     reason: str | None = None
     sample_call: SampleCallSummary | None = Field(
-        None, description="Present when the job is COMPLETE"
+        None, description="Present when a sample job is COMPLETE"
+    )
+    validation: dict[str, Any] | None = Field(
+        None,
+        description="Present when a validation-dilution job is COMPLETE: LoB, LoD95 with CI, "
+        "specificity, AUC, linearity (the headline of validation.json)",
     )
     metrics: dict[str, Any] = Field(
         default_factory=dict, description="Key QC figures (reads, molecules, duplex rate...)"

@@ -53,7 +53,7 @@ from typing import Any, cast
 from sqlalchemy import CursorResult, and_, delete, func, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from precise_mrd.pipeline.artifacts import ARTIFACTS
+from precise_mrd.pipeline.artifacts import DOWNLOAD_TYPES
 from precise_mrd.service.db.models import JobEventRecord, JobRecord
 from precise_mrd.service.jobs.model import (
     TERMINAL_STATES,
@@ -289,9 +289,9 @@ class SqlJobService:
         raise JobStateError(job_id, job.state, f"job {job_id} keeps changing state; try again")
 
     def artifact_path(self, job_id: str, kind: str, *, tenant_id: str) -> Path:
-        """The local file of a COMPLETE job's artifact ``kind`` (a key of ``ARTIFACTS``)."""
+        """The local file of a COMPLETE job's artifact ``kind`` (a key of ``DOWNLOAD_TYPES``)."""
         job = self.get(job_id, tenant_id=tenant_id)
-        if kind not in ARTIFACTS:
+        if kind not in DOWNLOAD_TYPES:
             raise ArtifactNotFoundError(f"{job_id}/{kind}")
         if job.state != S.COMPLETE:
             raise JobStateError(job_id, job.state, f"job {job_id} is {job.state}, not COMPLETE")

@@ -50,7 +50,7 @@ from typing import Any
 import yaml
 
 from precise_mrd.core.errors import ConfigError, InputError, InputFileError
-from precise_mrd.pipeline.artifacts import ARTIFACTS
+from precise_mrd.pipeline.artifacts import ARTIFACTS, VALIDATION_ARTIFACTS
 from precise_mrd.pipeline.params import PipelineParams
 from precise_mrd.pipeline.run import RunInputs
 from precise_mrd.service.db.engine import create_engine_for_url, make_session_factory
@@ -263,6 +263,74 @@ class ProgressWriter:
         self.service.update_progress(self.job_id, progress=fraction, stage=stage)
 
 
+VALIDATION_TEMPLATE = "validation-dilution"
+VALIDATION_SUMMARY_KEYS = (
+    "lob",
+    "lod95",
+    "lod95_ci",
+    "specificity",
+    "auc",
+    "linearity",
+    "lob_status",
+    "lod95_status",
+)
+
+
+def is_validation_job(spec: JobSpec) -> bool:
+    """A dilution-series job: the ``validation-dilution`` template, or a config with a
+    ``validation:`` section (as ``POST /config-from-template`` writes for that template)."""
+    if spec.config_template == VALIDATION_TEMPLATE:
+        return True
+    try:
+        loaded = yaml.safe_load(spec.config_yaml or "")
+    except yaml.YAMLError:
+        return False
+    return isinstance(loaded, dict) and "validation" in loaded
+
+
+def _run_validation_job(
+    service: SqlJobService, job: JobView, params: PipelineParams, work_dir: Path
+) -> JobState:
+    """A dilution series (simulated blanks and tumour fractions through the real pipeline)."""
+    from precise_mrd.pipeline.validation import run_validation
+
+    grid = params.validation
+    result = run_validation(
+        work_dir / "out",
+        preset=grid.preset,
+        tumor_fractions=grid.tumor_fractions,
+        replicates=grid.replicates,
+        blank_replicates=grid.blank_replicates,
+        molecules_per_locus=grid.molecules_per_locus,
+        n_variants=grid.n_variants,
+        seed=params.seed,
+        # NB: one process per job; the executor already runs MAX_CONCURRENT_JOBS jobs at once.
+        workers=1,
+        progress=ProgressWriter(service, job.job_id),
+    )
+    artifacts: dict[str, str] = {}
+    for kind, name in VALIDATION_ARTIFACTS.items():
+        path = result.out_dir / name
+        if path.is_file():
+            key = f"jobs/{job.job_id}/{name}"
+            service.store.put_file(key, path)
+            artifacts[kind] = key
+    summary = {key: result.summary[key] for key in VALIDATION_SUMMARY_KEYS if key in result.summary}
+    done = service.transition(
+        job.job_id,
+        from_states=[JobState.RUNNING],
+        to_state=JobState.COMPLETE,
+        result=summary,
+        artifacts=artifacts,
+        progress=1.0,
+        stage="done",
+    )
+    if not done:
+        return service.load(job.job_id).state
+    logger.info("validation complete: LoD95 %s", summary.get("lod95"), extra={"state": "COMPLETE"})
+    return JobState.COMPLETE
+
+
 def run_job(service: SqlJobService, job_id: str, work_dir: Path, settings: Settings) -> JobState:
     """Run one claimed job to a final state (or leave it to the executor if it was canceled)."""
     job = service.load(job_id)
@@ -303,6 +371,8 @@ def run_job(service: SqlJobService, job_id: str, work_dir: Path, settings: Setti
             service.update_progress(job_id, progress=0.0, stage="debug_sleep")
             time.sleep(knobs.sleep_seconds)
             child.wait()
+        if is_validation_job(job.spec):
+            return _run_validation_job(service, job, params, work_dir)
         from precise_mrd.pipeline.run import run_pipeline
 
         result = run_pipeline(
