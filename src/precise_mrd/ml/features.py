@@ -1,0 +1,522 @@
+"""Per-molecule observation features for the ML artefact filter, read from a consensus BAM.
+
+An *observation* is one consensus molecule's confident base at one reference position (molecules,
+not reads: read 1 and read 2 of a molecule covering the same position count once, and not at all
+if they disagree, exactly as :mod:`precise_mrd.pipeline.evidence` counts). The features are the
+ones a variant caller looks at when it decides whether an alt base is real
+(:data:`FEATURE_NAMES`):
+
+* ``base_quality``: consensus Phred score of the base;
+* ``family_size`` (``cD``), ``min_strand_depth`` (``min(aD, bD)``, 0 for simplex molecules),
+  ``is_duplex`` (``aD > 0`` and ``bD > 0``), ``consensus_error_rate`` (``cE``);
+* ``read_end_distance``: bases to the nearer end of the consensus read;
+* ``mapping_quality`` and ``fragment_length`` (``|TLEN|``);
+* ``sbs96_class``, ``substitution`` (class // 16) and ``is_cpg`` from the reference trinucleotide
+  and the alternate (:func:`precise_mrd.core.background.sbs96_index`);
+* ``other_mismatches``: other confident mismatches against the reference in the same molecule;
+* ``template_strand``: 0 when read 1 came from the + strand.
+
+Nothing here may carry the answer: no read names, no UMI sequences, no truth file, no simulator
+internals. ``tests/unit/test_ml_features.py`` pins :data:`FEATURE_NAMES`.
+
+Which observations are extracted (:func:`extract_observations`): every informative molecule
+(ref or alt) at each tracked variant; every background mismatch (a confident non-reference base at
+a background position, defined as in the evidence stage: target positions with an ACGT
+trinucleotide more than ``variant_exclusion_window`` bases from a tracked variant); and a seeded
+random sample of background *reference* observations, used to measure how often an ordinary
+molecule passes the filter (see :mod:`precise_mrd.ml.scoring`).
+
+>>> len(FEATURE_NAMES), FEATURE_NAMES[0]
+(13, 'base_quality')
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+import pysam
+
+from precise_mrd.core.background import sbs96_index
+from precise_mrd.core.errors import InputFileError
+from precise_mrd.core.records import Variant
+
+FloatArray = npt.NDArray[np.float64]
+IntArray = npt.NDArray[np.int64]
+BoolArray = npt.NDArray[np.bool_]
+
+FEATURE_NAMES: tuple[str, ...] = (
+    "base_quality",
+    "family_size",
+    "min_strand_depth",
+    "is_duplex",
+    "consensus_error_rate",
+    "read_end_distance",
+    "mapping_quality",
+    "fragment_length",
+    "sbs96_class",
+    "substitution",
+    "is_cpg",
+    "other_mismatches",
+    "template_strand",
+)
+
+#: Observation kinds in :attr:`ObservationTable.kind`.
+KIND_VARIANT = 0  # an informative molecule at a tracked variant (ref or alt)
+KIND_BACKGROUND_ERROR = 1  # a non-reference base at a background position
+KIND_BACKGROUND_REF = 2  # a sampled reference base at a background position
+
+_CODE = np.full(256, 4, dtype=np.int64)
+for _i, _b in enumerate("ACGT"):
+    _CODE[ord(_b)] = _i
+    _CODE[ord(_b.lower())] = _i
+_SKIP_FLAGS = 0x4 | 0x100 | 0x200 | 0x800
+_MATCH_OPS = (0, 7, 8)
+_QUERY_OPS = (0, 1, 4, 7, 8)
+_REF_OPS = (0, 2, 3, 7, 8)
+_CLASS_TABLE: dict[tuple[str, str], int] = {}
+
+
+def class_of(context: str, alt: str) -> int:
+    """SBS-96 class of ``context`` mutated to ``alt`` (cached; -1 if not ACGT).
+
+    >>> class_of("ACG", "T")
+    34
+    """
+    key = (context, alt)
+    if key not in _CLASS_TABLE:
+        try:
+            _CLASS_TABLE[key] = sbs96_index(context, alt)
+        except ValueError:
+            _CLASS_TABLE[key] = -1
+    return _CLASS_TABLE[key]
+
+
+def class_features(classes: IntArray) -> tuple[IntArray, IntArray]:
+    """``substitution`` (0..5: C>A C>G C>T T>A T>C T>G) and ``is_cpg`` of SBS-96 classes."""
+    classes = np.asarray(classes, dtype=np.int64)
+    substitution = classes // 16
+    is_cpg = ((classes < 48) & (classes % 4 == 2)).astype(np.int64)
+    return substitution, is_cpg
+
+
+@dataclass(frozen=True, eq=False)
+class ObservationTable:
+    """Observations (rows) with their features and the bookkeeping the filter needs.
+
+    ``features[i]`` follows :data:`FEATURE_NAMES`; ``kind[i]`` is a ``KIND_*`` constant;
+    ``variant_index[i]`` the tracked variant (-1 for background rows); ``is_alt[i]`` whether the
+    base is the variant's alt (variant rows) or a mismatch (background rows); ``is_ref[i]`` whether
+    it is the reference base; ``duplex[i]``, ``template[i]``, ``read_end_distance[i]`` as counted
+    by the evidence stage; ``sbs_class[i]`` the class the row is scored as (a reference row at a
+    variant takes the variant's class; a sampled background reference row, each possible alt's).
+    """
+
+    features: FloatArray
+    kind: IntArray
+    variant_index: IntArray
+    is_alt: BoolArray
+    is_ref: BoolArray
+    duplex: IntArray
+    template: IntArray
+    read_end_distance: IntArray
+    sbs_class: IntArray
+
+    def __post_init__(self) -> None:
+        n = self.features.shape[0]
+        if self.features.ndim != 2 or self.features.shape[1] != len(FEATURE_NAMES):
+            raise ValueError(
+                f"features must have shape (n, {len(FEATURE_NAMES)}); got {self.features.shape}"
+            )
+        for name in (
+            "kind",
+            "variant_index",
+            "is_alt",
+            "is_ref",
+            "duplex",
+            "template",
+            "read_end_distance",
+            "sbs_class",
+        ):
+            if getattr(self, name).shape != (n,):
+                raise ValueError(f"{name} must have shape ({n},); got {getattr(self, name).shape}")
+
+    def __len__(self) -> int:
+        return int(self.features.shape[0])
+
+    def subset(self, mask: BoolArray | IntArray) -> ObservationTable:
+        """The rows selected by a boolean mask or an index array."""
+        return ObservationTable(
+            features=self.features[mask],
+            kind=self.kind[mask],
+            variant_index=self.variant_index[mask],
+            is_alt=self.is_alt[mask],
+            is_ref=self.is_ref[mask],
+            duplex=self.duplex[mask],
+            template=self.template[mask],
+            read_end_distance=self.read_end_distance[mask],
+            sbs_class=self.sbs_class[mask],
+        )
+
+    @staticmethod
+    def concatenate(tables: Sequence[ObservationTable]) -> ObservationTable:
+        """Rows of several tables, in order."""
+        if not tables:
+            return _empty_table()
+        return ObservationTable(
+            features=np.concatenate([t.features for t in tables]),
+            kind=np.concatenate([t.kind for t in tables]),
+            variant_index=np.concatenate([t.variant_index for t in tables]),
+            is_alt=np.concatenate([t.is_alt for t in tables]),
+            is_ref=np.concatenate([t.is_ref for t in tables]),
+            duplex=np.concatenate([t.duplex for t in tables]),
+            template=np.concatenate([t.template for t in tables]),
+            read_end_distance=np.concatenate([t.read_end_distance for t in tables]),
+            sbs_class=np.concatenate([t.sbs_class for t in tables]),
+        )
+
+
+def _empty_table() -> ObservationTable:
+    e = np.zeros(0, dtype=np.int64)
+    return ObservationTable(
+        features=np.zeros((0, len(FEATURE_NAMES))),
+        kind=e,
+        variant_index=e,
+        is_alt=e.astype(bool),
+        is_ref=e.astype(bool),
+        duplex=e,
+        template=e,
+        read_end_distance=e,
+        sbs_class=e,
+    )
+
+
+@dataclass
+class _Reads:
+    """Per-base columns of the reads of one window (one row per aligned confident base)."""
+
+    pos: IntArray
+    base: IntArray
+    qual: IntArray
+    dist: IntArray
+    read: IntArray
+    # per read
+    mol: IntArray
+    family_size: FloatArray
+    min_strand: FloatArray
+    duplex: IntArray
+    error_rate: FloatArray
+    mapq: FloatArray
+    fragment: FloatArray
+    template: IntArray
+
+
+def _read_window(
+    bam: pysam.AlignmentFile,
+    chrom: str,
+    start: int,
+    end: int,
+    min_base_quality: int,
+    min_mapping_quality: int,
+) -> _Reads | None:
+    pos_parts: list[IntArray] = []
+    q_parts: list[IntArray] = []
+    read_parts: list[IntArray] = []
+    qlen_parts: list[IntArray] = []
+    seqs: list[bytes] = []
+    quals: list[bytes] = []
+    per_read: list[tuple[int, float, float, int, float, float, float, int]] = []
+    molecules: dict[str, int] = {}
+    for rec in bam.fetch(chrom, start, end):
+        flag = rec.flag
+        if flag & _SKIP_FLAGS or rec.mapping_quality < min_mapping_quality:
+            continue
+        seq, qual_text, cigar = rec.query_sequence, rec.query_qualities_str, rec.cigartuples
+        if not rec.has_tag("MI") or seq is None or not qual_text or cigar is None:
+            continue
+        index = len(per_read)
+        a_depth = int(rec.get_tag("aD")) if rec.has_tag("aD") else 0
+        b_depth = int(rec.get_tag("bD")) if rec.has_tag("bD") else 0
+        per_read.append(
+            (
+                molecules.setdefault(str(rec.get_tag("MI")), len(molecules)),
+                float(rec.get_tag("cD")) if rec.has_tag("cD") else 1.0,
+                float(min(a_depth, b_depth)),
+                int(a_depth > 0 and b_depth > 0),
+                float(rec.get_tag("cE")) if rec.has_tag("cE") else 0.0,
+                float(rec.mapping_quality),
+                float(abs(rec.template_length)),
+                ((flag >> 4) ^ (flag >> 7)) & 1,
+            )
+        )
+        q = 0
+        r = rec.reference_start
+        for op, length in cigar:
+            if op in _MATCH_OPS:
+                pos_parts.append(np.arange(r, r + length, dtype=np.int64))
+                q_parts.append(np.arange(q, q + length, dtype=np.int64))
+                read_parts.append(np.full(length, index, dtype=np.int64))
+                qlen_parts.append(np.full(length, len(seq), dtype=np.int64))
+            if op in _QUERY_OPS:
+                q += length
+            if op in _REF_OPS:
+                r += length
+        seqs.append(seq.encode("ascii"))
+        quals.append(qual_text.encode("ascii"))
+    if not per_read or not pos_parts:
+        return None
+    read = np.concatenate(read_parts)
+    qpos = np.concatenate(q_parts)
+    qlen = np.concatenate(qlen_parts)
+    starts = np.cumsum([0] + [len(s) for s in seqs])[:-1]
+    flat = starts[read] + qpos
+    base = _CODE[np.frombuffer(b"".join(seqs), dtype=np.uint8)][flat]
+    qual = np.frombuffer(b"".join(quals), dtype=np.uint8).astype(np.int64)[flat] - 33
+    pos = np.concatenate(pos_parts)
+    keep = (base < 4) & (qual >= min_base_quality) & (pos >= start) & (pos < end)
+    cols = np.array([p[1:] for p in per_read], dtype=np.float64)
+    return _Reads(
+        pos=pos[keep],
+        base=base[keep],
+        qual=qual[keep],
+        dist=np.minimum(qpos, qlen - 1 - qpos)[keep],
+        read=read[keep],
+        mol=np.array([p[0] for p in per_read], dtype=np.int64),
+        family_size=cols[:, 0],
+        min_strand=cols[:, 1],
+        duplex=cols[:, 2].astype(np.int64),
+        error_rate=cols[:, 3],
+        mapq=cols[:, 4],
+        fragment=cols[:, 5],
+        template=cols[:, 6].astype(np.int64),
+    )
+
+
+def _molecule_rows(reads: _Reads) -> IntArray:
+    """Indices of one base row per (molecule, position); none where the molecule's reads disagree.
+
+    Keeps the first read's row, as the evidence stage does.
+    """
+    mol = reads.mol[reads.read]
+    order = np.lexsort((reads.read, reads.pos, mol))
+    m, p, b = mol[order], reads.pos[order], reads.base[order]
+    new = np.ones(order.size, dtype=bool)
+    new[1:] = (m[1:] != m[:-1]) | (p[1:] != p[:-1])
+    group = np.cumsum(new) - 1
+    first = np.flatnonzero(new)
+    agree = np.ones(first.size, dtype=bool)
+    differs = np.flatnonzero(b != b[first[group]])
+    agree[group[differs]] = False
+    return np.asarray(order[first[agree]], dtype=np.int64)
+
+
+def _window_contexts(fasta: pysam.FastaFile, chrom: str, start: int, end: int) -> list[str]:
+    """Reference trinucleotide of each position in [start, end) ('' without a full context)."""
+    length = fasta.get_reference_length(chrom)
+    lo = max(0, start - 1)
+    text = fasta.fetch(chrom, lo, min(length, end + 1)).upper()
+    shift = start - 1 - lo  # -1 when start == 0
+    out = []
+    for i in range(end - start):
+        j = i + shift
+        tri = text[j : j + 3] if j >= 0 else ""
+        out.append(tri if len(tri) == 3 and all(c in "ACGT" for c in tri) else "")
+    return out
+
+
+def extract_observations(
+    consensus_bam_path: Path,
+    reference_path: Path,
+    variants: Sequence[Variant],
+    rng: np.random.Generator,
+    *,
+    regions: Sequence[tuple[str, int, int]] | None = None,
+    flank: int = 100,
+    min_base_quality: int = 30,
+    min_mapping_quality: int = 20,
+    variant_exclusion_window: int = 5,
+    n_reference_samples_per_region: int = 500,
+) -> ObservationTable:
+    """Observations at ``variants`` and background positions of an indexed consensus BAM.
+
+    ``regions`` are 0-based half-open (default: each variant +/- ``flank``); thresholds mean what
+    they mean in :func:`precise_mrd.pipeline.evidence.collect_evidence`.
+    ``n_reference_samples_per_region`` reference observations per region are drawn with ``rng``;
+    each is entered three times, once as each possible alternate's class.
+    """
+    for path, what in ((consensus_bam_path, "consensus BAM"), (reference_path, "reference")):
+        if not Path(path).is_file():
+            raise InputFileError(str(path), f"{what} not found", "check the path")
+    if regions is None:
+        regions = [(v.chrom, max(0, v.start0 - flank), v.pos + flank) for v in variants]
+    by_chrom: dict[str, list[tuple[int, Variant]]] = defaultdict(list)
+    for i, v in enumerate(variants):
+        by_chrom[v.chrom].append((i, v))
+    tables: list[ObservationTable] = []
+    with (
+        pysam.AlignmentFile(str(consensus_bam_path), "rb") as bam,
+        pysam.FastaFile(str(reference_path)) as fasta,
+    ):
+        if not bam.has_index():
+            raise InputFileError(str(consensus_bam_path), "has no index", "run `samtools index`")
+        for chrom, start, end in _merge(regions, variants):
+            length = fasta.get_reference_length(chrom)
+            start, end = max(0, start), min(end, length)
+            if end <= start:
+                continue
+            reads = _read_window(bam, chrom, start, end, min_base_quality, min_mapping_quality)
+            if reads is None:
+                continue
+            local = [(i, v) for i, v in by_chrom[chrom] if start <= v.start0 < end]
+            tables.append(
+                _window_table(
+                    reads,
+                    _window_contexts(fasta, chrom, start, end),
+                    start,
+                    local,
+                    [v for _, v in by_chrom[chrom]],
+                    variant_exclusion_window,
+                    n_reference_samples_per_region,
+                    rng,
+                )
+            )
+    return ObservationTable.concatenate(tables)
+
+
+def _merge(
+    regions: Sequence[tuple[str, int, int]], variants: Sequence[Variant]
+) -> list[tuple[str, int, int]]:
+    spans: dict[str, list[tuple[int, int]]] = defaultdict(list)
+    for c, s, e in regions:
+        spans[c].append((s, e))
+    for v in variants:  # tracked positions outside every region are still read
+        spans[v.chrom].append((v.start0, v.pos))
+    merged = []
+    for c, items in spans.items():
+        items.sort()
+        cs, ce = items[0]
+        for s, e in items[1:]:
+            if s <= ce:
+                ce = max(ce, e)
+            else:
+                merged.append((c, cs, ce))
+                cs, ce = s, e
+        merged.append((c, cs, ce))
+    return merged
+
+
+def _window_table(
+    reads: _Reads,
+    contexts: list[str],
+    start: int,
+    local_variants: list[tuple[int, Variant]],
+    chrom_variants: list[Variant],
+    exclusion: int,
+    n_samples: int,
+    rng: np.random.Generator,
+) -> ObservationTable:
+    rows = _molecule_rows(reads)
+    pos, base, read = reads.pos[rows], reads.base[rows], reads.read[rows]
+    rel = pos - start
+    ref_code = np.array(["ACGT".find(t[1]) if t else -1 for t in contexts], dtype=np.int64)
+    ref = ref_code[rel]
+    mismatch = (ref >= 0) & (base != ref)
+    mol = reads.mol[read]
+    n_mm = np.bincount(mol, weights=mismatch, minlength=reads.mol.max() + 1)
+    other = n_mm[mol] - mismatch
+    excluded = np.zeros(len(contexts), dtype=bool)
+    for v in chrom_variants:
+        excluded[
+            max(0, v.start0 - exclusion - start) : max(0, v.start0 + exclusion + 1 - start)
+        ] = True
+    background_pos = (ref_code >= 0) & ~excluded
+    tracked = np.full(len(contexts), -1, dtype=np.int64)
+    for i, v in local_variants:
+        tracked[v.start0 - start] = i
+    # variant rows: informative molecules at a tracked position
+    v_index = tracked[rel]
+    v_rows = np.flatnonzero(v_index >= 0)
+    v_alt_code = np.array(["ACGT".index(v.alt) for _, v in local_variants] or [0], dtype=np.int64)
+    v_ref_code = np.array(["ACGT".index(v.ref) for _, v in local_variants] or [0], dtype=np.int64)
+    order_of = {i: k for k, (i, _) in enumerate(local_variants)}
+    local_k = np.array([order_of[i] for i in v_index[v_rows]], dtype=np.int64)
+    informative = (base[v_rows] == v_alt_code[local_k]) | (base[v_rows] == v_ref_code[local_k])
+    v_rows, local_k = v_rows[informative], local_k[informative]
+    v_class = np.array(
+        [class_of(contexts[v.start0 - start], v.alt) for _, v in local_variants] or [0],
+        dtype=np.int64,
+    )[local_k]
+    # background errors
+    bg = background_pos[rel]
+    e_rows = np.flatnonzero(bg & mismatch)
+    e_class = np.array(
+        [class_of(contexts[r], "ACGT"[b]) for r, b in zip(rel[e_rows], base[e_rows], strict=True)],
+        dtype=np.int64,
+    )
+    # sampled background reference rows, each entered once per possible alternate
+    ref_rows_all = np.flatnonzero(bg & ~mismatch)
+    take = min(n_samples, ref_rows_all.size)
+    s_rows = np.sort(rng.choice(ref_rows_all, size=take, replace=False)) if take else ref_rows_all
+    s_rows = np.repeat(s_rows, 3)
+    s_class = np.array(
+        [
+            class_of(contexts[r], alt)
+            for r in rel[s_rows[::3]]
+            for alt in "ACGT"
+            if alt != contexts[r][1]
+        ],
+        dtype=np.int64,
+    )
+    all_rows = np.concatenate([v_rows, e_rows, s_rows])
+    kind = np.concatenate(
+        [
+            np.full(v_rows.size, KIND_VARIANT),
+            np.full(e_rows.size, KIND_BACKGROUND_ERROR),
+            np.full(s_rows.size, KIND_BACKGROUND_REF),
+        ]
+    ).astype(np.int64)
+    classes = np.concatenate([v_class, e_class, s_class]).astype(np.int64)
+    is_alt = np.concatenate(
+        [
+            base[v_rows] == v_alt_code[local_k],
+            np.ones(e_rows.size, dtype=bool),
+            np.zeros(s_rows.size, dtype=bool),
+        ]
+    )
+    is_mismatch = mismatch[all_rows]
+    r_read = read[all_rows]
+    substitution, is_cpg = class_features(classes)
+    features = np.column_stack(
+        [
+            reads.qual[rows][all_rows],
+            reads.family_size[r_read],
+            reads.min_strand[r_read],
+            reads.duplex[r_read],
+            reads.error_rate[r_read],
+            reads.dist[rows][all_rows],
+            reads.mapq[r_read],
+            reads.fragment[r_read],
+            classes,
+            substitution,
+            is_cpg,
+            other[all_rows],
+            reads.template[r_read],
+        ]
+    ).astype(np.float64)
+    return ObservationTable(
+        features=features,
+        kind=kind,
+        variant_index=np.concatenate(
+            [v_index[v_rows], np.full(e_rows.size + s_rows.size, -1)]
+        ).astype(np.int64),
+        is_alt=is_alt,
+        is_ref=~is_mismatch,
+        duplex=reads.duplex[r_read],
+        template=reads.template[r_read],
+        read_end_distance=reads.dist[rows][all_rows],
+        sbs_class=classes,
+    )

@@ -1,0 +1,271 @@
+"""Train an artefact classifier on simulator output, held out by sample.
+
+Samples alternate between blanks (TF = 0) and high-TF samples (default TF 0.05), each with its own
+seed, with damage artefacts switched up (``artifact_rate`` 1e-3). Labels:
+
+* **artefact (1)**: every alt observation at a tracked variant in a blank, and every background
+  mismatch in any sample (no contamination is simulated, so a non-reference base off the tracked
+  positions is an error: damage, PCR or sequencing);
+* **real (0)**: alt observations at tracked variants of high-TF samples where ``truth.json`` says
+  mutant molecules were sequenced.
+
+Label noise left: some "real" rows are artefacts that happen to hit the alt at a locus with mutant
+molecules (about ``e / (TF*AF)`` of them, ~2-4% here); and background errors and tracked variants
+have different SBS-class mixes, so artefact rows are re-weighted per class to the class mix of the
+real rows (the class alone then says nothing about the label; only its interactions do).
+
+The truth file is read only to build labels, never as a feature. Samples with index
+``>= n_samples - n_holdout`` (different seeds) are held out for the metrics in the model card.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+from precise_mrd.core.background import N_CLASSES
+from precise_mrd.core.errors import ConfigError
+from precise_mrd.ml.ensemble import (
+    MODEL_VERSION,
+    artefact_probability,
+    build_model,
+    check_model_type,
+    model_name,
+    save_model,
+)
+from precise_mrd.ml.features import (
+    KIND_BACKGROUND_ERROR,
+    KIND_VARIANT,
+    ObservationTable,
+    extract_observations,
+)
+
+FloatArray = npt.NDArray[np.float64]
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    """Size of the simulated training set (smoke scale by default: a few minutes on 2 cores)."""
+
+    n_samples: int = 8
+    n_holdout: int = 2
+    seed: int = 1
+    positive_tumor_fraction: float = 0.05
+    artifact_rate: float = 1e-3
+    n_variants: int = 30
+    molecules_per_locus: int = 800
+    min_real_retention: float = 0.9
+
+    def __post_init__(self) -> None:
+        if self.n_samples < 4 or not 2 <= self.n_holdout <= self.n_samples - 2:
+            raise ConfigError(
+                "train.n_samples",
+                f"need n_samples >= 4 and 2 <= n_holdout <= n_samples - 2; got "
+                f"{self.n_samples} and {self.n_holdout}",
+                "use e.g. --n-samples 8",
+            )
+        if not 0.0 < self.positive_tumor_fraction <= 1.0:
+            raise ConfigError(
+                "train.positive_tumor_fraction",
+                f"must be in (0, 1]; got {self.positive_tumor_fraction}",
+                "use e.g. 0.05",
+            )
+        if not 0.0 < self.min_real_retention < 1.0:
+            raise ConfigError(
+                "train.min_real_retention",
+                f"must be in (0, 1); got {self.min_real_retention}",
+                "use e.g. 0.9",
+            )
+
+
+@dataclass(frozen=True)
+class LabelledSample:
+    """Training rows of one simulated sample."""
+
+    seed: int
+    tumor_fraction: float
+    features: FloatArray
+    labels: npt.NDArray[np.int64]
+    classes: npt.NDArray[np.int64]
+
+
+def simulate_labelled_sample(
+    work_dir: Path, seed: int, tumor_fraction: float, config: TrainingConfig
+) -> LabelledSample:
+    """Simulate, build the consensus BAM, extract observations and label them."""
+    from precise_mrd.core.simulate import SimulationParams
+    from precise_mrd.io.fasta import open_reference
+    from precise_mrd.io.vcf import read_variants
+    from precise_mrd.pipeline.consensus import group_and_call_consensus
+    from precise_mrd.pipeline.params import PipelineParams
+    from precise_mrd.pipeline.run import consensus_params_from
+    from precise_mrd.pipeline.simulation import simulate_sample
+
+    params = SimulationParams.preset(
+        "smoke",
+        seed=seed,
+        tumor_fraction=tumor_fraction,
+        artifact_rate=config.artifact_rate,
+        n_variants=config.n_variants,
+        molecules_per_locus=config.molecules_per_locus,
+        sample_name=f"TRAIN{seed}",
+    )
+    sim = simulate_sample(work_dir, params)
+    consensus = work_dir / "consensus.bam"
+    pipeline = PipelineParams()
+    group_and_call_consensus(
+        sim.bam_path,
+        consensus,
+        params=consensus_params_from(pipeline),
+        strategy=pipeline.umi.strategy,
+    )
+    variants = read_variants(sim.vcf_path, open_reference(sim.reference_path))
+    table = extract_observations(
+        consensus, sim.reference_path, variants, np.random.default_rng(seed)
+    )
+    truth = json.loads(sim.truth_path.read_text())
+    mutant = {t["key"]: int(t["n_mutant_molecules_sequenced"]) > 0 for t in truth["variants"]}
+    has_mutants = np.array([mutant.get(v.key, False) for v in variants] + [False])
+    rows, labels = label_rows(table, has_mutants, is_blank=tumor_fraction == 0.0)
+    return LabelledSample(
+        seed=seed,
+        tumor_fraction=tumor_fraction,
+        features=table.features[rows],
+        labels=labels,
+        classes=table.sbs_class[rows],
+    )
+
+
+def label_rows(
+    table: ObservationTable, variant_has_mutants: npt.NDArray[np.bool_], *, is_blank: bool
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """Row indices and labels (1 artefact, 0 real) of a sample's observations (module docstring).
+
+    ``variant_has_mutants[i]``: truth says variant ``i`` has sequenced mutant molecules.
+    """
+    at_variant = (table.kind == KIND_VARIANT) & table.is_alt
+    artefact = table.kind == KIND_BACKGROUND_ERROR
+    real = np.zeros(len(table), dtype=bool)
+    if is_blank:
+        artefact |= at_variant
+    else:
+        real = at_variant & variant_has_mutants[table.variant_index]
+    rows = np.flatnonzero(artefact | real)
+    return rows, artefact[rows].astype(np.int64)
+
+
+def class_balance_weights(
+    labels: npt.NDArray[np.int64], classes: npt.NDArray[np.int64]
+) -> FloatArray:
+    """Weights giving artefact rows the SBS-class mix of the real rows (equal total weight)."""
+    real = np.bincount(classes[labels == 0], minlength=N_CLASSES) + 0.5
+    art = np.bincount(classes[labels == 1], minlength=N_CLASSES) + 0.5
+    w = np.ones(labels.size)
+    ratio = (real / real.sum()) / (art / art.sum())
+    w[labels == 1] = np.clip(ratio[classes[labels == 1]], 0.05, 20.0)
+    w[labels == 1] *= (labels == 0).sum() / max(w[labels == 1].sum(), 1e-9)
+    return w
+
+
+def balanced_rows(
+    labels: npt.NDArray[np.int64], classes: npt.NDArray[np.int64], rng: np.random.Generator
+) -> npt.NDArray[np.int64]:
+    """All real rows plus as many artefact rows, drawn with replacement by their class weights.
+
+    A weighted resample instead of ``sample_weight`` so that every model type (including the
+    scaled logistic regression inside the ensemble) sees the same balanced set.
+    """
+    weights = class_balance_weights(labels, classes)
+    real = np.flatnonzero(labels == 0)
+    art = np.flatnonzero(labels == 1)
+    drawn = rng.choice(art, size=real.size, replace=True, p=weights[art] / weights[art].sum())
+    return np.sort(np.concatenate([real, drawn]))
+
+
+def choose_threshold(p_real: FloatArray, min_real_retention: float) -> float:
+    """Largest-filtering threshold that keeps ``min_real_retention`` of real observations."""
+    if p_real.size == 0:
+        return 0.5
+    return float(min(max(np.quantile(p_real, min_real_retention), 0.05), 0.99))
+
+
+def evaluate(p: FloatArray, labels: npt.NDArray[np.int64], threshold: float) -> dict[str, float]:
+    """Held-out metrics: ROC AUC, average precision, and what the threshold keeps."""
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    both = labels.min() != labels.max()
+    return {
+        "roc_auc": float(roc_auc_score(labels, p)) if both else float("nan"),
+        "average_precision": float(average_precision_score(labels, p)) if both else float("nan"),
+        "real_retained": float((p[labels == 0] <= threshold).mean()),
+        "artefacts_removed": float((p[labels == 1] > threshold).mean()),
+        "n_real": int((labels == 0).sum()),
+        "n_artefact": int((labels == 1).sum()),
+    }
+
+
+def train_model(
+    out_dir: Path,
+    *,
+    model_type: str = "ensemble",
+    config: TrainingConfig | None = None,
+    work_dir: Path | None = None,
+) -> Path:
+    """Simulate, fit, evaluate on held-out samples, write ``artefact_<type>_v<N>.joblib/.json``."""
+    check_model_type(model_type)
+    config = config or TrainingConfig()
+    started = time.perf_counter()
+    scratch = Path(tempfile.mkdtemp(prefix="train-", dir=work_dir))
+    samples: list[LabelledSample] = []
+    try:
+        for i in range(config.n_samples):
+            tf = 0.0 if i % 2 == 0 else config.positive_tumor_fraction
+            sample_dir = scratch / f"sample-{i}"
+            samples.append(simulate_labelled_sample(sample_dir, config.seed + i, tf, config))
+            shutil.rmtree(sample_dir, ignore_errors=True)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    n_train = config.n_samples - config.n_holdout
+    train, held = samples[:n_train], samples[n_train:]
+    x = np.concatenate([s.features for s in train])
+    y = np.concatenate([s.labels for s in train])
+    classes = np.concatenate([s.classes for s in train])
+    if y.min() == y.max():
+        raise ConfigError(
+            "train.n_samples",
+            "the training samples gave only one label",
+            "use more samples or a higher positive tumour fraction",
+        )
+    estimator = build_model(model_type, config.seed)
+    rows = balanced_rows(y, classes, np.random.default_rng(config.seed))
+    estimator.fit(x[rows], y[rows])
+    threshold = choose_threshold(
+        artefact_probability(estimator, x[y == 0]), config.min_real_retention
+    )
+    xh = np.concatenate([s.features for s in held])
+    yh = np.concatenate([s.labels for s in held])
+    card = {
+        "model_type": model_type,
+        "version": MODEL_VERSION,
+        "threshold": threshold,
+        "positive_class": "artefact",
+        "training": {
+            "config": config.__dict__,
+            "train_seeds": [s.seed for s in train],
+            "holdout_seeds": [s.seed for s in held],
+            "n_train_rows": int(y.size),
+            "n_train_artefact": int(y.sum()),
+            "labels": "1 = background mismatches (all samples) and tracked-variant alts in blanks; "
+            "0 = tracked-variant alts in TF samples where truth has sequenced mutant molecules",
+            "seconds": round(time.perf_counter() - started, 1),
+        },
+        "holdout_metrics": evaluate(artefact_probability(estimator, xh), yh, threshold),
+    }
+    return save_model(estimator, out_dir, model_name(model_type), card)
