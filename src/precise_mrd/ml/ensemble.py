@@ -137,7 +137,11 @@ def artefact_probability(model: Any, features: FloatArray) -> FloatArray:
         return np.zeros(0)
     if features.shape[1] != len(FEATURE_NAMES):
         raise ValueError(f"features must have {len(FEATURE_NAMES)} columns; got {features.shape}")
-    return np.asarray(model.predict_proba(features)[:, 1], dtype=np.float64)
+    from threadpoolctl import threadpool_limits
+
+    # NB: OpenMP threads of the boosted trees slow prediction ~10x on a shared 2-core machine
+    with threadpool_limits(1):
+        return np.asarray(model.predict_proba(features)[:, 1], dtype=np.float64)
 
 
 def library_versions() -> dict[str, str]:

@@ -223,10 +223,11 @@ def _read_window(
     min_base_quality: int,
     min_mapping_quality: int,
 ) -> _Reads | None:
-    pos_parts: list[IntArray] = []
-    q_parts: list[IntArray] = []
-    read_parts: list[IntArray] = []
-    qlen_parts: list[IntArray] = []
+    blk_r: list[int] = []  # reference start of an aligned block
+    blk_q: list[int] = []  # its query start within the read
+    blk_len: list[int] = []
+    blk_read: list[int] = []
+    read_qlen: list[int] = []
     seqs: list[bytes] = []
     quals: list[bytes] = []
     per_read: list[tuple[int, float, float, int, float, float, float, int]] = []
@@ -253,30 +254,35 @@ def _read_window(
                 ((flag >> 4) ^ (flag >> 7)) & 1,
             )
         )
+        read_qlen.append(len(seq))
         q = 0
         r = rec.reference_start
         for op, length in cigar:
             if op in _MATCH_OPS:
-                pos_parts.append(np.arange(r, r + length, dtype=np.int64))
-                q_parts.append(np.arange(q, q + length, dtype=np.int64))
-                read_parts.append(np.full(length, index, dtype=np.int64))
-                qlen_parts.append(np.full(length, len(seq), dtype=np.int64))
+                blk_r.append(r)
+                blk_q.append(q)
+                blk_len.append(length)
+                blk_read.append(index)
             if op in _QUERY_OPS:
                 q += length
             if op in _REF_OPS:
                 r += length
         seqs.append(seq.encode("ascii"))
         quals.append(qual_text.encode("ascii"))
-    if not per_read or not pos_parts:
+    if not per_read or not blk_len:
         return None
-    read = np.concatenate(read_parts)
-    qpos = np.concatenate(q_parts)
-    qlen = np.concatenate(qlen_parts)
+    lengths = np.asarray(blk_len, dtype=np.int64)
+    within = np.arange(lengths.sum(), dtype=np.int64) - np.repeat(
+        np.cumsum(lengths) - lengths, lengths
+    )
+    read = np.repeat(np.asarray(blk_read, dtype=np.int64), lengths)
+    qpos = np.repeat(np.asarray(blk_q, dtype=np.int64), lengths) + within
+    qlen = np.asarray(read_qlen, dtype=np.int64)[read]
     starts = np.cumsum([0] + [len(s) for s in seqs])[:-1]
     flat = starts[read] + qpos
     base = _CODE[np.frombuffer(b"".join(seqs), dtype=np.uint8)][flat]
     qual = np.frombuffer(b"".join(quals), dtype=np.uint8).astype(np.int64)[flat] - 33
-    pos = np.concatenate(pos_parts)
+    pos = np.repeat(np.asarray(blk_r, dtype=np.int64), lengths) + within
     keep = (base < 4) & (qual >= min_base_quality) & (pos >= start) & (pos < end)
     cols = np.array([p[1:] for p in per_read], dtype=np.float64)
     return _Reads(

@@ -245,7 +245,10 @@ def train_model(
         )
     estimator = build_model(model_type, config.seed)
     rows = balanced_rows(y, classes, np.random.default_rng(config.seed))
-    estimator.fit(x[rows], y[rows])
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(1):
+        estimator.fit(x[rows], y[rows])
     threshold = choose_threshold(
         artefact_probability(estimator, x[y == 0]), config.min_real_retention
     )
