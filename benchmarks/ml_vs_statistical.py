@@ -6,8 +6,10 @@ through the real consensus and evidence stages, then called twice: on the eviden
 on the evidence after :func:`precise_mrd.ml.scoring.apply_ml_filter`. Figures:
 
 * specificity on blanks and sensitivity per tumour fraction at the caller's nominal alpha;
-* sensitivity **at equal specificity on blanks**: each method's p-value cut-off is set on its own
-  blanks so that the same number of blanks are called positive;
+* sensitivity **at equal specificity on blanks** (``--specificity``, default 0.95): each method's
+  p-value cut-off is set on its own blanks so that the same number of blanks,
+  ``floor((1 - specificity) * n_blanks)``, are called positive;
+* probit LoD95 (Fieller CI) from the detections at equal specificity;
 * median informative molecules per sample (what the filter costs in depth).
 
 Run: ``.venv/bin/python benchmarks/ml_vs_statistical.py --out ml_vs_statistical.json``
@@ -27,6 +29,7 @@ import numpy as np
 
 from precise_mrd.core.background import BackgroundModel
 from precise_mrd.core.calling import CallingParams, Evidence, call_sample
+from precise_mrd.core.lod import lod_probit
 from precise_mrd.core.simulate import SimulationParams
 from precise_mrd.io.fasta import open_reference
 from precise_mrd.io.vcf import read_variants
@@ -87,12 +90,12 @@ def run_one(work: Path, seed: int, tf: float, args: argparse.Namespace) -> dict[
     }
 
 
-def summarise(rows: list[dict[str, Any]], alpha: float) -> dict[str, Any]:
+def summarise(rows: list[dict[str, Any]], alpha: float, specificity: float) -> dict[str, Any]:
     blanks = [r for r in rows if r["tumor_fraction"] == 0]
     levels = sorted({r["tumor_fraction"] for r in rows if r["tumor_fraction"] > 0})
     out: dict[str, Any] = {}
-    # the same number of false positives allowed for both methods: that of the worse one at alpha
-    n_fp = max(sum(r[m]["p_value"] < alpha for r in blanks) for m in ("statistical", "ml"))
+    # the same number of false positives allowed for both methods: floor((1 - spec) * blanks)
+    n_fp = int(np.floor((1 - specificity) * len(blanks) + 1e-9))
     for method in ("statistical", "ml"):
         blank_p = np.sort([r[method]["p_value"] for r in blanks])
         cutoff = float(blank_p[n_fp]) if n_fp < blank_p.size else 1.0
@@ -115,20 +118,37 @@ def summarise(rows: list[dict[str, Any]], alpha: float) -> dict[str, Any]:
             entry[f"mean_tf_estimate_tf_{tf:g}"] = float(
                 np.mean([r[method]["tumor_fraction"] for r in at])
             )
+        positives = [r for r in rows if r["tumor_fraction"] > 0]
+        entry["lod95_equal_specificity"] = _lod95(
+            [r["tumor_fraction"] for r in positives],
+            [r[method]["p_value"] < cutoff for r in positives],
+        )
         out[method] = entry
     return out
+
+
+def _lod95(concentrations: list[float], detected: list[bool]) -> dict[str, Any]:
+    """Probit LoD95 with Fieller CI (core.lod), or why it could not be fitted."""
+    if len(set(concentrations)) < 2:
+        return {"lod95": None, "note": "needs at least two tumour-fraction levels"}
+    try:
+        fit = lod_probit(concentrations, detected)
+    except (ValueError, ArithmeticError) as exc:
+        return {"lod95": None, "note": str(exc)}
+    return {"lod95": fit.lod, "ci": list(fit.ci), "extrapolated": fit.extrapolated}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n-blanks", type=int, default=12)
     parser.add_argument("--n-per-level", type=int, default=8)
-    parser.add_argument("--levels", type=float, nargs="+", default=[3e-5, 1e-4])
+    parser.add_argument("--levels", type=float, nargs="+", default=[3e-5, 1e-4, 3e-4])
     parser.add_argument("--n-variants", type=int, default=40)
     parser.add_argument("--molecules", type=int, default=1500)
     parser.add_argument("--artifact-rate", type=float, default=1e-3)
     parser.add_argument("--model-type", default="ensemble")
     parser.add_argument("--alpha", type=float, default=0.05)
+    parser.add_argument("--specificity", type=float, default=0.95)
     parser.add_argument("--seed", type=int, default=1000)
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
@@ -146,7 +166,7 @@ def main() -> None:
     summary = {
         "settings": {k: v for k, v in vars(args).items() if k != "out"},
         "seconds": round(time.perf_counter() - started, 1),
-        "summary": summarise(rows, args.alpha),
+        "summary": summarise(rows, args.alpha, args.specificity),
         "samples": rows,
     }
     print(json.dumps(summary["summary"], indent=2))
