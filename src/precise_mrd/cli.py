@@ -33,6 +33,13 @@ class Preset(StrEnum):
     standard = "standard"
 
 
+class MlModel(StrEnum):
+    ensemble = "ensemble"
+    random_forest = "random_forest"
+    xgboost = "xgboost"
+    lightgbm = "lightgbm"
+
+
 class Strategy(StrEnum):
     identity = "identity"
     edit = "edit"
@@ -191,6 +198,15 @@ def run(
     config: Annotated[Path | None, typer.Option(help="YAML config.")] = None,
     threads: Annotated[int | None, typer.Option(help="Worker threads.")] = None,
     seed: Annotated[int | None, typer.Option(help="Seed for the calibration draws.")] = None,
+    ml_model: Annotated[
+        MlModel | None,
+        typer.Option(
+            help="Drop likely artefact molecules with this shipped ML model (off by default)."
+        ),
+    ] = None,
+    dl_model: Annotated[
+        str | None, typer.Option(help="Deep-learning artefact scorer (not available yet).")
+    ] = None,
 ) -> None:
     """Run the whole pipeline: group, consensus, background, evidence, sample call, report."""
     from precise_mrd.pipeline.params import PipelineParams
@@ -204,8 +220,22 @@ def run(
             "FASTQ input needs read structures",
             'e.g. --read-structure "8M142T 8M142T"',
         )
+    if dl_model is not None:
+        raise ConfigError(
+            "--dl-model",
+            f"deep-learning scoring ({dl_model!r}) is not available in this version",
+            "leave --dl-model out; --ml-model ensemble is the available artefact filter",
+        )
     params = PipelineParams.from_yaml(config) if config else PipelineParams()
-    overrides = {k: v for k, v in {"threads": threads, "seed": seed}.items() if v is not None}
+    overrides: dict[str, object] = {
+        k: v for k, v in {"threads": threads, "seed": seed}.items() if v is not None
+    }
+    if ml_model is not None:
+        overrides["ml"] = {
+            **params.ml.model_dump(),
+            "use_ml_calling": True,
+            "model_type": ml_model.value,
+        }
     if overrides:
         params = params.with_overrides(**overrides)
     inputs = RunInputs(
@@ -261,11 +291,13 @@ def demo(
 
 
 def _register_command_groups() -> None:
+    from precise_mrd.cli_ml import register as register_ml
     from precise_mrd.cli_serve import register as register_serve
     from precise_mrd.cli_validation import register as register_validation
 
     register_validation(app)
     register_serve(app)
+    register_ml(app)
 
 
 _register_command_groups()

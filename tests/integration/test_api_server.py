@@ -165,10 +165,11 @@ def test_guide_curl_examples_literally(server: Server) -> None:
     assert status["job_id"] == job_id and status["run_id"] == "test_job"
     server.wait(job_id, TERMINAL)
     results = curl(f"http://{host_port}/results/{job_id}")
-    # NB: ML calling is not built yet: the job is accepted and then refused with a clear reason.
-    assert results["state"] == "EXECUTOR_ERROR"
-    assert results["reason"].startswith("ML calling is not available yet")
-    assert results["sample_call"] is None
+    # NB: with ENABLE_ML_CALLING on, the job runs with the shipped ensemble artefact filter.
+    assert results["state"] == "COMPLETE", results
+    assert results["sample_call"]["decision"] in {"positive", "negative", "undetermined"}
+    metrics = curl(f"http://{host_port}/download/{job_id}/metrics")
+    assert metrics["ml_filter"]["model_type"] == "ensemble"
 
 
 def test_requests_snippet_full_lifecycle(server: Server) -> None:

@@ -165,3 +165,63 @@ def test_fastq_input_aligned_in_process_agrees_with_bam(
     assert from_fastq["decision"] == from_bam["decision"] == "positive"
     ratio = from_fastq["informative_molecules"] / from_bam["informative_molecules"]
     assert 0.9 < ratio < 1.1
+
+
+def test_ml_filter_from_the_cli_runs_end_to_end(positive_sample: Any, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from precise_mrd.cli import app
+
+    out = tmp_path / "ml"
+    result = CliRunner().invoke(
+        app,
+        [
+            "run",
+            "--bam",
+            str(positive_sample.bam_path),
+            "--reference",
+            str(positive_sample.reference_path),
+            "--variants",
+            str(positive_sample.vcf_path),
+            "--out",
+            str(out),
+            "--ml-model",
+            "ensemble",
+        ],
+        catch_exceptions=False,
+    )
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((out / "metrics.json").read_text())
+    ml = metrics["ml_filter"]
+    assert ml["model_type"] == "ensemble"
+    assert 0 < ml["informative_after"] <= ml["informative_before"]
+    assert ml["alt_after"] <= ml["alt_before"]
+    config = yaml.safe_load((out / "config.yaml").read_text())
+    assert config["ml"]["use_ml_calling"] is True
+    call = json.loads((out / "sample_call.json").read_text())
+    assert call["decision"] == "positive"  # TF 0.02: the filter must not remove the tumour signal
+
+
+def test_dl_model_is_refused_with_a_clear_message(positive_sample: Any, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from precise_mrd.cli import app
+
+    result = CliRunner().invoke(
+        app,
+        [
+            "run",
+            "--bam",
+            str(positive_sample.bam_path),
+            "--reference",
+            str(positive_sample.reference_path),
+            "--variants",
+            str(positive_sample.vcf_path),
+            "--out",
+            str(tmp_path / "dl"),
+            "--dl-model",
+            "cnn",
+        ],
+    )
+    assert result.exit_code == 2
+    assert "--dl-model" in result.stderr and "fix:" in result.stderr

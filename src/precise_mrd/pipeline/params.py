@@ -95,6 +95,14 @@ class CallingSection(_Section):
     n_bootstrap: int = Field(2000, ge=100, le=1_000_000)
 
 
+class MlSection(_Section):
+    """Optional ML artefact filter (off by default: see the model card for its held-out figures)."""
+
+    use_ml_calling: bool = False
+    model_type: Literal["ensemble", "random_forest", "xgboost", "lightgbm"] = "ensemble"
+    threshold: float | None = Field(None, gt=0, le=1)
+
+
 class ValidationSection(_Section):
     """The dilution series a validation job runs (only read by the ``validation-dilution`` job)."""
 
@@ -122,6 +130,7 @@ class PipelineParams(_Section):
     consensus: ConsensusSection = ConsensusSection()
     evidence: EvidenceSection = EvidenceSection()
     calling: CallingSection = CallingSection()
+    ml: MlSection = MlSection()
     validation: ValidationSection = ValidationSection()
 
     @classmethod

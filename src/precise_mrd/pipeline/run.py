@@ -272,6 +272,7 @@ def _run_stages(
     for leftover in (staging / "aligned.bam", staging / "aligned.bam.bai"):
         leftover.unlink(missing_ok=True)
 
+    ml_summary: dict[str, Any] | None = None
     with tracker.stage("evidence"):
         evidence = collect_evidence(
             consensus_bam,
@@ -283,6 +284,32 @@ def _run_stages(
             variant_exclusion_window=params.evidence.variant_exclusion_window,
             flank=params.evidence.flank,
         )
+        if params.ml.use_ml_calling:
+            from precise_mrd.ml.scoring import apply_ml_filter
+
+            raw_evidence = evidence
+            evidence = apply_ml_filter(
+                evidence,
+                consensus_bam,
+                inputs.reference_path,
+                variants,
+                params.ml.model_type,
+                threshold=params.ml.threshold,
+                seed=params.seed,
+                regions=regions,
+                flank=params.evidence.flank,
+                min_base_quality=params.evidence.min_base_quality,
+                min_mapping_quality=params.evidence.min_mapping_quality,
+                variant_exclusion_window=params.evidence.variant_exclusion_window,
+            )
+            ml_summary = {
+                "model_type": params.ml.model_type,
+                "informative_before": int(sum(v.informative for v in raw_evidence.variants)),
+                "informative_after": int(sum(v.informative for v in evidence.variants)),
+                "alt_before": int(sum(v.alt for v in raw_evidence.variants)),
+                "alt_after": int(sum(v.alt for v in evidence.variants)),
+            }
+            logger.info("ML artefact filter (%s): %s", params.ml.model_type, ml_summary)
         background = BackgroundModel.fit(evidence.background)
 
     with tracker.stage("calling"):
@@ -307,6 +334,7 @@ def _run_stages(
             "grouping": to_jsonable(group_stats),
             "consensus": to_jsonable(consensus_stats),
             "evidence": _evidence_summary(evidence),
+            "ml_filter": ml_summary,
             "timings_seconds": dict(tracker.timings),
             "versions": _versions(),
             "config_hash": params.config_hash,

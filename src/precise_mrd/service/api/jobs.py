@@ -14,11 +14,11 @@ that enables it), then the config, then each upload (name, size, content), and o
 job stored as QUEUED, so a job in the database always has inputs that open.
 
 ``ENABLE_ML_CALLING`` is off by default, so the first curl above answers 422 with
-``"fix": "set ENABLE_ML_CALLING=true ..."``. With it on, the job is accepted and, until the ML
-scorers ship, ends EXECUTOR_ERROR with the reason "ML calling is not available yet: ..." (the
-flag is never silently ignored). The same holds for ``use_deep_learning``
-(``ENABLE_DEEP_LEARNING``); ``use_parallel`` (``ENABLE_PARALLEL_PROCESSING``, on by default) runs
-the pipeline with more threads.
+``"fix": "set ENABLE_ML_CALLING=true ..."``. With it on, the job runs the pipeline with the
+shipped ML artefact filter (``ml_model_type``). ``use_deep_learning`` (``ENABLE_DEEP_LEARNING``)
+is accepted when enabled and then ends EXECUTOR_ERROR with the reason "deep-learning calling is
+not available yet: ..." (a flag is never silently ignored); ``use_parallel``
+(``ENABLE_PARALLEL_PROCESSING``, on by default) runs the pipeline with more threads.
 
 ``GET /results/{job_id}`` answers 409 (with the state) while the job is queued or running, and 200
 once it is finished: with the sample call, key metrics and download links when COMPLETE, with the

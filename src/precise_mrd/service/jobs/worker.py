@@ -158,6 +158,12 @@ def parse_config(spec: JobSpec, *, enable_debug_jobs: bool) -> tuple[PipelinePar
         overrides["seed"] = spec.seed
     if spec.use_parallel and "threads" not in loaded:
         overrides["threads"] = max(1, min(4, os.cpu_count() or 1))
+    if spec.use_ml_calling:
+        overrides["ml"] = {
+            **params.ml.model_dump(),
+            "use_ml_calling": True,
+            "model_type": spec.ml_model_type or params.ml.model_type,
+        }
     if overrides:
         params = params.with_overrides(**overrides)
     return params, knobs
@@ -165,26 +171,18 @@ def parse_config(spec: JobSpec, *, enable_debug_jobs: bool) -> tuple[PipelinePar
 
 def check_supported(spec: JobSpec) -> None:
     """Refuse flags this version cannot honour (rather than silently ignoring them)."""
-    if spec.use_ml_calling:
-        raise ConfigError(
-            "use_ml_calling",
-            f"ML calling is not available yet: use_ml_calling=true "
-            f"(ml_model_type={spec.ml_model_type or 'ensemble'}) needs the ML scorers, "
-            "which this version does not ship",
-            "resubmit with use_ml_calling=false",
-        )
     if spec.use_deep_learning:
         raise ConfigError(
             "use_deep_learning",
-            f"ML calling is not available yet: use_deep_learning=true "
-            f"(dl_model_type={spec.dl_model_type or 'cnn_lstm'}) needs the deep-learning "
-            "scorers, which this version does not ship",
-            "resubmit with use_deep_learning=false",
+            f"deep-learning calling is not available yet: use_deep_learning=true "
+            f"(dl_model_type={spec.dl_model_type or 'cnn'}) needs the deep-learning scorer, "
+            "which this version does not ship",
+            "resubmit with use_deep_learning=false (use_ml_calling=true is available)",
         )
 
 
 def unsupported_reason(error: ConfigError) -> str:
-    """The reason text of a refused flag: it starts with "ML calling is not available yet"."""
+    """The reason text of a refused flag (e.g. "deep-learning calling is not available yet...")."""
     return f"{error.problem}; fix: {error.fix}"
 
 
