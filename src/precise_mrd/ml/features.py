@@ -215,6 +215,14 @@ class _Reads:
     template: IntArray
 
 
+def _tag(rec: pysam.AlignedSegment, name: str, default: float) -> float:
+    # NB: get_tag + KeyError is ~4x cheaper than dict(rec.get_tags()) on consensus records
+    try:
+        return float(rec.get_tag(name))
+    except KeyError:
+        return default
+
+
 def _read_window(
     bam: pysam.AlignmentFile,
     chrom: str,
@@ -237,18 +245,21 @@ def _read_window(
         if flag & _SKIP_FLAGS or rec.mapping_quality < min_mapping_quality:
             continue
         seq, qual_text, cigar = rec.query_sequence, rec.query_qualities_str, rec.cigartuples
-        if not rec.has_tag("MI") or seq is None or not qual_text or cigar is None:
+        if seq is None or not qual_text or cigar is None:
             continue
+        try:
+            mi = str(rec.get_tag("MI"))
+        except KeyError:
+            continue
+        a_depth, b_depth = _tag(rec, "aD", 0.0), _tag(rec, "bD", 0.0)
         index = len(per_read)
-        a_depth = int(rec.get_tag("aD")) if rec.has_tag("aD") else 0
-        b_depth = int(rec.get_tag("bD")) if rec.has_tag("bD") else 0
         per_read.append(
             (
-                molecules.setdefault(str(rec.get_tag("MI")), len(molecules)),
-                float(rec.get_tag("cD")) if rec.has_tag("cD") else 1.0,
-                float(min(a_depth, b_depth)),
+                molecules.setdefault(mi, len(molecules)),
+                _tag(rec, "cD", 1.0),
+                min(a_depth, b_depth),
                 int(a_depth > 0 and b_depth > 0),
-                float(rec.get_tag("cE")) if rec.has_tag("cE") else 0.0,
+                _tag(rec, "cE", 0.0),
                 float(rec.mapping_quality),
                 float(abs(rec.template_length)),
                 ((flag >> 4) ^ (flag >> 7)) & 1,
@@ -307,11 +318,14 @@ def _molecule_rows(reads: _Reads) -> IntArray:
 
     Keeps the first read's row, as the evidence stage does.
     """
-    mol = reads.mol[reads.read]
-    order = np.lexsort((reads.read, reads.pos, mol))
-    m, p, b = mol[order], reads.pos[order], reads.base[order]
+    # rows are in read order, so a stable sort on one (molecule, position) key keeps the first
+    # read's row first (one key: ~3x faster than a three-key lexsort)
+    lo = int(reads.pos.min())
+    key = reads.mol[reads.read] * (int(reads.pos.max()) - lo + 1) + (reads.pos - lo)
+    order = np.argsort(key, kind="stable")
+    k, b = key[order], reads.base[order]
     new = np.ones(order.size, dtype=bool)
-    new[1:] = (m[1:] != m[:-1]) | (p[1:] != p[:-1])
+    new[1:] = k[1:] != k[:-1]
     group = np.cumsum(new) - 1
     first = np.flatnonzero(new)
     agree = np.ones(first.size, dtype=bool)
