@@ -24,6 +24,7 @@ import json
 import shutil
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -219,7 +220,19 @@ def train_model(
     work_dir: Path | None = None,
 ) -> Path:
     """Simulate, fit, evaluate on held-out samples, write ``artefact_<type>_v<N>.joblib/.json``."""
-    check_model_type(model_type)
+    return train_models(out_dir, model_types=(model_type,), config=config, work_dir=work_dir)[0]
+
+
+def train_models(
+    out_dir: Path,
+    *,
+    model_types: Sequence[str] = ("ensemble",),
+    config: TrainingConfig | None = None,
+    work_dir: Path | None = None,
+) -> list[Path]:
+    """:func:`train_model` for several model types on one simulated training set."""
+    for model_type in model_types:
+        check_model_type(model_type)
     config = config or TrainingConfig()
     started = time.perf_counter()
     scratch = Path(tempfile.mkdtemp(prefix="train-", dir=work_dir))
@@ -232,6 +245,7 @@ def train_model(
             shutil.rmtree(sample_dir, ignore_errors=True)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+    simulated = time.perf_counter() - started
     n_train = config.n_samples - config.n_holdout
     train, held = samples[:n_train], samples[n_train:]
     x = np.concatenate([s.features for s in train])
@@ -243,32 +257,38 @@ def train_model(
             "the training samples gave only one label",
             "use more samples or a higher positive tumour fraction",
         )
-    estimator = build_model(model_type, config.seed)
     rows = balanced_rows(y, classes, np.random.default_rng(config.seed))
-    from threadpoolctl import threadpool_limits
-
-    with threadpool_limits(1):
-        estimator.fit(x[rows], y[rows])
-    threshold = choose_threshold(
-        artefact_probability(estimator, x[y == 0]), config.min_real_retention
-    )
     xh = np.concatenate([s.features for s in held])
     yh = np.concatenate([s.labels for s in held])
-    card = {
-        "model_type": model_type,
-        "version": MODEL_VERSION,
-        "threshold": threshold,
-        "positive_class": "artefact",
-        "training": {
-            "config": config.__dict__,
-            "train_seeds": [s.seed for s in train],
-            "holdout_seeds": [s.seed for s in held],
-            "n_train_rows": int(y.size),
-            "n_train_artefact": int(y.sum()),
-            "labels": "1 = background mismatches (all samples) and tracked-variant alts in blanks; "
-            "0 = tracked-variant alts in TF samples where truth has sequenced mutant molecules",
-            "seconds": round(time.perf_counter() - started, 1),
-        },
-        "holdout_metrics": evaluate(artefact_probability(estimator, xh), yh, threshold),
-    }
-    return save_model(estimator, out_dir, model_name(model_type), card)
+    from threadpoolctl import threadpool_limits
+
+    paths = []
+    for model_type in model_types:
+        fit_started = time.perf_counter()
+        estimator = build_model(model_type, config.seed)
+        with threadpool_limits(1):
+            estimator.fit(x[rows], y[rows])
+        threshold = choose_threshold(
+            artefact_probability(estimator, x[y == 0]), config.min_real_retention
+        )
+        card = {
+            "model_type": model_type,
+            "version": MODEL_VERSION,
+            "threshold": threshold,
+            "positive_class": "artefact",
+            "training": {
+                "config": config.__dict__,
+                "train_seeds": [s.seed for s in train],
+                "holdout_seeds": [s.seed for s in held],
+                "n_train_rows": int(y.size),
+                "n_train_artefact": int(y.sum()),
+                "labels": "1 = background mismatches (all samples) and tracked-variant alts in "
+                "blanks; 0 = tracked-variant alts in TF samples where truth has sequenced mutant "
+                "molecules",
+                "simulation_seconds": round(simulated, 1),
+                "fit_seconds": round(time.perf_counter() - fit_started, 1),
+            },
+            "holdout_metrics": evaluate(artefact_probability(estimator, xh), yh, threshold),
+        }
+        paths.append(save_model(estimator, out_dir, model_name(model_type), card))
+    return paths
