@@ -390,7 +390,8 @@ def iter_record_chunks(path: Path) -> Iterator[npt.NDArray[np.uint8]]:
 
 
 @numba.njit(cache=True, nogil=True)
-def _int32(buffer: npt.NDArray[np.uint8], offset: int) -> int:
+def int32_at(buffer: npt.NDArray[np.uint8], offset: int) -> int:
+    """The little-endian signed 32-bit integer at ``offset`` of a raw BAM buffer."""
     value = (
         _I64(buffer[offset])
         | (_I64(buffer[offset + 1]) << 8)
@@ -405,7 +406,7 @@ def _int32(buffer: npt.NDArray[np.uint8], offset: int) -> int:
 def _whole_records_length(buffer: npt.NDArray[np.uint8]) -> int:
     offset = 0
     while offset + 4 <= len(buffer):
-        size = _int32(buffer, offset)
+        size = int32_at(buffer, offset)
         if offset + 4 + size > len(buffer):
             break
         offset += 4 + size
@@ -418,7 +419,7 @@ def count_records(buffer: npt.NDArray[np.uint8]) -> int:
     n = 0
     offset = 0
     while offset + 4 <= len(buffer):
-        offset += 4 + _int32(buffer, offset)
+        offset += 4 + int32_at(buffer, offset)
         n += 1
     return n
 
@@ -490,12 +491,12 @@ def summarise_records(
     first_unsorted = -1
     offset = 0
     for i in range(n):
-        size = _int32(buffer, offset)
+        size = int32_at(buffer, offset)
         record = offset + 4
         end = record + size
         offset = end
-        tid = _int32(buffer, record)
-        pos = _int32(buffer, record + 4)
+        tid = int32_at(buffer, record)
+        pos = int32_at(buffer, record + 4)
         if first_unsorted < 0:
             if tid < 0:
                 order_state[2] = 1
@@ -512,7 +513,7 @@ def summarise_records(
         mapq = _I64(buffer[record + 9])
         n_cigar = _I64(buffer[record + 12]) | (_I64(buffer[record + 13]) << 8)
         flag = _I64(buffer[record + 14]) | (_I64(buffer[record + 15]) << 8)
-        l_seq = _int32(buffer, record + 16)
+        l_seq = int32_at(buffer, record + 16)
         flags[i] = flag
         tids[i] = tid
         if flag & 0x4:
@@ -576,7 +577,7 @@ def summarise_records(
                 p += 4
             elif kind == 66:  # B: subtype, count, values
                 sub = buffer[p]
-                count = _int32(buffer, p + 1)
+                count = int32_at(buffer, p + 1)
                 width = 1 if (sub == 99 or sub == 67) else (2 if (sub == 115 or sub == 83) else 4)
                 p += 5 + count * width
             else:
@@ -596,7 +597,7 @@ def summarise_records(
         trailing = 0
         in_leading = True
         for k in range(n_cigar):
-            word = _int32(buffer, cigar_start + 4 * k) & 0xFFFFFFFF
+            word = int32_at(buffer, cigar_start + 4 * k) & 0xFFFFFFFF
             op = word & 0xF
             length_op = word >> 4
             if op == 4 or op == 5:
@@ -610,8 +611,8 @@ def summarise_records(
                     reference_length += length_op
         pos5s[i] = pos + reference_length + trailing if flag & 0x10 else pos - leading
         if flag & 0x1 and not flag & 0x8:
-            mate_tid = _int32(buffer, record + 20)
-            mate_pos = _int32(buffer, record + 24)
+            mate_tid = int32_at(buffer, record + 20)
+            mate_pos = int32_at(buffer, record + 24)
             mate_tids[i] = mate_tid
             if mc_start >= 0:
                 m_length, m_leading, m_trailing = _cigar_text_geometry(buffer, mc_start, mc_end)
@@ -652,7 +653,7 @@ def _aux_field_end(buffer: npt.NDArray[np.uint8], p: int, end: int) -> int:
     if kind == 66:
         sub = buffer[q]
         width = 1 if (sub == 99 or sub == 67) else (2 if (sub == 115 or sub == 83) else 4)
-        return q + 5 + _int32(buffer, q + 1) * width
+        return q + 5 + int32_at(buffer, q + 1) * width
     return end
 
 
@@ -675,7 +676,7 @@ def tag_records(
     n_written = 0
     digits = np.empty(24, dtype=np.uint8)
     for i in range(n):
-        size = _int32(buffer, offset)
+        size = int32_at(buffer, offset)
         record = offset + 4
         end = record + size
         offset = end
@@ -685,7 +686,7 @@ def tag_records(
         n_written += 1
         l_name = _I64(buffer[record + 8])
         n_cigar = _I64(buffer[record + 12]) | (_I64(buffer[record + 13]) << 8)
-        l_seq = _int32(buffer, record + 16)
+        l_seq = int32_at(buffer, record + 16)
         aux = record + 32 + l_name + 4 * n_cigar + (l_seq + 1) // 2 + l_seq
         start = o
         o += 4

@@ -46,6 +46,8 @@ import numba
 import numpy as np
 import numpy.typing as npt
 
+from precise_mrd.io.bam import int32_at
+
 __all__ = [
     "STATUS_NO_MI",
     "STATUS_SKIPPED",
@@ -180,22 +182,10 @@ def _measure_sequences(buffer: npt.NDArray[np.uint8]) -> tuple[int, int]:
     max_seq = 0
     offset = 0
     while offset + 4 <= len(buffer):
-        max_seq = max(max_seq, _int32(buffer, offset + 4 + 16))
-        offset += 4 + _int32(buffer, offset)
+        max_seq = max(max_seq, int32_at(buffer, offset + 4 + 16))
+        offset += 4 + int32_at(buffer, offset)
         n += 1
     return n, max_seq
-
-
-@numba.njit(cache=True, nogil=True)
-def _int32(buffer: npt.NDArray[np.uint8], offset: int) -> int:
-    value = (
-        _I64(buffer[offset])
-        | (_I64(buffer[offset + 1]) << 8)
-        | (_I64(buffer[offset + 2]) << 16)
-        | (_I64(buffer[offset + 3]) << 24)
-    )
-    signed: int = value - (1 << 32) if value >= (1 << 31) else value
-    return signed
 
 
 @numba.njit(cache=True, nogil=True)
@@ -215,7 +205,7 @@ def _aux_end(buffer: npt.NDArray[np.uint8], p: int, end: int) -> int:
     if kind == 66:  # B
         sub = buffer[q]
         width = 1 if (sub == 99 or sub == 67) else (2 if (sub == 115 or sub == 83) else 4)
-        return q + 5 + _int32(buffer, q + 1) * width
+        return q + 5 + int32_at(buffer, q + 1) * width
     return end
 
 
@@ -224,7 +214,7 @@ def _aux_int(buffer: npt.NDArray[np.uint8], p: int) -> int:
     """Value of an integer aux field starting at ``p`` (type byte at ``p + 2``)."""
     kind = buffer[p + 2]
     q = p + 3
-    value: int = _int32(buffer, q) & 0xFFFFFFFF
+    value: int = int32_at(buffer, q) & 0xFFFFFFFF
     if kind == 99:
         value = _I64(buffer[q])
         if value >= 128:
@@ -238,7 +228,7 @@ def _aux_int(buffer: npt.NDArray[np.uint8], p: int) -> int:
     elif kind == 83:
         value = _I64(buffer[q]) | (_I64(buffer[q + 1]) << 8)
     elif kind == 105:
-        value = _int32(buffer, q)
+        value = int32_at(buffer, q)
     return value
 
 
@@ -268,12 +258,12 @@ def _measure(buffer: npt.NDArray[np.uint8]) -> tuple[int, int, int, int]:
     max_rx = 0
     offset = 0
     while offset + 4 <= len(buffer):
-        size = _int32(buffer, offset)
+        size = int32_at(buffer, offset)
         record = offset + 4
         end = record + size
         offset = end
         n += 1
-        l_seq = _int32(buffer, record + 16)
+        l_seq = int32_at(buffer, record + 16)
         max_seq = max(max_seq, l_seq)
         l_name = _I64(buffer[record + 8])
         n_cigar = _I64(buffer[record + 12]) | (_I64(buffer[record + 13]) << 8)
@@ -314,17 +304,17 @@ def _decode_kernel(
     nibble = _NIBBLE_TO_CODE
     offset = 0
     for i in range(n):
-        size = _int32(buffer, offset)
+        size = int32_at(buffer, offset)
         record = offset + 4
         end = record + size
         offset = end
-        tid = _int32(buffer, record)
-        pos = _int32(buffer, record + 4)
+        tid = int32_at(buffer, record)
+        pos = int32_at(buffer, record + 4)
         l_name = _I64(buffer[record + 8])
         mapq = _I64(buffer[record + 9])
         n_cigar = _I64(buffer[record + 12]) | (_I64(buffer[record + 13]) << 8)
         flag = _I64(buffer[record + 14]) | (_I64(buffer[record + 15]) << 8)
-        l_seq = _int32(buffer, record + 16)
+        l_seq = int32_at(buffer, record + 16)
         flags[i] = flag
         name_starts[i] = record + 32
         cigar_starts[i] = record + 32 + l_name
@@ -335,7 +325,7 @@ def _decode_kernel(
         keys[i] = key
         need = key
         if flag & 0x1 and not flag & 0x8:
-            mate_key = (_I64(_int32(buffer, record + 20)) << 32) | _int32(buffer, record + 24)
+            mate_key = (_I64(int32_at(buffer, record + 20)) << 32) | int32_at(buffer, record + 24)
             if mate_key > key:
                 need = mate_key
         needed[i] = need
