@@ -21,6 +21,8 @@ ValueError: pos must be >= 1 (1-based); got 0
 
 from __future__ import annotations
 
+from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 BASES = "ACGT"
@@ -58,3 +60,30 @@ class Variant:
     def start0(self) -> int:
         """The 0-based position of the variant base."""
         return self.pos - 1
+
+
+Region = tuple[str, int, int]
+"""A genomic interval ``(chrom, start, end)``, 0-based half-open."""
+
+
+def merge_regions(regions: Sequence[Region]) -> list[Region]:
+    """Merge overlapping or touching intervals per contig (contigs in first-seen order).
+
+    >>> merge_regions([("c1", 10, 20), ("c2", 0, 5), ("c1", 15, 30), ("c1", 30, 31)])
+    [('c1', 10, 31), ('c2', 0, 5)]
+    """
+    by_chrom: dict[str, list[tuple[int, int]]] = defaultdict(list)
+    for chrom, start, end in regions:
+        by_chrom[chrom].append((start, end))
+    merged: list[Region] = []
+    for chrom, spans in by_chrom.items():
+        spans.sort()
+        current_start, current_end = spans[0]
+        for start, end in spans[1:]:
+            if start <= current_end:
+                current_end = max(current_end, end)
+            else:
+                merged.append((chrom, current_start, current_end))
+                current_start, current_end = start, end
+        merged.append((chrom, current_start, current_end))
+    return merged

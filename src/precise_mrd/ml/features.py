@@ -43,7 +43,7 @@ import pysam
 
 from precise_mrd.core.background import sbs96_index
 from precise_mrd.core.errors import InputFileError
-from precise_mrd.core.records import Variant
+from precise_mrd.core.records import Variant, merge_regions
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
@@ -383,7 +383,9 @@ def extract_observations(
     ):
         if not bam.has_index():
             raise InputFileError(str(consensus_bam_path), "has no index", "run `samtools index`")
-        for chrom, start, end in _merge(regions, variants):
+        for chrom, start, end in merge_regions(
+            [*regions, *((v.chrom, v.start0, v.pos) for v in variants)]
+        ):
             length = fasta.get_reference_length(chrom)
             start, end = max(0, start), min(end, length)
             if end <= start:
@@ -405,28 +407,6 @@ def extract_observations(
                 )
             )
     return ObservationTable.concatenate(tables)
-
-
-def _merge(
-    regions: Sequence[tuple[str, int, int]], variants: Sequence[Variant]
-) -> list[tuple[str, int, int]]:
-    spans: dict[str, list[tuple[int, int]]] = defaultdict(list)
-    for c, s, e in regions:
-        spans[c].append((s, e))
-    for v in variants:  # tracked positions outside every region are still read
-        spans[v.chrom].append((v.start0, v.pos))
-    merged = []
-    for c, items in spans.items():
-        items.sort()
-        cs, ce = items[0]
-        for s, e in items[1:]:
-            if s <= ce:
-                ce = max(ce, e)
-            else:
-                merged.append((c, cs, ce))
-                cs, ce = s, e
-        merged.append((c, cs, ce))
-    return merged
 
 
 def _window_table(

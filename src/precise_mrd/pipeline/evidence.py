@@ -40,7 +40,7 @@ import pysam
 from precise_mrd.core.background import N_CLASSES, BackgroundCounts
 from precise_mrd.core.calling import Evidence, VariantCounts
 from precise_mrd.core.errors import InputDataError, InputFileError
-from precise_mrd.core.records import Variant
+from precise_mrd.core.records import Variant, merge_regions
 
 IntArray = npt.NDArray[np.int64]
 _WINDOW = 5000
@@ -55,24 +55,6 @@ _SKIP_FLAGS = 0x4 | 0x100 | 0x200 | 0x800  # unmapped, secondary, QC fail, suppl
 _CIGAR_MATCH = (0, 7, 8)
 _CIGAR_QUERY = (0, 1, 4, 7, 8)
 _CIGAR_REF = (0, 2, 3, 7, 8)
-
-
-def _merge_regions(regions: Sequence[tuple[str, int, int]]) -> list[tuple[str, int, int]]:
-    by_chrom: dict[str, list[tuple[int, int]]] = defaultdict(list)
-    for chrom, start, end in regions:
-        by_chrom[chrom].append((start, end))
-    merged: list[tuple[str, int, int]] = []
-    for chrom, spans in by_chrom.items():
-        spans.sort()
-        cur_s, cur_e = spans[0]
-        for s, e in spans[1:]:
-            if s <= cur_e:
-                cur_e = max(cur_e, e)
-            else:
-                merged.append((chrom, cur_s, cur_e))
-                cur_s, cur_e = s, e
-        merged.append((chrom, cur_s, cur_e))
-    return merged
 
 
 @dataclass
@@ -452,7 +434,7 @@ def collect_evidence(
             by_chrom[v.chrom].append(v)
         variant_index = {v: i for i, v in enumerate(variants)}
         windows = []
-        for chrom, s, e in _merge_regions(clipped):
+        for chrom, s, e in merge_regions(clipped):
             windows += [(chrom, w, min(e, w + _WINDOW), w == s) for w in range(s, e, _WINDOW)]
         # variant positions outside every region still need their counts
         for v in variants:

@@ -17,7 +17,6 @@ opaque cursor.
 
 from __future__ import annotations
 
-import base64
 import dataclasses
 import threading
 import uuid
@@ -34,27 +33,10 @@ from precise_mrd.service.jobs.model import (
     JobView,
 )
 
+# NB: the same opaque cursor format as the SQL service, so clients cannot tell them apart.
+from precise_mrd.service.jobs.service import decode_cursor, encode_cursor
+
 _UNSET: Any = object()
-
-
-def encode_cursor(created_at: datetime, job_id: str) -> str:
-    """An opaque cursor pointing just after the job (``created_at``, ``job_id``).
-
-    >>> decode_cursor(encode_cursor(datetime(2026, 1, 2, tzinfo=UTC), "abc"))[1]
-    'abc'
-    """
-    raw = f"{created_at.isoformat()}|{job_id}".encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str) -> tuple[datetime, str]:
-    """Inverse of :func:`encode_cursor`; ``ValueError`` for anything else."""
-    try:
-        padded = cursor + "=" * (-len(cursor) % 4)
-        created, job_id = base64.urlsafe_b64decode(padded.encode()).decode().split("|", 1)
-        return datetime.fromisoformat(created), job_id
-    except (ValueError, UnicodeDecodeError) as error:
-        raise ValueError(f"invalid cursor {cursor!r}") from error
 
 
 class InMemoryJobService:
