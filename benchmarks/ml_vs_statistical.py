@@ -1,9 +1,10 @@
-"""Statistical caller vs ML-filtered caller on held-out simulated samples, side by side.
+"""Statistical caller vs ML- and DL-filtered callers on held-out simulated samples, side by side.
 
 Every sample is simulated with a seed the shipped model never saw (default from 1000 on; the model
 was trained on seeds 1..10), with damage artefacts switched up (``artifact_rate`` 1e-3), taken
 through the real consensus and evidence stages, then called twice: on the evidence as collected and
-on the evidence after :func:`precise_mrd.ml.scoring.apply_ml_filter`. Figures:
+on the evidence after :func:`precise_mrd.ml.scoring.apply_ml_filter` with each ``--model-type``
+(tabular ML such as ``ensemble``, or the networks ``cnn`` / ``cnn_lstm``). Figures:
 
 * specificity on blanks and sensitivity per tumour fraction at the caller's nominal alpha;
 * sensitivity **at equal specificity on blanks** (``--specificity``, default 0.95): each method's
@@ -12,7 +13,7 @@ on the evidence after :func:`precise_mrd.ml.scoring.apply_ml_filter`. Figures:
 * probit LoD95 (Fieller CI) from the detections at equal specificity;
 * median informative molecules per sample (what the filter costs in depth).
 
-Run: ``.venv/bin/python benchmarks/ml_vs_statistical.py --out ml_vs_statistical.json``
+Run: ``.venv/bin/python benchmarks/ml_vs_statistical.py --model-type ensemble cnn cnn_lstm``
 """
 
 from __future__ import annotations
@@ -76,33 +77,38 @@ def run_one(work: Path, seed: int, tf: float, args: argparse.Namespace) -> dict[
     )
     variants = read_variants(sim.vcf_path, open_reference(sim.reference_path))
     evidence = collect_evidence(consensus, sim.reference_path, variants)
-    started = time.perf_counter()
-    filtered = apply_ml_filter(
-        evidence, consensus, sim.reference_path, variants, args.model_type, seed=seed
-    )
-    ml_seconds = time.perf_counter() - started
-    return {
+    row: dict[str, Any] = {
         "seed": seed,
         "tumor_fraction": tf,
         "statistical": _call(evidence, seed),
-        "ml": _call(filtered, seed),
-        "ml_filter_seconds": round(ml_seconds, 2),
+        "filter_seconds": {},
     }
+    for model_type in args.model_type:
+        started = time.perf_counter()
+        filtered = apply_ml_filter(
+            evidence, consensus, sim.reference_path, variants, model_type, seed=seed
+        )
+        row["filter_seconds"][model_type] = round(time.perf_counter() - started, 2)
+        row[model_type] = _call(filtered, seed)
+    return row
 
 
-def summarise(rows: list[dict[str, Any]], alpha: float, specificity: float) -> dict[str, Any]:
+def summarise(
+    rows: list[dict[str, Any]], methods: list[str], alpha: float, specificity: float
+) -> dict[str, Any]:
     blanks = [r for r in rows if r["tumor_fraction"] == 0]
     levels = sorted({r["tumor_fraction"] for r in rows if r["tumor_fraction"] > 0})
     out: dict[str, Any] = {}
     # the same number of false positives allowed for both methods: floor((1 - spec) * blanks)
     n_fp = int(np.floor((1 - specificity) * len(blanks) + 1e-9))
-    for method in ("statistical", "ml"):
+    for method in methods:
         blank_p = np.sort([r[method]["p_value"] for r in blanks])
         cutoff = float(blank_p[n_fp]) if n_fp < blank_p.size else 1.0
         entry: dict[str, Any] = {
             "specificity_at_alpha": float(np.mean([r[method]["p_value"] >= alpha for r in blanks])),
             "equal_specificity": 1 - n_fp / max(len(blanks), 1),
             "p_value_cutoff_at_equal_specificity": cutoff,
+            "alt_molecules_in_blanks": int(sum(r[method]["alt"] for r in blanks)),
             "median_informative_molecules": float(
                 np.median([r[method]["informative"] for r in rows])
             ),
@@ -146,7 +152,9 @@ def main() -> None:
     parser.add_argument("--n-variants", type=int, default=40)
     parser.add_argument("--molecules", type=int, default=1500)
     parser.add_argument("--artifact-rate", type=float, default=1e-3)
-    parser.add_argument("--model-type", default="ensemble")
+    parser.add_argument(
+        "--model-type", nargs="+", default=["ensemble"], help="ML and/or DL model types"
+    )
     parser.add_argument("--alpha", type=float, default=0.05)
     parser.add_argument("--specificity", type=float, default=0.95)
     parser.add_argument("--seed", type=int, default=1000)
@@ -166,7 +174,7 @@ def main() -> None:
     summary = {
         "settings": {k: v for k, v in vars(args).items() if k != "out"},
         "seconds": round(time.perf_counter() - started, 1),
-        "summary": summarise(rows, args.alpha, args.specificity),
+        "summary": summarise(rows, ["statistical", *args.model_type], args.alpha, args.specificity),
         "samples": rows,
     }
     print(json.dumps(summary["summary"], indent=2))

@@ -40,6 +40,11 @@ class MlModel(StrEnum):
     lightgbm = "lightgbm"
 
 
+class DlModel(StrEnum):
+    cnn = "cnn"
+    cnn_lstm = "cnn_lstm"
+
+
 class Strategy(StrEnum):
     identity = "identity"
     edit = "edit"
@@ -205,7 +210,10 @@ def run(
         ),
     ] = None,
     dl_model: Annotated[
-        str | None, typer.Option(help="Deep-learning artefact scorer (not available yet).")
+        DlModel | None,
+        typer.Option(
+            help="Drop likely artefact molecules with this shipped network (needs the [dl] extra)."
+        ),
     ] = None,
 ) -> None:
     """Run the whole pipeline: group, consensus, background, evidence, sample call, report."""
@@ -220,12 +228,14 @@ def run(
             "FASTQ input needs read structures",
             'e.g. --read-structure "8M142T 8M142T"',
         )
-    if dl_model is not None:
+    if ml_model is not None and dl_model is not None:
         raise ConfigError(
-            "--dl-model",
-            f"deep-learning scoring ({dl_model!r}) is not available in this version",
-            "leave --dl-model out; --ml-model ensemble is the available artefact filter",
+            "--ml-model/--dl-model", "give at most one artefact filter", "pick one of the two"
         )
+    if dl_model is not None:
+        from precise_mrd.ml.deep import check_torch_installed
+
+        check_torch_installed("--dl-model")
     params = PipelineParams.from_yaml(config) if config else PipelineParams()
     overrides: dict[str, object] = {
         k: v for k, v in {"threads": threads, "seed": seed}.items() if v is not None
@@ -235,6 +245,14 @@ def run(
             **params.ml.model_dump(),
             "use_ml_calling": True,
             "model_type": ml_model.value,
+            "use_deep_learning": False,
+        }
+    if dl_model is not None:
+        overrides["ml"] = {
+            **params.ml.model_dump(),
+            "use_deep_learning": True,
+            "dl_model_type": dl_model.value,
+            "use_ml_calling": False,
         }
     if overrides:
         params = params.with_overrides(**overrides)

@@ -8,6 +8,7 @@ RUNNING long enough to cancel or time out, ``exit_code`` makes the worker die.
 from __future__ import annotations
 
 import io
+import json
 import subprocess
 import sys
 import time
@@ -224,6 +225,21 @@ def test_failures_end_with_reasons(make_harness: Callable[..., Harness]) -> None
     rejected = harness.service.load(bad.job_id)
     assert rejected.state == S.EXECUTOR_ERROR
     assert rejected.reason is not None and rejected.reason.startswith("config calling.alpha")
+
+
+def test_deep_learning_job_completes_with_the_network_filter(
+    make_harness: Callable[..., Harness],
+) -> None:
+    harness = make_harness()
+    job = harness.submit(TINY, use_deep_learning=True, dl_model_type="cnn")
+    harness.executor().start()
+    wait_for(lambda: harness.service.load(job.job_id).state.is_terminal, 90, "the DL job")
+    finished = harness.service.load(job.job_id)
+    assert finished.state == S.COMPLETE, finished.reason
+    path = harness.service.artifact_path(job.job_id, "metrics", tenant_id=finished.spec.tenant_id)
+    metrics = json.loads(path.read_text())
+    assert metrics["ml_filter"]["model_type"] == "cnn"
+    assert metrics["ml_filter"]["kind"] == "deep_learning"
 
 
 def test_crash_recovery_requeues_then_completes(make_harness: Callable[..., Harness]) -> None:

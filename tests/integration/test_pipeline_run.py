@@ -126,6 +126,7 @@ def test_positive_sample_writes_every_artifact_and_calls_positive(
     assert set(metrics["timings_seconds"]) >= {"consensus", "evidence", "calling"}
     report = (tmp_path / "out" / "report.html").read_text()
     assert "POSITIVE" in report.upper() and "data:image/png;base64," in report
+    assert "off (statistical caller only)" in report
     assert "stage consensus finished" in (tmp_path / "out" / "run.log").read_text()
 
 
@@ -200,28 +201,3 @@ def test_ml_filter_from_the_cli_runs_end_to_end(positive_sample: Any, tmp_path: 
     assert config["ml"]["use_ml_calling"] is True
     call = json.loads((out / "sample_call.json").read_text())
     assert call["decision"] == "positive"  # TF 0.02: the filter must not remove the tumour signal
-
-
-def test_dl_model_is_refused_with_a_clear_message(positive_sample: Any, tmp_path: Path) -> None:
-    from typer.testing import CliRunner
-
-    from precise_mrd.cli import app
-
-    result = CliRunner().invoke(
-        app,
-        [
-            "run",
-            "--bam",
-            str(positive_sample.bam_path),
-            "--reference",
-            str(positive_sample.reference_path),
-            "--variants",
-            str(positive_sample.vcf_path),
-            "--out",
-            str(tmp_path / "dl"),
-            "--dl-model",
-            "cnn",
-        ],
-    )
-    assert result.exit_code == 2
-    assert "--dl-model" in result.stderr and "fix:" in result.stderr

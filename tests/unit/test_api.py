@@ -10,6 +10,7 @@ from __future__ import annotations
 import gzip
 import io
 import json
+import sys
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -139,6 +140,27 @@ def test_other_disabled_features(tmp_path: Path, flag: str, variable: str) -> No
     with TestClient(harness.app) as client:
         error = error_of(submit(client, **{flag: "true"}))
     assert error["code"] == "feature_disabled" and variable in error["message"]
+
+
+def test_deep_learning_submission(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    harness = Harness(tmp_path, enable_deep_learning=True, enable_ml_calling=True)
+    with TestClient(harness.app) as client:
+        accepted = submit(client, use_deep_learning="true", dl_model_type="cnn_lstm")
+        assert accepted.status_code == 202, accepted.text
+        job = harness.jobs.get(accepted.json()["job_id"], tenant_id="default")
+        assert job.spec.use_deep_learning and job.spec.dl_model_type == "cnn_lstm"
+        unknown = error_of(submit(client, use_deep_learning="true", dl_model_type="transformer"))
+        assert unknown["field"] == "dl_model_type"
+        both = error_of(submit(client, use_deep_learning="true", use_ml_calling="true"))
+        assert both["field"] == "use_deep_learning" and "choose one" in both["fix"]
+        monkeypatch.setitem(sys.modules, "torch", None)  # a server without the [dl] extra
+        response = submit(client, use_deep_learning="true")
+    assert response.status_code == 422
+    error = error_of(response)
+    assert error["field"] == "use_deep_learning"
+    assert "pip install 'precise-mrd[dl]'" in error["fix"]
+    jobs, _ = harness.jobs.list_jobs(tenant_id="default")
+    assert len(jobs) == 1  # nothing is stored for a refused submission
 
 
 def test_submit_simulated_job(client: TestClient, harness: Harness) -> None:

@@ -39,7 +39,7 @@ import numpy as np
 import numpy.typing as npt
 
 from precise_mrd.core.errors import ConfigError, InputFileError
-from precise_mrd.ml.features import FEATURE_NAMES
+from precise_mrd.ml.features import FEATURE_NAMES, ObservationTable
 
 FloatArray = npt.NDArray[np.float64]
 MODEL_TYPES = ("ensemble", "random_forest", "xgboost", "lightgbm")
@@ -155,7 +155,7 @@ def library_versions() -> dict[str, str]:
     return out
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as handle:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
@@ -170,9 +170,15 @@ class LoadedModel:
     estimator: Any
     card: dict[str, Any]
 
+    needs_windows = False
+
     @property
     def threshold(self) -> float:
         return float(self.card["threshold"])
+
+    def score(self, table: ObservationTable) -> FloatArray:
+        """P(artefact) of each observation."""
+        return artefact_probability(self.estimator, table.features)
 
 
 def save_model(estimator: Any, out_dir: Path, name: str, card: dict[str, Any]) -> Path:
@@ -190,7 +196,7 @@ def save_model(estimator: Any, out_dir: Path, name: str, card: dict[str, Any]) -
             **card,
             "name": name,
             "file": model_path.name,
-            "sha256": _sha256(Path(tmp)),
+            "sha256": file_sha256(Path(tmp)),
             "feature_names": list(FEATURE_NAMES),
             "library_versions": library_versions(),
         }
@@ -217,7 +223,7 @@ def load_model(model_type: str = "ensemble", *, model_path: Path | None = None) 
             f"train one with `precise-mrd train-model --model-type {model_type}`",
         )
     card = json.loads(card_path.read_text())
-    if card.get("sha256") != _sha256(model_path):
+    if card.get("sha256") != file_sha256(model_path):
         raise InputFileError(
             str(model_path),
             "SHA-256 differs from the one in its model card (file changed or corrupt)",

@@ -16,6 +16,13 @@ ones a variant caller looks at when it decides whether an alt base is real
 * ``other_mismatches``: other confident mismatches against the reference in the same molecule;
 * ``template_strand``: 0 when read 1 came from the + strand.
 
+For the deep-learning scorer (:mod:`precise_mrd.ml.deep`) an observation also carries a
+*sequence window* (:attr:`ObservationTable.windows`, only with ``with_windows=True``): the
+molecule's consensus bases and qualities and the reference bases at the ``2 * WINDOW_FLANK + 1``
+positions centred on the observation, on the reference's forward strand. The centre base is the
+*scored* alternate (the variant's alt for every molecule at a variant, each possible alt for a
+sampled reference observation), for the same reason the features use the scored class.
+
 Nothing here may carry the answer: no read names, no UMI sequences, no truth file, no simulator
 internals. ``tests/unit/test_ml_features.py`` pins :data:`FEATURE_NAMES`.
 
@@ -64,6 +71,14 @@ FEATURE_NAMES: tuple[str, ...] = (
     "other_mismatches",
     "template_strand",
 )
+
+#: Positions each side of the observation in a sequence window.
+WINDOW_FLANK = 10
+#: Rows of :attr:`ObservationTable.windows`: molecule base (0-3 ACGT, 4 not covered or N),
+#: its consensus quality (0 when not covered) and the reference base (0-3; 4 outside the region
+#: or without an ACGT trinucleotide).
+WINDOW_ROWS: tuple[str, ...] = ("molecule_base", "base_quality", "reference_base")
+MISSING_BASE = 4
 
 #: Observation kinds in :attr:`ObservationTable.kind`.
 KIND_VARIANT = 0  # an informative molecule at a tracked variant (ref or alt)
@@ -114,6 +129,8 @@ class ObservationTable:
     it is the reference base; ``duplex[i]``, ``template[i]``, ``read_end_distance[i]`` as counted
     by the evidence stage; ``sbs_class[i]`` the class the row is scored as (a reference row at a
     variant takes the variant's class; a sampled background reference row, each possible alt's).
+    ``windows[i]`` (``(n, len(WINDOW_ROWS), 2 * WINDOW_FLANK + 1)`` uint8, or ``None`` when not
+    extracted) is the observation's sequence window (module docstring).
     """
 
     features: FloatArray
@@ -125,6 +142,7 @@ class ObservationTable:
     template: IntArray
     read_end_distance: IntArray
     sbs_class: IntArray
+    windows: npt.NDArray[np.uint8] | None = None
 
     def __post_init__(self) -> None:
         n = self.features.shape[0]
@@ -144,6 +162,9 @@ class ObservationTable:
         ):
             if getattr(self, name).shape != (n,):
                 raise ValueError(f"{name} must have shape ({n},); got {getattr(self, name).shape}")
+        shape = (n, len(WINDOW_ROWS), 2 * WINDOW_FLANK + 1)
+        if self.windows is not None and self.windows.shape != shape:
+            raise ValueError(f"windows must have shape {shape}; got {self.windows.shape}")
 
     def __len__(self) -> int:
         return int(self.features.shape[0])
@@ -160,6 +181,7 @@ class ObservationTable:
             template=self.template[mask],
             read_end_distance=self.read_end_distance[mask],
             sbs_class=self.sbs_class[mask],
+            windows=None if self.windows is None else self.windows[mask],
         )
 
     @staticmethod
@@ -167,6 +189,7 @@ class ObservationTable:
         """Rows of several tables, in order."""
         if not tables:
             return _empty_table()
+        windows = [t.windows for t in tables if t.windows is not None]
         return ObservationTable(
             features=np.concatenate([t.features for t in tables]),
             kind=np.concatenate([t.kind for t in tables]),
@@ -177,12 +200,15 @@ class ObservationTable:
             template=np.concatenate([t.template for t in tables]),
             read_end_distance=np.concatenate([t.read_end_distance for t in tables]),
             sbs_class=np.concatenate([t.sbs_class for t in tables]),
+            windows=np.concatenate(windows) if len(windows) == len(tables) else None,
         )
 
 
-def _empty_table() -> ObservationTable:
+def _empty_table(with_windows: bool = False) -> ObservationTable:
     e = np.zeros(0, dtype=np.int64)
+    window_shape = (0, len(WINDOW_ROWS), 2 * WINDOW_FLANK + 1)
     return ObservationTable(
+        windows=np.zeros(window_shape, dtype=np.uint8) if with_windows else None,
         features=np.zeros((0, len(FEATURE_NAMES))),
         kind=e,
         variant_index=e,
@@ -360,13 +386,15 @@ def extract_observations(
     min_mapping_quality: int = 20,
     variant_exclusion_window: int = 5,
     n_reference_samples_per_region: int = 500,
+    with_windows: bool = False,
 ) -> ObservationTable:
     """Observations at ``variants`` and background positions of an indexed consensus BAM.
 
     ``regions`` are 0-based half-open (default: each variant +/- ``flank``); thresholds mean what
     they mean in :func:`precise_mrd.pipeline.evidence.collect_evidence`.
     ``n_reference_samples_per_region`` reference observations per region are drawn with ``rng``;
-    each is entered three times, once as each possible alternate's class.
+    each is entered three times, once as each possible alternate's class. ``with_windows`` also
+    fills :attr:`ObservationTable.windows`.
     """
     for path, what in ((consensus_bam_path, "consensus BAM"), (reference_path, "reference")):
         if not Path(path).is_file():
@@ -404,9 +432,10 @@ def extract_observations(
                     variant_exclusion_window,
                     n_reference_samples_per_region,
                     rng,
+                    with_windows,
                 )
             )
-    return ObservationTable.concatenate(tables)
+    return ObservationTable.concatenate(tables) if tables else _empty_table(with_windows)
 
 
 def _window_table(
@@ -418,6 +447,7 @@ def _window_table(
     exclusion: int,
     n_samples: int,
     rng: np.random.Generator,
+    with_windows: bool,
 ) -> ObservationTable:
     rows = _molecule_rows(reads)
     pos, base, read = reads.pos[rows], reads.base[rows], reads.read[rows]
@@ -472,6 +502,12 @@ def _window_table(
         dtype=np.int64,
     )
     all_rows = np.concatenate([v_rows, e_rows, s_rows])
+    windows = None
+    if with_windows:
+        scored_alt = np.concatenate(
+            [v_alt_code[local_k], base[e_rows], _OTHER_BASES[ref[s_rows[::3]]].ravel()]
+        )
+        windows = _sequence_windows(reads, rows, all_rows, ref_code, start, scored_alt)
     kind = np.concatenate(
         [
             np.full(v_rows.size, KIND_VARIANT),
@@ -519,4 +555,42 @@ def _window_table(
         template=reads.template[r_read],
         read_end_distance=reads.dist[rows][all_rows],
         sbs_class=classes,
+        windows=windows,
     )
+
+
+_OTHER_BASES = np.array([[b for b in range(4) if b != r] for r in range(4)], dtype=np.int64)
+
+
+def _sequence_windows(
+    reads: _Reads,
+    rows: IntArray,
+    observed: IntArray,
+    ref_code: IntArray,
+    start: int,
+    centre_base: IntArray,
+) -> npt.NDArray[np.uint8]:
+    """Sequence windows (:data:`WINDOW_ROWS`) of the molecule rows ``rows[observed]``.
+
+    A window position is "not covered" where the molecule has no confident, concordant base (off
+    its reads, below the quality threshold, or outside the extracted region).
+    """
+    span = ref_code.size
+    mol, pos = reads.mol[reads.read[rows]], reads.pos[rows]
+    key = mol * span + (pos - start)
+    order = np.argsort(key, kind="stable")
+    sorted_key = key[order]
+    rel = pos[observed][:, None] - start + np.arange(-WINDOW_FLANK, WINDOW_FLANK + 1)
+    inside = (rel >= 0) & (rel < span)
+    rel_in = np.clip(rel, 0, span - 1)
+    wanted = mol[observed][:, None] * span + rel_in
+    at = np.minimum(np.searchsorted(sorted_key, wanted), max(sorted_key.size - 1, 0))
+    found = inside & (sorted_key[at] == wanted)
+    hit = rows[order[at]]
+    out = np.empty((observed.size, len(WINDOW_ROWS), rel.shape[1]), dtype=np.uint8)
+    out[:, 0] = np.where(found, reads.base[hit], MISSING_BASE)
+    out[:, 0, WINDOW_FLANK] = centre_base
+    out[:, 1] = np.where(found, reads.qual[hit], 0)
+    ref = ref_code[rel_in]
+    out[:, 2] = np.where(inside & (ref >= 0), ref, MISSING_BASE)
+    return out

@@ -21,6 +21,10 @@ numerator and denominators alike:
 
 The result is an ordinary :class:`~precise_mrd.core.calling.Evidence`, so the statistical caller
 runs unchanged on it: ``call_sample(apply_ml_filter(...).variants, BackgroundModel.fit(...), ...)``.
+
+``model_type`` is a tabular type (:data:`precise_mrd.ml.ensemble.MODEL_TYPES`) or a network type
+(:data:`precise_mrd.ml.deep.DL_MODEL_TYPES`); both score the same observations, the networks
+from their sequence windows as well.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -41,7 +46,8 @@ from precise_mrd.core.background import (
 from precise_mrd.core.calling import Evidence, VariantCounts
 from precise_mrd.core.errors import InputDataError
 from precise_mrd.core.records import Variant
-from precise_mrd.ml.ensemble import LoadedModel, artefact_probability, load_model
+from precise_mrd.ml.deep import DL_MODEL_TYPES, load_network
+from precise_mrd.ml.ensemble import load_model
 from precise_mrd.ml.features import (
     KIND_BACKGROUND_ERROR,
     KIND_BACKGROUND_REF,
@@ -55,9 +61,23 @@ IntArray = npt.NDArray[np.int64]
 _PSEUDO = 20.0
 
 
-def score_observations(table: ObservationTable, model: LoadedModel) -> FloatArray:
-    """Artefact probability of each observation."""
-    return artefact_probability(model.estimator, table.features)
+class ArtefactScorer(Protocol):
+    """A loaded artefact model: tabular (``ensemble.LoadedModel``) or ``deep.LoadedNetwork``."""
+
+    @property
+    def needs_windows(self) -> bool: ...
+
+    @property
+    def threshold(self) -> float: ...
+
+    def score(self, table: ObservationTable) -> FloatArray: ...
+
+
+def load_scorer(model_type: str, model_path: Path | None = None) -> ArtefactScorer:
+    """The shipped (or given) model of ``model_type``: a tabular type or a network type."""
+    if model_type in DL_MODEL_TYPES:
+        return load_network(model_type, model_path=model_path)
+    return load_model(model_type, model_path=model_path)
 
 
 def _pass_fractions(
@@ -156,7 +176,7 @@ def apply_ml_filter(
             "do not match the variants the evidence was collected for",
             "pass the same variant list to collect_evidence and apply_ml_filter",
         )
-    model = load_model(model_type, model_path=model_path)
+    model = load_scorer(model_type, model_path)
     cut = model.threshold if threshold is None else threshold
     if not 0.0 < cut <= 1.0:
         raise InputDataError("threshold", f"must be in (0, 1]; got {cut}", "use e.g. 0.5")
@@ -170,8 +190,9 @@ def apply_ml_filter(
         min_base_quality=min_base_quality,
         min_mapping_quality=min_mapping_quality,
         variant_exclusion_window=variant_exclusion_window,
+        with_windows=model.needs_windows,
     )
-    passed = score_observations(table, model) <= cut
+    passed = model.score(table) <= cut
     counts = tuple(
         filter_variant_counts(vc, table, passed, i) for i, vc in enumerate(evidence.variants)
     )

@@ -14,6 +14,10 @@ molecules (about ``e / (TF*AF)`` of them, ~2-4% here); and background errors and
 have different SBS-class mixes, so artefact rows are re-weighted per class to the class mix of the
 real rows (the class alone then says nothing about the label; only its interactions do).
 
+The same rows train the deep-learning networks (:mod:`precise_mrd.ml.deep`, model types ``cnn``
+and ``cnn_lstm``, which also see each row's sequence window), so every model type's held-out
+figures are on the same held-out samples.
+
 The truth file is read only to build labels, never as a feature. Samples with index
 ``>= n_samples - n_holdout`` (different seeds) are held out for the metrics in the model card.
 """
@@ -27,12 +31,21 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 from precise_mrd.core.background import N_CLASSES
 from precise_mrd.core.errors import ConfigError
+from precise_mrd.ml.deep import (
+    DL_MODEL_TYPES,
+    dl_model_name,
+    network_probability,
+    require_torch,
+    save_network,
+    train_network,
+)
 from precise_mrd.ml.ensemble import (
     MODEL_VERSION,
     artefact_probability,
@@ -93,6 +106,7 @@ class LabelledSample:
     seed: int
     tumor_fraction: float
     features: FloatArray
+    windows: npt.NDArray[np.uint8]
     labels: npt.NDArray[np.int64]
     classes: npt.NDArray[np.int64]
 
@@ -129,8 +143,9 @@ def simulate_labelled_sample(
     )
     variants = read_variants(sim.vcf_path, open_reference(sim.reference_path))
     table = extract_observations(
-        consensus, sim.reference_path, variants, np.random.default_rng(seed)
+        consensus, sim.reference_path, variants, np.random.default_rng(seed), with_windows=True
     )
+    assert table.windows is not None
     truth = json.loads(sim.truth_path.read_text())
     mutant = {t["key"]: int(t["n_mutant_molecules_sequenced"]) > 0 for t in truth["variants"]}
     has_mutants = np.array([mutant.get(v.key, False) for v in variants] + [False])
@@ -139,6 +154,7 @@ def simulate_labelled_sample(
         seed=seed,
         tumor_fraction=tumor_fraction,
         features=table.features[rows],
+        windows=table.windows[rows],
         labels=labels,
         classes=table.sbs_class[rows],
     )
@@ -212,6 +228,44 @@ def evaluate(p: FloatArray, labels: npt.NDArray[np.int64], threshold: float) -> 
     }
 
 
+@dataclass(frozen=True)
+class _Fitted:
+    """A fitted model of either family: scores rows and saves itself with a card."""
+
+    model_type: str
+    model: Any
+    scaler: Any = None
+
+    def __call__(self, windows: npt.NDArray[np.uint8], features: FloatArray) -> FloatArray:
+        if self.model_type in DL_MODEL_TYPES:
+            return network_probability(self.model, self.scaler, windows, features)
+        return artefact_probability(self.model, features)
+
+    def save(self, out_dir: Path, card: dict[str, Any]) -> Path:
+        if self.model_type in DL_MODEL_TYPES:
+            name = dl_model_name(self.model_type)
+            return save_network(self.model, self.scaler, out_dir, name, card)
+        return save_model(self.model, out_dir, model_name(self.model_type), card)
+
+
+def _fit(
+    model_type: str,
+    windows: npt.NDArray[np.uint8],
+    features: FloatArray,
+    labels: npt.NDArray[np.int64],
+    seed: int,
+) -> _Fitted:
+    if model_type in DL_MODEL_TYPES:
+        network, scaler = train_network(model_type, windows, features, labels, seed)
+        return _Fitted(model_type, network, scaler)
+    from threadpoolctl import threadpool_limits
+
+    estimator = build_model(model_type, seed)
+    with threadpool_limits(1):
+        estimator.fit(features, labels)
+    return _Fitted(model_type, estimator)
+
+
 def train_model(
     out_dir: Path,
     *,
@@ -232,9 +286,20 @@ def train_models(
 ) -> list[Path]:
     """:func:`train_model` for several model types on one simulated training set."""
     for model_type in model_types:
-        check_model_type(model_type)
+        if model_type in DL_MODEL_TYPES:
+            require_torch("model_type")
+        else:
+            check_model_type(model_type)
     config = config or TrainingConfig()
     started = time.perf_counter()
+    samples = simulate_training_set(config, work_dir)
+    return fit_models(out_dir, samples, model_types, config, time.perf_counter() - started)
+
+
+def simulate_training_set(
+    config: TrainingConfig, work_dir: Path | None = None
+) -> list[LabelledSample]:
+    """The labelled samples of ``config`` (blanks at even indices), simulated one at a time."""
     scratch = Path(tempfile.mkdtemp(prefix="train-", dir=work_dir))
     samples: list[LabelledSample] = []
     try:
@@ -245,7 +310,17 @@ def train_models(
             shutil.rmtree(sample_dir, ignore_errors=True)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    simulated = time.perf_counter() - started
+    return samples
+
+
+def fit_models(
+    out_dir: Path,
+    samples: Sequence[LabelledSample],
+    model_types: Sequence[str],
+    config: TrainingConfig,
+    simulated: float = 0.0,
+) -> list[Path]:
+    """Fit each model type on the training samples, evaluate on the held-out ones, save."""
     n_train = config.n_samples - config.n_holdout
     train, held = samples[:n_train], samples[n_train:]
     x = np.concatenate([s.features for s in train])
@@ -260,17 +335,13 @@ def train_models(
     rows = balanced_rows(y, classes, np.random.default_rng(config.seed))
     xh = np.concatenate([s.features for s in held])
     yh = np.concatenate([s.labels for s in held])
-    from threadpoolctl import threadpool_limits
-
+    w = np.concatenate([s.windows for s in train])
+    wh = np.concatenate([s.windows for s in held])
     paths = []
     for model_type in model_types:
         fit_started = time.perf_counter()
-        estimator = build_model(model_type, config.seed)
-        with threadpool_limits(1):
-            estimator.fit(x[rows], y[rows])
-        threshold = choose_threshold(
-            artefact_probability(estimator, x[y == 0]), config.min_real_retention
-        )
+        fitted = _fit(model_type, w[rows], x[rows], y[rows], config.seed)
+        threshold = choose_threshold(fitted(w[y == 0], x[y == 0]), config.min_real_retention)
         card = {
             "model_type": model_type,
             "version": MODEL_VERSION,
@@ -288,7 +359,7 @@ def train_models(
                 "simulation_seconds": round(simulated, 1),
                 "fit_seconds": round(time.perf_counter() - fit_started, 1),
             },
-            "holdout_metrics": evaluate(artefact_probability(estimator, xh), yh, threshold),
+            "holdout_metrics": evaluate(fitted(wh, xh), yh, threshold),
         }
-        paths.append(save_model(estimator, out_dir, model_name(model_type), card))
+        paths.append(fitted.save(out_dir, card))
     return paths

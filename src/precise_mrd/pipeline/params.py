@@ -24,7 +24,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from precise_mrd.core.errors import ConfigError, InputFileError
 
@@ -96,11 +103,30 @@ class CallingSection(_Section):
 
 
 class MlSection(_Section):
-    """Optional ML artefact filter (off by default: see the model card for its held-out figures)."""
+    """Optional artefact filter: a tabular ML model or a network (off by default: see the model
+    cards for their held-out figures). One of the two at a time; ``threshold`` overrides the one
+    in the chosen model's card."""
 
     use_ml_calling: bool = False
     model_type: Literal["ensemble", "random_forest", "xgboost", "lightgbm"] = "ensemble"
+    use_deep_learning: bool = False
+    dl_model_type: Literal["cnn", "cnn_lstm"] = "cnn"
     threshold: float | None = Field(None, gt=0, le=1)
+
+    @model_validator(mode="after")
+    def _one_scorer(self) -> MlSection:
+        if self.use_ml_calling and self.use_deep_learning:
+            raise ValueError(
+                "use_ml_calling and use_deep_learning are both true; choose one artefact filter"
+            )
+        return self
+
+    @property
+    def filter_model(self) -> str | None:
+        """The model type of the artefact filter in use, or ``None`` when it is off."""
+        if self.use_deep_learning:
+            return self.dl_model_type
+        return self.model_type if self.use_ml_calling else None
 
 
 class ValidationSection(_Section):

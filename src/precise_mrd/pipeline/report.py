@@ -293,5 +293,6 @@ def render_report(
         variant_columns=columns,
         variant_rows=rows,
         metric_rows=_metric_rows(metrics),
+        artefact_filter=metrics.get("ml_filter"),
         thresholds=", ".join(f"{k} = {v}" for k, v in sample_call.get("thresholds", {}).items()),
     )

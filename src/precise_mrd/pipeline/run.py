@@ -284,16 +284,18 @@ def _run_stages(
             variant_exclusion_window=params.evidence.variant_exclusion_window,
             flank=params.evidence.flank,
         )
-        if params.ml.use_ml_calling:
+        filter_model = params.ml.filter_model
+        if filter_model is not None:
             from precise_mrd.ml.scoring import apply_ml_filter
 
             raw_evidence = evidence
+            filter_started = time.perf_counter()
             evidence = apply_ml_filter(
                 evidence,
                 consensus_bam,
                 inputs.reference_path,
                 variants,
-                params.ml.model_type,
+                filter_model,
                 threshold=params.ml.threshold,
                 seed=params.seed,
                 regions=regions,
@@ -303,13 +305,15 @@ def _run_stages(
                 variant_exclusion_window=params.evidence.variant_exclusion_window,
             )
             ml_summary = {
-                "model_type": params.ml.model_type,
+                "model_type": filter_model,
+                "kind": "deep_learning" if params.ml.use_deep_learning else "ml",
+                "seconds": round(time.perf_counter() - filter_started, 2),
                 "informative_before": int(sum(v.informative for v in raw_evidence.variants)),
                 "informative_after": int(sum(v.informative for v in evidence.variants)),
                 "alt_before": int(sum(v.alt for v in raw_evidence.variants)),
                 "alt_after": int(sum(v.alt for v in evidence.variants)),
             }
-            logger.info("ML artefact filter (%s): %s", params.ml.model_type, ml_summary)
+            logger.info("artefact filter (%s): %s", filter_model, ml_summary)
         background = BackgroundModel.fit(evidence.background)
 
     with tracker.stage("calling"):

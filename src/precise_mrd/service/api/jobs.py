@@ -15,9 +15,10 @@ job stored as QUEUED, so a job in the database always has inputs that open.
 
 ``ENABLE_ML_CALLING`` is off by default, so the first curl above answers 422 with
 ``"fix": "set ENABLE_ML_CALLING=true ..."``. With it on, the job runs the pipeline with the
-shipped ML artefact filter (``ml_model_type``). ``use_deep_learning`` (``ENABLE_DEEP_LEARNING``)
-is accepted when enabled and then ends EXECUTOR_ERROR with the reason "deep-learning calling is
-not available yet: ..." (a flag is never silently ignored); ``use_parallel``
+shipped ML artefact filter (``ml_model_type``). ``use_deep_learning`` (``ENABLE_DEEP_LEARNING``,
+off by default) runs it with the shipped network (``dl_model_type`` ``cnn`` or ``cnn_lstm``)
+instead; when the server has no PyTorch (the ``[dl]`` extra) the submission is a 422 saying how to
+install it, and asking for both filters at once is a 422 too; ``use_parallel``
 (``ENABLE_PARALLEL_PROCESSING``, on by default) runs the pipeline with more threads.
 
 ``GET /results/{job_id}`` answers 409 (with the state) while the job is queued or running, and 200
@@ -36,6 +37,7 @@ from fastapi import APIRouter, File, Form, Query, Request, Response, UploadFile
 from fastapi.responses import FileResponse
 from pydantic import ValidationError
 
+from precise_mrd.core.errors import ConfigError
 from precise_mrd.pipeline.artifacts import DOWNLOAD_TYPES, MEDIA_TYPES
 from precise_mrd.service.api.configs import resolve_config
 from precise_mrd.service.api.deps import (
@@ -134,6 +136,16 @@ def check_features(request: JobCreate, settings: Settings) -> None:
         raise FeatureDisabledError("use_deep_learning", "ENABLE_DEEP_LEARNING")
     if request.use_parallel and not settings.enable_parallel_processing:
         raise FeatureDisabledError("use_parallel", "ENABLE_PARALLEL_PROCESSING")
+    if request.use_ml_calling and request.use_deep_learning:
+        raise ConfigError(
+            "use_deep_learning",
+            "use_ml_calling and use_deep_learning are both true",
+            "choose one artefact filter",
+        )
+    if request.use_deep_learning:
+        from precise_mrd.ml.deep import check_torch_installed
+
+        check_torch_installed("use_deep_learning")
 
 
 def _new_job_id() -> str:
@@ -212,7 +224,7 @@ def submit_job(
     use_ml_calling: Annotated[bool, Form(description="Needs ENABLE_ML_CALLING=true")] = False,
     ml_model_type: Annotated[MlModelType, Form()] = "ensemble",
     use_deep_learning: Annotated[bool, Form(description="Needs ENABLE_DEEP_LEARNING=true")] = False,
-    dl_model_type: Annotated[DlModelType, Form()] = "cnn_lstm",
+    dl_model_type: Annotated[DlModelType, Form()] = "cnn",
     use_parallel: Annotated[
         bool, Form(description="Use more threads; needs ENABLE_PARALLEL_PROCESSING=true")
     ] = False,

@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from precise_mrd.service.jobs.model import JobState
 
 MlModelType = Literal["ensemble", "random_forest", "xgboost", "lightgbm"]
-DlModelType = Literal["cnn_lstm", "hybrid", "transformer"]
+DlModelType = Literal["cnn", "cnn_lstm"]
 
 
 class _Response(BaseModel):
@@ -44,7 +44,7 @@ class JobCreate(BaseModel):
     use_ml_calling: bool = False
     ml_model_type: MlModelType = "ensemble"
     use_deep_learning: bool = False
-    dl_model_type: DlModelType = "cnn_lstm"
+    dl_model_type: DlModelType = "cnn"
     use_parallel: bool = False
     config_yaml: str | None = None
     config_template: str | None = None

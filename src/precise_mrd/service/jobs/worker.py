@@ -5,8 +5,8 @@ is what the local executor starts (in its own process group, so a cancel or a ti
 worker and everything it started). The worker
 
 1. loads the job; anything but INITIALIZING (e.g. canceled meanwhile) means exit quietly;
-2. refuses what this version cannot do: ``use_ml_calling``/``use_deep_learning`` end as
-   EXECUTOR_ERROR with reason ``"ML calling is not available yet: ..."``;
+2. refuses what this worker cannot do: ``use_deep_learning`` without PyTorch installed, or with
+   ``use_ml_calling`` as well, ends EXECUTOR_ERROR with the reason and the fix;
 3. parses the config (the job's seed seeds the run unless the config sets ``seed``;
    ``use_parallel`` raises ``threads`` unless the config sets it);
 4. materialises the inputs into ``<work-root>/<job_id>/inputs``: the uploads named in
@@ -164,25 +164,34 @@ def parse_config(spec: JobSpec, *, enable_debug_jobs: bool) -> tuple[PipelinePar
             "use_ml_calling": True,
             "model_type": spec.ml_model_type or params.ml.model_type,
         }
+    if spec.use_deep_learning:
+        overrides["ml"] = {
+            **params.ml.model_dump(),
+            "use_ml_calling": False,
+            "use_deep_learning": True,
+            "dl_model_type": spec.dl_model_type or params.ml.dl_model_type,
+        }
     if overrides:
         params = params.with_overrides(**overrides)
     return params, knobs
 
 
 def check_supported(spec: JobSpec) -> None:
-    """Refuse flags this version cannot honour (rather than silently ignoring them)."""
-    if spec.use_deep_learning:
+    """Refuse flags this worker cannot honour (rather than silently ignoring them)."""
+    if spec.use_ml_calling and spec.use_deep_learning:
         raise ConfigError(
             "use_deep_learning",
-            f"deep-learning calling is not available yet: use_deep_learning=true "
-            f"(dl_model_type={spec.dl_model_type or 'cnn'}) needs the deep-learning scorer, "
-            "which this version does not ship",
-            "resubmit with use_deep_learning=false (use_ml_calling=true is available)",
+            "use_ml_calling and use_deep_learning are both true",
+            "resubmit with one artefact filter",
         )
+    if spec.use_deep_learning:
+        from precise_mrd.ml.deep import check_torch_installed
+
+        check_torch_installed("use_deep_learning")
 
 
 def unsupported_reason(error: ConfigError) -> str:
-    """The reason text of a refused flag (e.g. "deep-learning calling is not available yet...")."""
+    """The reason text of a refused flag (e.g. "deep-learning scoring needs PyTorch...")."""
     return f"{error.problem}; fix: {error.fix}"
 
 
