@@ -13,9 +13,12 @@ from typing import Annotated
 import typer
 
 from precise_mrd.cli_support import (
+    DlModel,
+    MlModel,
     print_json,
     progress_printer,
     user_errors_to_exit,
+    with_artefact_filter,
 )
 from precise_mrd.core.errors import ConfigError
 
@@ -31,18 +34,6 @@ app = typer.Typer(
 class Preset(StrEnum):
     smoke = "smoke"
     standard = "standard"
-
-
-class MlModel(StrEnum):
-    ensemble = "ensemble"
-    random_forest = "random_forest"
-    xgboost = "xgboost"
-    lightgbm = "lightgbm"
-
-
-class DlModel(StrEnum):
-    cnn = "cnn"
-    cnn_lstm = "cnn_lstm"
 
 
 class Strategy(StrEnum):
@@ -228,34 +219,13 @@ def run(
             "FASTQ input needs read structures",
             'e.g. --read-structure "8M142T 8M142T"',
         )
-    if ml_model is not None and dl_model is not None:
-        raise ConfigError(
-            "--ml-model/--dl-model", "give at most one artefact filter", "pick one of the two"
-        )
-    if dl_model is not None:
-        from precise_mrd.ml.deep import check_torch_installed
-
-        check_torch_installed("--dl-model")
     params = PipelineParams.from_yaml(config) if config else PipelineParams()
     overrides: dict[str, object] = {
         k: v for k, v in {"threads": threads, "seed": seed}.items() if v is not None
     }
-    if ml_model is not None:
-        overrides["ml"] = {
-            **params.ml.model_dump(),
-            "use_ml_calling": True,
-            "model_type": ml_model.value,
-            "use_deep_learning": False,
-        }
-    if dl_model is not None:
-        overrides["ml"] = {
-            **params.ml.model_dump(),
-            "use_deep_learning": True,
-            "dl_model_type": dl_model.value,
-            "use_ml_calling": False,
-        }
     if overrides:
         params = params.with_overrides(**overrides)
+    params = with_artefact_filter(params, ml_model, dl_model)
     inputs = RunInputs(
         reference_path=reference,
         variants_path=variants,

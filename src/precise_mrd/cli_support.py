@@ -11,11 +11,15 @@ import json
 import math
 import sys
 from collections.abc import Callable
-from typing import Any, ParamSpec, TypeVar
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 import typer
 
 from precise_mrd.core.errors import ConfigError, InputError, PipelineError
+
+if TYPE_CHECKING:
+    from precise_mrd.pipeline.params import PipelineParams
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -86,3 +90,39 @@ def progress_printer(label: str = "starting") -> Callable[[str, float], None] | 
             progress.stop()
 
     return update
+
+
+class MlModel(StrEnum):
+    """Shipped tabular artefact models (``--ml-model``)."""
+
+    ensemble = "ensemble"
+    random_forest = "random_forest"
+    xgboost = "xgboost"
+    lightgbm = "lightgbm"
+
+
+class DlModel(StrEnum):
+    """Shipped artefact networks (``--dl-model``, needs the ``[dl]`` extra)."""
+
+    cnn = "cnn"
+    cnn_lstm = "cnn_lstm"
+
+
+def with_artefact_filter(
+    params: PipelineParams, ml_model: MlModel | None, dl_model: DlModel | None
+) -> PipelineParams:
+    """``params`` with the filter chosen by ``--ml-model`` / ``--dl-model`` (at most one)."""
+    if ml_model is not None and dl_model is not None:
+        raise ConfigError(
+            "--ml-model/--dl-model", "give at most one artefact filter", "pick one of the two"
+        )
+    if ml_model is not None:
+        ml = {"use_ml_calling": True, "model_type": ml_model.value, "use_deep_learning": False}
+    elif dl_model is not None:
+        from precise_mrd.ml.deep import check_torch_installed
+
+        check_torch_installed("--dl-model")
+        ml = {"use_deep_learning": True, "dl_model_type": dl_model.value, "use_ml_calling": False}
+    else:
+        return params
+    return params.with_overrides(ml={**params.ml.model_dump(), **ml})

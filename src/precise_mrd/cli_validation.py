@@ -13,7 +13,14 @@ from typing import Annotated
 
 import typer
 
-from precise_mrd.cli_support import print_json, progress_printer, user_errors_to_exit
+from precise_mrd.cli_support import (
+    DlModel,
+    MlModel,
+    print_json,
+    progress_printer,
+    user_errors_to_exit,
+    with_artefact_filter,
+)
 from precise_mrd.core.errors import ConfigError
 
 
@@ -82,9 +89,22 @@ def validate(
         str | None,
         typer.Option(help="Comma-separated grid, e.g. '0,1e-4,1e-3' (default 0..1e-3)."),
     ] = None,
+    config: Annotated[
+        Path | None, typer.Option(help="Pipeline config YAML every sample is called with.")
+    ] = None,
+    ml_model: Annotated[
+        MlModel | None, typer.Option(help="Validate with this shipped ML artefact filter on.")
+    ] = None,
+    dl_model: Annotated[
+        DlModel | None, typer.Option(help="Validate with this shipped network filter on.")
+    ] = None,
 ) -> None:
     """Run a simulated dilution series through the pipeline: LoB, LoD95, calibration, ROC."""
+    from precise_mrd.pipeline.params import PipelineParams
     from precise_mrd.pipeline.validation import DEFAULT_TUMOR_FRACTIONS, run_validation
+
+    pipeline_params = PipelineParams.from_yaml(config) if config else PipelineParams()
+    pipeline_params = with_artefact_filter(pipeline_params, ml_model, dl_model)
 
     grid = DEFAULT_TUMOR_FRACTIONS
     if tumor_fractions:
@@ -106,12 +126,14 @@ def validate(
         workers=workers,
         molecules_per_locus=molecules_per_locus,
         progress=progress_printer("validation"),
+        pipeline_params=pipeline_params,
     )
     summary = result.summary
     headline = {
         key: summary.get(key)
         for key in ("lob", "lod95", "lod95_ci", "lod95_status", "lod95_empirical", "specificity")
     }
+    headline["artefact_filter"] = summary["design"]["artefact_filter"]
     headline["auc"] = summary.get("auc")
     line = summary.get("linearity")
     headline["linearity"] = (

@@ -130,6 +130,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     running = Server(
         tmp_path_factory.mktemp("api_server"),
         ENABLE_ML_CALLING="true",
+        ENABLE_DEEP_LEARNING="true",
         PRECISE_MRD_ENABLE_DEBUG_JOBS="true",
         PRECISE_MRD_MAX_UPLOAD_BYTES=str(1024 * 1024),
         MAX_CONCURRENT_JOBS="2",
@@ -170,6 +171,30 @@ def test_guide_curl_examples_literally(server: Server) -> None:
     assert results["sample_call"]["decision"] in {"positive", "negative", "undetermined"}
     metrics = curl(f"http://{host_port}/download/{job_id}/metrics")
     assert metrics["ml_filter"]["model_type"] == "ensemble"
+
+
+def test_deep_learning_through_curl(server: Server) -> None:
+    host_port = server.url.removeprefix("http://")
+    submitted = curl(
+        "-X",
+        "POST",
+        f"http://{host_port}/submit",
+        "-F",
+        "run_id=dl_job",
+        "-F",
+        "seed=43",
+        "-F",
+        "use_deep_learning=true",
+        "-F",
+        "dl_model_type=cnn",
+    )
+    job_id = submitted["job_id"]
+    server.wait(job_id, TERMINAL)
+    results = curl(f"http://{host_port}/results/{job_id}")
+    assert results["state"] == "COMPLETE", results
+    metrics = curl(f"http://{host_port}/download/{job_id}/metrics")
+    assert metrics["ml_filter"]["model_type"] == "cnn"
+    assert metrics["ml_filter"]["kind"] == "deep_learning"
 
 
 def test_requests_snippet_full_lifecycle(server: Server) -> None:

@@ -284,3 +284,34 @@ def test_cli_validate_runs_a_tiny_series(cli: typer.Typer, tmp_path: Path) -> No
     assert json.loads((out / "validation.json").read_text())["design"]["n_samples"] == 2
     bad = CliRunner().invoke(cli, ["validate", "--out", str(out), "--tumor-fractions", "0,x"])
     assert bad.exit_code == 2 and "--tumor-fractions" in bad.stderr
+
+
+def test_cli_validate_with_an_artefact_filter(cli: typer.Typer, tmp_path: Path) -> None:
+    """Every sample of the series is called with the chosen filter (a DL network here)."""
+    out = tmp_path / "val-dl"
+    args = ["validate", "--out", str(out), "--replicates", "1", "--blank-replicates", "1"]
+    args += ["--molecules-per-locus", "200", "--tumor-fractions", "0,0.05", "--workers", "1"]
+    result = CliRunner().invoke(cli, [*args, "--dl-model", "cnn"])
+    assert result.exit_code == 0, result.output + result.stderr
+    assert json.loads(result.stdout)["artefact_filter"] == "cnn"
+    document = json.loads((out / "validation.json").read_text())
+    plain = run_validation(
+        tmp_path / "val-plain",
+        tumor_fractions=(0.0, 0.05),
+        replicates=1,
+        blank_replicates=1,
+        molecules_per_locus=200,
+        workers=1,
+    )
+    assert plain.summary["design"]["artefact_filter"] is None
+    assert (
+        document["design"]["pipeline_config_hash"]
+        != plain.summary["design"]["pipeline_config_hash"]
+    )
+    # the filter drops molecules: fewer informative molecules than the same samples unfiltered
+    filtered = [row["informative_molecules"] for row in document["samples"]]
+    unfiltered = [s.informative_molecules for s in plain.samples]
+    assert all(f < u for f, u in zip(filtered, unfiltered, strict=True))
+    assert "artefact filter: cnn" in (out / "validation.html").read_text()
+    both = CliRunner().invoke(cli, [*args, "--dl-model", "cnn", "--ml-model", "ensemble"])
+    assert both.exit_code == 2 and "one artefact filter" in both.stderr

@@ -60,6 +60,7 @@ import numpy as np
 from precise_mrd import __version__
 from precise_mrd.core import lod as lodmath
 from precise_mrd.core.errors import ConfigError, InputDataError, InputFileError
+from precise_mrd.pipeline.params import PipelineParams
 
 ProgressCallback = Callable[[str, float], None]
 """Called with (what was just finished, fraction of all samples done in 0..1)."""
@@ -245,6 +246,7 @@ class SampleTask:
     preset: str
     overrides: tuple[tuple[str, Any], ...]
     work_dir: str
+    pipeline_yaml: str = ""  # the pipeline config of every sample ("" = defaults)
 
 
 @dataclass(frozen=True, slots=True)
@@ -288,7 +290,6 @@ class ValidationResult:
 def run_sample(task: SampleTask) -> ValidationSample:
     """Simulate one sample and call it with the real pipeline (runs inside a worker)."""
     from precise_mrd.core.simulate import SimulationParams
-    from precise_mrd.pipeline.params import PipelineParams
     from precise_mrd.pipeline.run import RunInputs, run_pipeline
     from precise_mrd.pipeline.simulation import simulate_sample
 
@@ -308,9 +309,14 @@ def run_sample(task: SampleTask) -> ValidationSample:
             variants_path=simulated.vcf_path,
             bam_path=simulated.bam_path,
         )
+        base = (
+            PipelineParams.from_yaml_text(task.pipeline_yaml, source="validation pipeline config")
+            if task.pipeline_yaml
+            else PipelineParams()
+        )
         result = run_pipeline(
             inputs,
-            PipelineParams(seed=task.seed, threads=1),
+            base.with_overrides(seed=task.seed, threads=1),
             sample_dir / "output",
             sample_name=params.sample_name,
         )
@@ -344,6 +350,7 @@ def plan_samples(
     preset: str,
     overrides: dict[str, Any],
     work_dir: Path,
+    pipeline_yaml: str = "",
 ) -> list[SampleTask]:
     """The tasks of the series: blanks first, then each level's replicates; one seed each.
 
@@ -369,6 +376,7 @@ def plan_samples(
                     preset=preset,
                     overrides=tuple(sorted(overrides.items())),
                     work_dir=str(work_dir),
+                    pipeline_yaml=pipeline_yaml,
                 )
             )
     return tasks
@@ -407,8 +415,13 @@ def run_validation(
     blank_replicates: int | None = None,
     molecules_per_locus: int | None = None,
     n_variants: int | None = None,
+    pipeline_params: PipelineParams | None = None,
 ) -> ValidationResult:
     """Run the dilution series and write ``validation.json`` and ``validation.html``.
+
+    ``pipeline_params`` is the configuration every sample is called with (default: the defaults),
+    e.g. with an artefact filter on, so that LoB and LoD describe the configuration a lab will run;
+    each sample still gets its own seed and one thread.
 
     ``blank_replicates`` defaults to ``max(replicates, 10)`` (a non-parametric LoB needs >= 10
     blanks); ``molecules_per_locus`` and ``n_variants`` override the preset (the smoke preset
@@ -440,7 +453,10 @@ def run_validation(
     out_dir.mkdir(parents=True, exist_ok=True)
     work_dir = Path(tempfile.mkdtemp(prefix=".validation-work-", dir=out_dir))
     try:
-        tasks = plan_samples(fractions, replicates, n_blanks, seed, preset, overrides, work_dir)
+        pipeline_yaml = pipeline_params.to_yaml() if pipeline_params is not None else ""
+        tasks = plan_samples(
+            fractions, replicates, n_blanks, seed, preset, overrides, work_dir, pipeline_yaml
+        )
         samples = _run_tasks(tasks, n_workers, progress)
     finally:
         shutil.rmtree(work_dir, ignore_errors=True)
@@ -455,6 +471,10 @@ def run_validation(
         "seed": seed,
         "workers": n_workers,
         "n_samples": len(samples),
+        "artefact_filter": (
+            pipeline_params.ml.filter_model if pipeline_params is not None else None
+        ),
+        "pipeline_config_hash": (pipeline_params or PipelineParams()).config_hash,
     }
     seconds = round(time.perf_counter() - started, 2)
     summary["timing"] = {

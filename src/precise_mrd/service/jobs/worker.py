@@ -314,6 +314,7 @@ def _run_validation_job(
         # NB: one process per job; the executor already runs MAX_CONCURRENT_JOBS jobs at once.
         workers=1,
         progress=ProgressWriter(service, job.job_id),
+        pipeline_params=params,
     )
     artifacts: dict[str, str] = {}
     for kind, name in VALIDATION_ARTIFACTS.items():
