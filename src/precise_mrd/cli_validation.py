@@ -135,6 +135,7 @@ def validate(
     }
     headline["artefact_filter"] = summary["design"]["artefact_filter"]
     headline["auc"] = summary.get("auc")
+    headline["auc_level"] = summary.get("auc_level")  # the lowest tumour fraction of the grid
     line = summary.get("linearity")
     headline["linearity"] = (
         {"slope": line["slope"], "r_squared": line["r_squared"]} if line else None

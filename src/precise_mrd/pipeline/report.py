@@ -125,6 +125,11 @@ def _family_size_plot(histogram: Mapping[str, int]) -> Plot | None:
     )
 
 
+def _positive(rate: float, floor: float = 1e-9) -> float:
+    """A rate drawable on a log axis (missing, non-finite or tiny rates at ``floor``)."""
+    return rate if math.isfinite(rate) and rate > floor else floor
+
+
 def _background_plot(background: Sequence[Mapping[str, Any]]) -> Plot | None:
     """``background``: rows with molecule_type, sbs_class, rate (as BackgroundModel.class_table)."""
     if not background:
@@ -132,14 +137,19 @@ def _background_plot(background: Sequence[Mapping[str, Any]]) -> Plot | None:
     labels = list(dict.fromkeys(str(row["sbs_class"]) for row in background))
     figure, axis = plt.subplots(figsize=(10.5, 3.4))
     positions = range(len(labels))
+    plotted: list[float] = []
     for molecule_type, colour in (("simplex", "#d98c3f"), ("duplex", "#3b6ea8")):
         rates = {
             str(r["sbs_class"]): float(r["rate"])
             for r in background
             if r["molecule_type"] == molecule_type
         }
-        values = [max(rates.get(label, 0.0), 1e-9) for label in labels]
+        values = [_positive(rates.get(label, 0.0)) for label in labels]
+        plotted.extend(values)
         axis.scatter(positions, values, s=9, color=colour, label=molecule_type)
+    # NB: fixed limits before the log scale: with every rate at one value (all at the floor after
+    # an artefact filter) autoscaling would give a singular axis and a warning
+    axis.set_ylim(min(plotted) / 3, max(plotted) * 3)
     axis.set_yscale("log")
     axis.set_xticks(list(positions)[::8], labels[::8], rotation=90, fontsize=6)
     axis.set_ylabel("error rate per molecule")
