@@ -38,7 +38,13 @@ import numpy as np
 import numpy.typing as npt
 
 from precise_mrd.core.errors import ConfigError, InputFileError
-from precise_mrd.ml.ensemble import MODEL_VERSION, MODELS_DIR, file_sha256, library_versions
+from precise_mrd.ml.ensemble import (
+    MODEL_VERSION,
+    MODELS_DIR,
+    file_sha256,
+    library_versions,
+    read_verified_card,
+)
 from precise_mrd.ml.features import (
     FEATURE_NAMES,
     MISSING_BASE,
@@ -297,20 +303,7 @@ def load_network(model_type: str = "cnn", *, model_path: Path | None = None) -> 
     torch = require_torch()
     if model_path is None:
         model_path = MODELS_DIR / f"{dl_model_name(model_type)}.npz"
-    card_path = model_path.with_suffix(".json")
-    if not model_path.is_file() or not card_path.is_file():
-        raise InputFileError(
-            str(model_path),
-            "model file or its JSON card is missing",
-            f"train one with `precise-mrd train-model --model-type {model_type}`",
-        )
-    card = json.loads(card_path.read_text())
-    if card.get("sha256") != file_sha256(model_path):
-        raise InputFileError(
-            str(model_path),
-            "SHA-256 differs from the one in its model card (file changed or corrupt)",
-            "re-train the model or restore the shipped file",
-        )
+    card = read_verified_card(model_path, model_type)
     expected = {
         "model_type": model_type,
         "feature_names": list(FEATURE_NAMES),

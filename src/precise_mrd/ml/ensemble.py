@@ -210,11 +210,8 @@ def save_model(estimator: Any, out_dir: Path, name: str, card: dict[str, Any]) -
     return model_path
 
 
-def load_model(model_type: str = "ensemble", *, model_path: Path | None = None) -> LoadedModel:
-    """Load a model (default: the shipped one of ``model_type``) after checking its card."""
-    check_model_type(model_type)
-    if model_path is None:
-        model_path = MODELS_DIR / f"{model_name(model_type)}.joblib"
+def read_verified_card(model_path: Path, model_type: str) -> dict[str, Any]:
+    """The JSON card next to ``model_path``, once the file's SHA-256 matches the card's."""
     card_path = model_path.with_suffix(".json")
     if not model_path.is_file() or not card_path.is_file():
         raise InputFileError(
@@ -222,13 +219,22 @@ def load_model(model_type: str = "ensemble", *, model_path: Path | None = None) 
             "model file or its JSON card is missing",
             f"train one with `precise-mrd train-model --model-type {model_type}`",
         )
-    card = json.loads(card_path.read_text())
+    card: dict[str, Any] = json.loads(card_path.read_text())
     if card.get("sha256") != file_sha256(model_path):
         raise InputFileError(
             str(model_path),
             "SHA-256 differs from the one in its model card (file changed or corrupt)",
             "re-train the model or restore the shipped file",
         )
+    return card
+
+
+def load_model(model_type: str = "ensemble", *, model_path: Path | None = None) -> LoadedModel:
+    """Load a model (default: the shipped one of ``model_type``) after checking its card."""
+    check_model_type(model_type)
+    if model_path is None:
+        model_path = MODELS_DIR / f"{model_name(model_type)}.joblib"
+    card = read_verified_card(model_path, model_type)
     if list(card.get("feature_names", [])) != list(FEATURE_NAMES):
         raise InputFileError(
             str(model_path),
