@@ -17,7 +17,10 @@ For region access (the ML features read a window around each variant),
 :class:`IndexedRecordReader` finds a region's raw records through the ``.bai`` (sweeping regions
 in ascending order so that each BGZF block is inflated once) and :func:`decode_aligned_bases`
 turns them into the per-record fields and per-base rows (reference position, query position,
-base, quality) of the records a ``pysam`` ``fetch`` of the region would give.
+base, quality) of the records a ``pysam`` ``fetch`` of the region would give;
+:func:`decode_record_status` says of every record of the region why it is used or not (no key
+tag, low mapping quality, no sequence), for a caller that counts the records left out (the
+evidence stage).
 
 The BAM layout (SAM specification section 4.2): ``block_size, refID, pos, l_read_name, mapq,
 bin, n_cigar_op, flag, l_seq, next_refID, next_pos, tlen``, then the NUL-terminated name, the
@@ -58,15 +61,22 @@ import numpy.typing as npt
 from precise_mrd.io.bam import int32_at
 
 __all__ = [
+    "RECORD_LOW_MAPQ",
+    "RECORD_NO_DATA",
+    "RECORD_NO_KEY",
+    "RECORD_USED",
     "STATUS_NO_MI",
     "STATUS_SKIPPED",
     "STATUS_UNSUPPORTED",
     "AlignedBases",
     "IndexedRecordReader",
     "ReadColumns",
+    "RecordStatus",
     "decode_aligned_bases",
     "decode_consensus_columns",
+    "decode_record_status",
     "encode_consensus_records",
+    "first_seen_codes",
     "gather_records",
 ]
 
@@ -1260,3 +1270,210 @@ def _aligned_kernel(
         out_qual[:n_rows],
     )
     return status, columns
+
+
+RECORD_USED: Final[int] = 0
+""":func:`decode_record_status`: the record has the key tag, enough mapping quality, a sequence,
+qualities and a CIGAR (the records :func:`decode_aligned_bases` uses)."""
+RECORD_NO_KEY: Final[int] = 1
+"""No key tag (checked first)."""
+RECORD_LOW_MAPQ: Final[int] = 2
+"""Key tag, but mapping quality below the threshold."""
+RECORD_NO_DATA: Final[int] = 3
+"""Key tag and enough mapping quality, but no sequence, no qualities (``0xFF``) or no CIGAR."""
+
+
+@dataclass(frozen=True)
+class RecordStatus:
+    """Every record ``fetch(tid, start, end)`` returns whose flag has no bit of ``skip_flags``,
+    in file order: ``status`` (a ``RECORD_*`` constant), ``starts`` (0-based), ``ends`` (pysam's
+    ``reference_end``: ``pos`` + reference length, at least 1; 0 where pysam gives ``None``:
+    unmapped or without CIGAR),
+    ``mapqs``, and ``key_text``/``key_lengths`` (the key tag's value as text, integers in decimal,
+    zero-padded; empty for :data:`RECORD_NO_KEY`). The :data:`RECORD_USED` rows are, in order,
+    the records of :func:`decode_aligned_bases` with the same arguments.
+    """
+
+    status: I64Array
+    starts: I64Array
+    ends: I64Array
+    mapqs: I64Array
+    key_text: U8Matrix
+    key_lengths: I64Array
+
+    def __len__(self) -> int:
+        return len(self.status)
+
+
+def decode_record_status(
+    buffer: npt.NDArray[np.uint8],
+    *,
+    tid: int,
+    start: int,
+    end: int,
+    skip_flags: int,
+    min_mapping_quality: int,
+    key_tag: bytes,
+) -> RecordStatus | None:
+    """Why each record of ``buffer`` in ``fetch(tid, start, end)`` is used or not
+    (:class:`RecordStatus`), for a caller that counts the records :func:`decode_aligned_bases`
+    leaves out (e.g. molecules lost to low mapping quality).
+
+    Returns ``None`` when a key tag has a type this does not read exactly as ``str`` of pysam's
+    value would, or a record keeps its CIGAR in the ``CG`` tag (as :func:`decode_aligned_bases`).
+    """
+    status, columns = _status_kernel(
+        buffer,
+        tid,
+        start,
+        end,
+        skip_flags,
+        min_mapping_quality,
+        np.frombuffer(key_tag, dtype=np.uint8),
+    )
+    if status == STATUS_UNSUPPORTED:
+        return None
+    return RecordStatus(*columns)
+
+
+def first_seen_codes(text: U8Matrix) -> I64Array:
+    """Code of each row of a zero-padded text matrix, numbered in order of first appearance.
+
+    >>> first_seen_codes(np.array([[57, 0], [49, 50], [57, 0]], dtype=np.uint8)).tolist()
+    [0, 1, 0]
+    """
+    if not text.shape[0]:
+        return np.zeros(0, dtype=np.int64)
+    rows = np.ascontiguousarray(text).view(np.dtype((np.void, max(text.shape[1], 1)))).ravel()
+    _, first, inverse = np.unique(rows, return_index=True, return_inverse=True)
+    rank = np.empty(first.size, dtype=np.int64)
+    rank[np.argsort(first, kind="stable")] = np.arange(first.size)
+    return np.asarray(rank[inverse.ravel()], dtype=np.int64)
+
+
+@numba.njit(cache=True, nogil=True)
+def _key_text_into(
+    buffer: npt.NDArray[np.uint8], key: int, record_end: int, out: Any, digits: Any
+) -> int:
+    """Write the text of the ``Z``/``A``/integer aux field at ``key`` into ``out``; its length."""
+    kind = buffer[key + 2]
+    if kind == 90:  # Z
+        q = key + 3
+        k = 0
+        while q < record_end and buffer[q] != 0:
+            out[k] = buffer[q]
+            k += 1
+            q += 1
+        return k
+    if kind == 65:  # A
+        out[0] = buffer[key + 3]
+        return 1
+    value = _aux_int(buffer, key)
+    k = 0
+    if value < 0:
+        out[0] = 45
+        k = 1
+        value = -value
+    n_digits = 0
+    while True:
+        digits[n_digits] = 48 + value % 10
+        n_digits += 1
+        value //= 10
+        if value == 0:
+            break
+    for d in range(n_digits):
+        out[k] = digits[n_digits - 1 - d]
+        k += 1
+    return k
+
+
+@numba.njit(cache=True, nogil=True)
+def _status_kernel(
+    buffer: npt.NDArray[np.uint8],
+    tid: int,
+    start: int,
+    end: int,
+    skip_flags: int,
+    min_mapq: int,
+    key_tag: npt.NDArray[np.uint8],
+) -> tuple[int, tuple[Any, ...]]:
+    n_all = 0
+    offset = 0
+    while offset + 4 <= len(buffer):
+        offset += 4 + int32_at(buffer, offset)
+        n_all += 1
+    # pass 1: the records in the region, their status and key field
+    at = np.zeros(n_all, dtype=np.int64)  # record offset
+    key_at = np.full(n_all, -1, dtype=np.int64)
+    status = np.zeros(n_all, dtype=np.int64)
+    starts = np.zeros(n_all, dtype=np.int64)
+    ends = np.zeros(n_all, dtype=np.int64)
+    mapqs = np.zeros(n_all, dtype=np.int64)
+    n = 0
+    max_key = 1
+    unsupported = 0
+    offset = 0
+    for _ in range(n_all):
+        record = offset + 4
+        record_end = record + int32_at(buffer, offset)
+        offset = record_end
+        if int32_at(buffer, record) != tid:
+            continue
+        pos = int32_at(buffer, record + 4)
+        n_cigar = _I64(buffer[record + 12]) | (_I64(buffer[record + 13]) << 8)
+        cigar = record + 32 + _I64(buffer[record + 8])
+        flag = _I64(buffer[record + 14]) | (_I64(buffer[record + 15]) << 8)
+        stop = _record_end(buffer, cigar, n_cigar, pos, flag)
+        if pos >= end or stop <= start or flag & skip_flags:
+            continue
+        l_seq = int32_at(buffer, record + 16)
+        if n_cigar == 2:
+            first_op = int32_at(buffer, cigar) & 0xFFFFFFFF
+            if first_op == (l_seq << 4 | 4) and int32_at(buffer, cigar + 4) & 0xF == 3:
+                unsupported = STATUS_UNSUPPORTED  # NB: CIGAR in ``CG``, see _aligned_kernel
+                break
+        qual_start = cigar + 4 * n_cigar + (l_seq + 1) // 2
+        key = -1
+        p = qual_start + l_seq
+        while p + 3 <= record_end:
+            if buffer[p] == key_tag[0] and buffer[p + 1] == key_tag[1]:
+                key = p
+                break
+            p = _aux_end(buffer, p, record_end)
+        mapq = _I64(buffer[record + 9])
+        if key < 0:
+            status[n] = RECORD_NO_KEY
+        else:
+            kind = buffer[key + 2]
+            if kind == 90:  # Z
+                width = _aux_end(buffer, key, record_end) - key - 4
+            elif kind == 65:  # A
+                width = 1
+            elif kind == 99 or kind == 67 or kind == 115 or kind == 83 or kind == 105 or kind == 73:
+                width = 11
+            else:
+                unsupported = STATUS_UNSUPPORTED
+                break
+            max_key = max(max_key, width)
+            key_at[n] = key
+            if mapq < min_mapq:
+                status[n] = RECORD_LOW_MAPQ
+            elif l_seq <= 0 or n_cigar == 0 or buffer[qual_start] == 0xFF:
+                status[n] = RECORD_NO_DATA
+        at[n] = record
+        starts[n] = pos
+        ends[n] = stop if n_cigar and not flag & 0x4 else 0
+        mapqs[n] = mapq
+        n += 1
+    if unsupported:
+        n = 0
+    # pass 2: key text
+    key_text = np.zeros((n, max_key), dtype=np.uint8)
+    key_lengths = np.zeros(n, dtype=np.int64)
+    digits = np.zeros(24, dtype=np.uint8)
+    for i in range(n):
+        if key_at[i] >= 0:
+            record_end = at[i] + int32_at(buffer, at[i] - 4)
+            key_lengths[i] = _key_text_into(buffer, key_at[i], record_end, key_text[i], digits)
+    columns = (status[:n], starts[:n], ends[:n], mapqs[:n], key_text, key_lengths)
+    return unsupported, columns

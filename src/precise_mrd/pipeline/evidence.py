@@ -20,13 +20,18 @@ What is counted, per target window:
   orientation of the pyrimidine (see :mod:`precise_mrd.core.background`), plus per-position totals
   for the locus-dispersion estimate.
 
-Reading is vectorised: per record only the sequence, qualities, CIGAR and three tags are touched in
-Python; positions, dedup and class counts are numpy over a window (``_WINDOW`` bp), so memory is
-bounded by the depth of one window, not by the BAM.
+Reading is compiled, not one pysam object per read: the raw records of each window (``_WINDOW``
+bp) are found through the ``.bai`` and decoded in numba
+(:mod:`precise_mrd.io.bam_columns`: ``IndexedRecordReader``, ``decode_aligned_bases``,
+``decode_record_status``); dedup and class counts are numba/numpy over the window, so memory is
+bounded by the depth of one window, not by the BAM. The pysam reader (``_read_window_pysam``)
+stays as the reference the tests compare against, and is used for a BAM indexed only by a
+``.csi`` or a record the decoder does not read exactly as pysam would.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -41,6 +46,15 @@ from precise_mrd.core.background import N_CLASSES, BackgroundCounts
 from precise_mrd.core.calling import Evidence, VariantCounts
 from precise_mrd.core.errors import InputDataError, InputFileError
 from precise_mrd.core.records import Variant, merge_regions
+from precise_mrd.io.bam_columns import (
+    RECORD_LOW_MAPQ,
+    RECORD_NO_DATA,
+    RECORD_NO_KEY,
+    IndexedRecordReader,
+    decode_aligned_bases,
+    decode_record_status,
+    first_seen_codes,
+)
 
 IntArray = npt.NDArray[np.int64]
 _WINDOW = 5000
@@ -70,6 +84,24 @@ class _Accumulator:
 
 
 @dataclass
+class _RawReader:
+    """Raw records of the BAM through its ``.bai``, and output rows reused from window to window.
+
+    NB: fresh output arrays of a few MB per window cost more in page faults than filling them;
+    the :class:`_Window` arrays of the raw path are views of ``rows``, valid until the next window.
+    """
+
+    records: IndexedRecordReader
+    rows: IntArray = field(default_factory=lambda: np.zeros((4, 0), dtype=np.int64))
+
+    def rows_for(self, n: int) -> IntArray:
+        """Output rows (rel, base, read, distance) for at least ``n`` observations."""
+        if self.rows.shape[1] < n:
+            self.rows = np.empty((4, max(n, 2 * self.rows.shape[1])), dtype=np.int64)
+        return self.rows
+
+
+@dataclass
 class _Window:
     """Aligned, deduplicated molecule observations of one window."""
 
@@ -78,10 +110,95 @@ class _Window:
     duplex: IntArray
     template: IntArray  # 0: read-1 strand is the + strand
     distance: IntArray
-    low_mapq: list[tuple[str, int, int]]
+    # records dropped for mapping quality: molecule (code per distinct MI), start, reference end
+    low_mapq_molecule: IntArray
+    low_mapq_start: IntArray
+    low_mapq_end: IntArray
 
 
 def _read_window(
+    bam: pysam.AlignmentFile,
+    reader: _RawReader | None,
+    chrom: str,
+    start: int,
+    end: int,
+    min_base_quality: int,
+    min_mapping_quality: int,
+    acc: _Accumulator,
+    first_window: bool,
+) -> _Window:
+    """The deduplicated molecule observations of ``[start, end)``, decoded from the raw records
+    found through the BAM index; adds the window's record counts to ``acc``.
+
+    Gives exactly what :func:`_read_window_pysam` gives (one pysam object per read), which is
+    used instead when the BAM has no ``.bai`` or a record is not decoded here (tag types, CIGAR
+    in ``CG``).
+    """
+    tid = bam.get_tid(chrom)
+    args = (chrom, start, end, min_base_quality, min_mapping_quality, acc, first_window)
+    if reader is None or tid < 0:
+        return _read_window_pysam(bam, *args)
+    raw = reader.records.region_records(tid, start, end)
+    region = {"tid": tid, "start": start, "end": end, "skip_flags": _SKIP_FLAGS}
+    status = decode_record_status(
+        raw, **region, min_mapping_quality=min_mapping_quality, key_tag=b"MI"
+    )
+    if status is None:
+        return _read_window_pysam(bam, *args)
+    aligned = decode_aligned_bases(
+        raw,
+        **region,
+        min_mapping_quality=min_mapping_quality,
+        min_base_quality=min_base_quality,
+        key_tag=b"MI",
+        numeric_tags=(b"aD", b"bD"),
+        defaults=(0.0, 0.0),
+    )
+    if aligned is None:
+        return _read_window_pysam(bam, *args)
+    # NB: a read is seen by every window it spans; count it in the first one only
+    counted = (status.starts >= start) | first_window
+    acc.n_records += int(counted.sum())
+    no_read = (status.status == RECORD_NO_KEY) | (status.status == RECORD_NO_DATA)
+    acc.n_skipped += int((counted & no_read).sum())
+    low = np.flatnonzero(status.status == RECORD_LOW_MAPQ)
+    low_molecule = first_seen_codes(status.key_text[low])
+    low_start, low_end = status.starts[low], status.ends[low]
+    empty = np.zeros(0, dtype=np.int64)
+    n_rows = aligned.record.size
+    if not n_rows:
+        return _Window(empty, empty, empty, empty, empty, low_molecule, low_start, low_end)
+    molecules = first_seen_codes(aligned.key_text)
+    rows = reader.rows_for(n_rows)
+    n_out = _molecule_observations_of_rows(
+        rows,
+        aligned.record,
+        aligned.ref_pos,
+        aligned.query_pos,
+        aligned.bases,
+        molecules,
+        aligned.lengths,
+        start,
+        end,
+    )
+    tags = aligned.tag_values
+    flags = aligned.flags
+    duplex = ((tags[:, 0] > 0) & (tags[:, 1] > 0)).astype(np.int64)
+    template = ((flags >> 4) ^ (flags >> 7)) & 1
+    read_idx = rows[2, :n_out]
+    return _Window(
+        rel=rows[0, :n_out],
+        base=rows[1, :n_out],
+        duplex=duplex[read_idx],
+        template=template[read_idx],
+        distance=rows[3, :n_out],
+        low_mapq_molecule=low_molecule,
+        low_mapq_start=low_start,
+        low_mapq_end=low_end,
+    )
+
+
+def _read_window_pysam(
     bam: pysam.AlignmentFile,
     chrom: str,
     start: int,
@@ -91,6 +208,7 @@ def _read_window(
     acc: _Accumulator,
     first_window: bool,
 ) -> _Window:
+    """Reference reader: one pysam object per read (see :func:`_read_window`)."""
     seqs: list[str] = []
     quals: list[str] = []
     blk_q: list[int] = []  # query start of a block in the concatenated sequence
@@ -104,6 +222,7 @@ def _read_window(
     read_qlen: list[int] = []
     molecules: dict[str, int] = {}
     low_mapq: list[tuple[str, int, int]] = []
+    low_molecules: dict[str, int] = {}
     offset = 0
     for read in bam.fetch(chrom, start, end):
         flag = read.flag
@@ -159,9 +278,14 @@ def _read_window(
         seqs.append(seq)
         quals.append(qual)
         offset += qlen
+    low_molecule = np.array(
+        [low_molecules.setdefault(mi, len(low_molecules)) for mi, _, _ in low_mapq], dtype=np.int64
+    )
+    low_start = np.array([s for _, s, _ in low_mapq], dtype=np.int64)
+    low_end = np.array([e for _, _, e in low_mapq], dtype=np.int64)
     empty = np.zeros(0, dtype=np.int64)
     if not blk_len:
-        return _Window(empty, empty, empty, empty, empty, low_mapq)
+        return _Window(empty, empty, empty, empty, empty, low_molecule, low_start, low_end)
     seq_codes = _BASE_CODE[np.frombuffer("".join(seqs).encode("ascii"), dtype=np.uint8)]
     qual_arr = np.frombuffer("".join(quals).encode("ascii"), dtype=np.uint8)
     _, rel, base, read_idx, distance = _molecule_observations(
@@ -185,7 +309,9 @@ def _read_window(
         duplex=np.asarray(read_duplex, dtype=np.int64)[read_idx],
         template=np.asarray(read_template, dtype=np.int64)[read_idx],
         distance=distance,
-        low_mapq=low_mapq,
+        low_mapq_molecule=low_molecule,
+        low_mapq_start=low_start,
+        low_mapq_end=low_end,
     )
 
 
@@ -279,6 +405,82 @@ def _molecule_observations(
         out_read[:n_out],
         out_dist[:n_out],
     )
+
+
+@numba.njit(cache=True, nogil=True)
+def _molecule_observations_of_rows(
+    out: IntArray,
+    row_read: IntArray,
+    row_ref: IntArray,
+    row_query: IntArray,
+    row_base: IntArray,
+    read_mol: IntArray,
+    read_qlen: IntArray,
+    win_start: int,
+    win_end: int,
+) -> int:
+    """:func:`_molecule_observations` (without the molecule column) for confident base rows
+    already cut to the window (``decode_aligned_bases``: rows in read order, then CIGAR order),
+    written to the columns of ``out`` (rel, base, read, distance; at least as many as rows);
+    returns how many.
+
+    The reads, not the rows, are grouped by molecule, and each read's rows are walked in order:
+    the same first-read-wins and disagreement rule over the same sequence of bases.
+    """
+    n_read = read_mol.shape[0]
+    n_rows = row_read.shape[0]
+    read_lo = np.zeros(n_read + 1, dtype=np.int64)  # rows of read r: read_lo[r]..read_lo[r + 1]
+    for i in range(n_rows):
+        read_lo[row_read[i] + 1] += 1
+    for r in range(n_read):
+        read_lo[r + 1] += read_lo[r]
+    n_mol = 0
+    for r in range(n_read):
+        n_mol = max(n_mol, read_mol[r] + 1)
+    per_mol = np.zeros(n_mol + 1, dtype=np.int64)
+    for r in range(n_read):
+        per_mol[read_mol[r] + 1] += 1
+    for m in range(n_mol):
+        per_mol[m + 1] += per_mol[m]
+    fill = per_mol[:-1].copy()
+    order = np.empty(n_read, dtype=np.int64)
+    for r in range(n_read):
+        m = read_mol[r]
+        order[fill[m]] = r
+        fill[m] += 1
+    span = win_end - win_start
+    buf_base = np.full(span, -1, dtype=np.int64)
+    buf_read = np.zeros(span, dtype=np.int64)
+    buf_dist = np.zeros(span, dtype=np.int64)
+    n_out = 0
+    for m in range(n_mol):
+        lo = span
+        hi = 0
+        for j in range(per_mol[m], per_mol[m + 1]):
+            r = order[j]
+            qlen = read_qlen[r]
+            for i in range(read_lo[r], read_lo[r + 1]):
+                rel = row_ref[i] - win_start
+                b = row_base[i]
+                cur = buf_base[rel]
+                if cur == -1:
+                    buf_base[rel] = b
+                    buf_read[rel] = r
+                    qpos = row_query[i]
+                    buf_dist[rel] = min(qpos, qlen - 1 - qpos)
+                    lo = min(lo, rel)
+                    hi = max(hi, rel + 1)
+                elif cur >= 0 and cur != b:
+                    buf_base[rel] = -2  # mates disagree: drop the molecule here
+        for rel in range(lo, hi):
+            if buf_base[rel] >= 0:
+                out[0, n_out] = rel
+                out[1, n_out] = buf_base[rel]
+                out[2, n_out] = buf_read[rel]
+                out[3, n_out] = buf_dist[rel]
+                n_out += 1
+            buf_base[rel] = -1
+    return n_out
 
 
 @numba.njit(cache=True, nogil=True)
@@ -407,7 +609,7 @@ def collect_evidence(
         raise InputFileError(
             str(consensus_bam_path), f"cannot open as BAM ({exc})", "supply a BAM file"
         ) from exc
-    with fasta, bam:
+    with fasta, bam, contextlib.ExitStack() as stack:
         if not bam.has_index():
             raise InputFileError(
                 str(consensus_bam_path), "has no index", "run `samtools index` on it"
@@ -428,6 +630,10 @@ def collect_evidence(
                 f"contig of variants {', '.join(missing[:3])} is absent from the BAM header",
                 "align the reads to the same reference as the variants",
             )
+        records = IndexedRecordReader.open(Path(consensus_bam_path))
+        reader = None
+        if records is not None:
+            reader = _RawReader(stack.enter_context(records))
         acc = _Accumulator()
         by_chrom: dict[str, list[Variant]] = defaultdict(list)
         for v in variants:
@@ -443,6 +649,7 @@ def collect_evidence(
         for chrom, start, end, first_window in windows:
             _count_window(
                 bam,
+                reader,
                 fasta,
                 chrom,
                 start,
@@ -475,6 +682,7 @@ def collect_evidence(
 
 def _count_window(
     bam: pysam.AlignmentFile,
+    reader: _RawReader | None,
     fasta: pysam.FastaFile,
     chrom: str,
     start: int,
@@ -489,7 +697,7 @@ def _count_window(
 ) -> None:
     span = end - start
     win = _read_window(
-        bam, chrom, start, end, min_base_quality, min_mapping_quality, acc, first_window
+        bam, reader, chrom, start, end, min_base_quality, min_mapping_quality, acc, first_window
     )
     centre, ctx, flipped = _reference_window(fasta, chrom, start, end)
     excluded = np.zeros(span, dtype=bool)
@@ -505,7 +713,8 @@ def _count_window(
         ref_code, alt_code = "ACGT".index(v.ref), "ACGT".index(v.alt)
         informative = (base == ref_code) | (base == alt_code)
         is_alt = base == alt_code
-        low = {mi for mi, s, e in win.low_mapq if s <= v.start0 < e}
+        covering = (win.low_mapq_start <= v.start0) & (v.start0 < win.low_mapq_end)
+        n_low = np.unique(win.low_mapq_molecule[covering]).size
         ctx_str = fasta.fetch(chrom, v.start0 - 1, v.start0 + 2).upper()
         acc.variant_counts[variant_index[v]] = VariantCounts(
             variant=v,
@@ -519,7 +728,7 @@ def _count_window(
             alt_forward=int((is_alt & (template == 0)).sum()),
             alt_reverse=int((is_alt & (template == 1)).sum()),
             alt_read_end_distances=tuple(int(d) for d in win.distance[at][is_alt]),
-            n_low_mapq=len(low),
+            n_low_mapq=n_low,
         )
     usable = (ctx >= 0) & ~excluded
     positions = np.flatnonzero(usable)
