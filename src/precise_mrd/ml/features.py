@@ -58,7 +58,11 @@ import pysam
 from precise_mrd.core.background import sbs96_index
 from precise_mrd.core.errors import InputFileError
 from precise_mrd.core.records import Variant, merge_regions
-from precise_mrd.io.bam_columns import IndexedRecordReader, decode_aligned_bases
+from precise_mrd.io.bam_columns import (
+    IndexedRecordReader,
+    decode_aligned_bases,
+    first_seen_codes,
+)
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
@@ -306,7 +310,7 @@ def _read_window(
         qual=aligned.quals,
         dist=np.minimum(qpos, aligned.lengths[read] - 1 - qpos),
         read=read,
-        mol=_first_seen_codes(aligned.key_text),
+        mol=first_seen_codes(aligned.key_text),
         family_size=tags[:, 0].copy(),
         min_strand=np.minimum(a_depth, b_depth),
         duplex=((a_depth > 0) & (b_depth > 0)).astype(np.int64),
@@ -315,15 +319,6 @@ def _read_window(
         fragment=np.abs(aligned.template_lengths).astype(np.float64),
         template=((flags >> 4) ^ (flags >> 7)) & 1,
     )
-
-
-def _first_seen_codes(text: npt.NDArray[np.uint8]) -> IntArray:
-    """Code of each row of a zero-padded text matrix, numbered in order of first appearance."""
-    rows = np.ascontiguousarray(text).view(np.dtype((np.void, text.shape[1]))).ravel()
-    _, first, inverse = np.unique(rows, return_index=True, return_inverse=True)
-    rank = np.empty(first.size, dtype=np.int64)
-    rank[np.argsort(first, kind="stable")] = np.arange(first.size)
-    return np.asarray(rank[inverse.ravel()], dtype=np.int64)
 
 
 def _read_window_pysam(
