@@ -1,7 +1,7 @@
 """The evidence stage read from raw BAM records agrees exactly with the pysam reference reader.
 
 ``evidence._read_window`` decodes the records of a window found through the ``.bai``
-(:class:`~precise_mrd.io.bam_columns.IndexedRecordReader`, ``decode_aligned_bases``,
+(:class:`~precise_mrd.io.bam_regions.IndexedRecordReader`, ``decode_aligned_bases``,
 ``decode_record_status``); ``evidence._read_window_pysam`` is the reference (one pysam object per
 read). ``collect_evidence`` must give the same :class:`Evidence`, field for field, either way: on
 a simulated consensus sample and on hand-built molecules with clips, indels, low mapping quality,
@@ -21,7 +21,7 @@ import pytest
 from precise_mrd.core.calling import Evidence
 from precise_mrd.core.records import Variant
 from precise_mrd.core.simulate import SimulationParams
-from precise_mrd.io.bam_columns import (
+from precise_mrd.io.bam_regions import (
     RECORD_LOW_MAPQ,
     RECORD_NO_DATA,
     RECORD_NO_KEY,

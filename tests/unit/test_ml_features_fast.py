@@ -1,7 +1,7 @@
 """ML observation extraction from raw BAM records agrees exactly with the pysam reference reader.
 
 ``features._read_window`` decodes the records of a region found through the ``.bai``
-(:class:`~precise_mrd.io.bam_columns.IndexedRecordReader`, :func:`decode_aligned_bases`);
+(:class:`~precise_mrd.io.bam_regions.IndexedRecordReader`, :func:`decode_aligned_bases`);
 ``features._read_window_pysam`` is the reference (one pysam object per read). Both must give the
 same reads, bit for bit, on a simulated consensus BAM and on hand-built records with clips,
 indels, odd flags and tag types; and so the whole :class:`ObservationTable`.
@@ -18,7 +18,9 @@ import pytest
 
 from precise_mrd.core.records import Variant, merge_regions
 from precise_mrd.core.simulate import SimulationParams
-from precise_mrd.io.bam_columns import IndexedRecordReader
+from precise_mrd.io.bam_regions import (
+    IndexedRecordReader,
+)
 from precise_mrd.io.fasta import open_reference
 from precise_mrd.io.vcf import read_variants
 from precise_mrd.ml import features

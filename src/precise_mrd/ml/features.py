@@ -34,7 +34,7 @@ random sample of background *reference* observations, used to measure how often 
 molecule passes the filter (see :mod:`precise_mrd.ml.scoring`).
 
 Reads are decoded from the raw BAM records of each region, found through the ``.bai``
-(:mod:`precise_mrd.io.bam_columns`: ``IndexedRecordReader``, ``decode_aligned_bases``), not one
+(:mod:`precise_mrd.io.bam_regions`: ``IndexedRecordReader``, ``decode_aligned_bases``), not one
 pysam object per read; the pysam reader (``_read_window_pysam``) stays as the reference the
 tests compare against, and is used for a BAM indexed only by a ``.csi``.
 
@@ -58,7 +58,7 @@ import pysam
 from precise_mrd.core.background import sbs96_index
 from precise_mrd.core.errors import InputFileError
 from precise_mrd.core.records import Variant, merge_regions
-from precise_mrd.io.bam_columns import (
+from precise_mrd.io.bam_regions import (
     IndexedRecordReader,
     decode_aligned_bases,
     first_seen_codes,
@@ -275,7 +275,7 @@ def _read_window(
     min_mapping_quality: int,
 ) -> _Reads | None:
     """The reads of ``[start, end)`` of ``chrom``, decoded from the raw records found through the
-    BAM index (:class:`~precise_mrd.io.bam_columns.IndexedRecordReader`).
+    BAM index (:class:`~precise_mrd.io.bam_regions.IndexedRecordReader`).
 
     Gives exactly what :func:`_read_window_pysam` gives (one pysam object per read, ~6x slower),
     which is used instead when the BAM has no ``.bai`` or a tag has a type not decoded here.

@@ -22,7 +22,7 @@ What is counted, per target window:
 
 Reading is compiled, not one pysam object per read: the raw records of each window (``_WINDOW``
 bp) are found through the ``.bai`` and decoded in numba
-(:mod:`precise_mrd.io.bam_columns`: ``IndexedRecordReader``, ``decode_aligned_bases``,
+(:mod:`precise_mrd.io.bam_regions`: ``IndexedRecordReader``, ``decode_aligned_bases``,
 ``decode_record_status``); dedup and class counts are numba/numpy over the window, so memory is
 bounded by the depth of one window, not by the BAM. The pysam reader (``_read_window_pysam``)
 stays as the reference the tests compare against, and is used for a BAM indexed only by a
@@ -46,7 +46,7 @@ from precise_mrd.core.background import N_CLASSES, BackgroundCounts
 from precise_mrd.core.calling import Evidence, VariantCounts
 from precise_mrd.core.errors import InputDataError, InputFileError
 from precise_mrd.core.records import Variant, merge_regions
-from precise_mrd.io.bam_columns import (
+from precise_mrd.io.bam_regions import (
     RECORD_LOW_MAPQ,
     RECORD_NO_DATA,
     RECORD_NO_KEY,
