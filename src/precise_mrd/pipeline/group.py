@@ -63,6 +63,7 @@ from precise_mrd.io.bam import (
     BgzfWriter,
     bam_header_bytes,
     count_records,
+    index_bam,
     iter_alignments,
     iter_record_chunks,
     open_bam,
@@ -777,7 +778,7 @@ def _write(
             writer.write(bam_header_bytes(header, out_bam_path.parent))
             for tagged in prefetch(prepared.tagged_chunks(counter)):
                 writer.write(tagged)
-        pysam.index(str(tmp_bam), str(tmp_bai))
+        index_bam(tmp_bam, tmp_bai)
         if tmp_tsv is not None and group_out_path is not None:
             assert prepared.slots is not None and prepared.grouping is not None
             _write_group_tsv(
