@@ -163,6 +163,22 @@ def test_deep_learning_submission(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     assert len(jobs) == 1  # nothing is stored for a refused submission
 
 
+def test_a_config_cannot_turn_on_a_switched_off_filter(tmp_path: Path) -> None:
+    harness = Harness(tmp_path)  # ENABLE_ML_CALLING and ENABLE_DEEP_LEARNING are off
+    with TestClient(harness.app) as client:
+        ml = error_of(submit(client, config_yaml="ml:\n  use_ml_calling: true\n"))
+        dl = error_of(submit(client, config_yaml="ml:\n  use_deep_learning: true\n"))
+    assert ml["code"] == "feature_disabled" and ml["field"] == "ml.use_ml_calling"
+    assert "ENABLE_ML_CALLING" in ml["fix"]
+    assert dl["code"] == "feature_disabled" and "ENABLE_DEEP_LEARNING" in dl["fix"]
+    jobs, _ = harness.jobs.list_jobs(tenant_id="default")
+    assert jobs == []
+    enabled = Harness(tmp_path / "on", enable_ml_calling=True)
+    with TestClient(enabled.app) as client:
+        accepted = submit(client, config_yaml="ml:\n  use_ml_calling: true\n")
+    assert accepted.status_code == 202, accepted.text
+
+
 def test_submit_simulated_job(client: TestClient, harness: Harness) -> None:
     response = submit(client)
     assert response.status_code == 202

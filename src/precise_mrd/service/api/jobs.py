@@ -39,6 +39,7 @@ from pydantic import ValidationError
 
 from precise_mrd.core.errors import ConfigError
 from precise_mrd.pipeline.artifacts import DOWNLOAD_TYPES, MEDIA_TYPES
+from precise_mrd.pipeline.params import PipelineParams
 from precise_mrd.service.api.configs import resolve_config
 from precise_mrd.service.api.deps import (
     CurrentPrincipal,
@@ -146,6 +147,21 @@ def check_features(request: JobCreate, settings: Settings) -> None:
         from precise_mrd.ml.deep import check_torch_installed
 
         check_torch_installed("use_deep_learning")
+
+
+def check_config_features(params: PipelineParams, request: JobCreate, settings: Settings) -> None:
+    """The config's own ``ml`` section passes the same switches as the request flags (a config
+    must not turn on what the server switched off). A request flag replaces the config's filter."""
+    if request.use_ml_calling or request.use_deep_learning:
+        return
+    if params.ml.use_ml_calling and not settings.enable_ml_calling:
+        raise FeatureDisabledError("ml.use_ml_calling", "ENABLE_ML_CALLING")
+    if params.ml.use_deep_learning:
+        if not settings.enable_deep_learning:
+            raise FeatureDisabledError("ml.use_deep_learning", "ENABLE_DEEP_LEARNING")
+        from precise_mrd.ml.deep import check_torch_installed
+
+        check_torch_installed("ml.use_deep_learning")
 
 
 def _new_job_id() -> str:
@@ -279,6 +295,7 @@ def submit_job(
         seed=create.seed,
         use_parallel=create.use_parallel,
     )
+    check_config_features(params, create, settings)
     job_id = _new_job_id()
     files = {
         "reads": reads,

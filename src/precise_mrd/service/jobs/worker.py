@@ -163,6 +163,7 @@ def parse_config(spec: JobSpec, *, enable_debug_jobs: bool) -> tuple[PipelinePar
             **params.ml.model_dump(),
             "use_ml_calling": True,
             "model_type": spec.ml_model_type or params.ml.model_type,
+            "use_deep_learning": False,  # NB: the request's flag replaces the config's filter
         }
     if spec.use_deep_learning:
         overrides["ml"] = {
