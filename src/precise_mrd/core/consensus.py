@@ -62,12 +62,18 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, TypeAlias
+from typing import TypeAlias
 
 import numpy as np
 import numpy.typing as npt
 
-from precise_mrd.core.consensus_kernels import duplex_errors, errors_against, family_likelihoods
+from precise_mrd.core.consensus_kernels import (
+    duplex_errors,
+    errors_against,
+    family_likelihoods,
+    finish_columns,
+    posterior_errors,
+)
 
 PhredScore: TypeAlias = int
 """A Phred-scaled quality or error rate: ``-10 * log10(p_error)``."""
@@ -290,35 +296,18 @@ def call_families(
     counts, best, n_best, others = family_likelihoods(
         np.ascontiguousarray(bases), np.ascontiguousarray(quals), bounds, weights
     )
-    # NB: exp and log10 in numpy (see consensus_kernels): the sum runs in base order, as a
-    # numpy sum over the candidate axis does.
-    e = np.exp(others)
-    posterior_others = e[:, 0] + e[:, 1]
-    posterior_others += e[:, 2]
-    return _finish_families(best, n_best, posterior_others, counts, params)
-
-
-def _finish_families(
-    best: U8Array,
-    n_best: npt.NDArray[np.integer[Any]],
-    others: npt.NDArray[np.float64],
-    counts: I32Array,
-    params: ConsensusParams,
-) -> FamilyConsensus:
-    """Qualities, masking and error counts from the per-column likelihood summary."""
-    depths = counts.sum(axis=1, dtype=np.int32)
-    p_error = others / (1.0 + others)
-    p_error = probability_of_error_two_trials(
-        phred_to_probability(params.error_rate_pre_umi), p_error
+    # NB: exp and log10 in numpy (see consensus_kernels); the arithmetic around them is compiled.
+    np.exp(others, out=others)
+    p_error = posterior_errors(others, float(phred_to_probability(params.error_rate_pre_umi)))
+    np.log10(p_error, out=p_error)
+    bases_out, quals_out, raw_bases, depths, errors = finish_columns(
+        p_error,
+        counts,
+        best,
+        n_best,
+        params.max_consensus_quality,
+        params.min_consensus_base_quality,
     )
-    quals_out = probability_to_phred(p_error, params.max_consensus_quality)
-
-    covered = depths > 0
-    raw_bases = np.where(covered, best, NO_CALL).astype(np.uint8)
-    is_call = covered & (n_best == 1) & (quals_out >= params.min_consensus_base_quality)
-    bases_out = np.where(is_call, raw_bases, NO_CALL).astype(np.uint8)
-    quals_out = np.where(is_call, quals_out, NO_CALL_QUALITY).astype(np.uint8)
-    errors = _errors_against(counts, depths, raw_bases)
     return FamilyConsensus(bases_out, quals_out, raw_bases, counts, depths, errors)
 
 

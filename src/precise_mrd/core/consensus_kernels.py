@@ -29,6 +29,8 @@ __all__ = [
     "duplex_errors",
     "errors_against",
     "family_likelihoods",
+    "finish_columns",
+    "posterior_errors",
     "reconcile_pairs",
 ]
 
@@ -93,6 +95,72 @@ def family_likelihoods(
             best[f, c] = top
             n_best[f, c] = tied
     return counts, best, n_best, others
+
+
+@numba.njit(cache=True, nogil=True)
+def posterior_errors(
+    exp_others: npt.NDArray[np.float64], p_pre_umi: float
+) -> npt.NDArray[np.float64]:
+    """Per family and column, from ``exp(others)`` of :func:`family_likelihoods`: the consensus
+    error probability combined with the pre-UMI error ``p_pre_umi`` as two trials, floored at
+    ``1e-300`` (ready for ``log10``). The arithmetic is numpy's, in numpy's order."""
+    n, _, width = exp_others.shape
+    out = np.empty((n, width), dtype=np.float64)
+    scaled = (4.0 / 3.0) * p_pre_umi
+    for f in range(n):
+        for c in range(width):
+            others = exp_others[f, 0, c] + exp_others[f, 1, c]
+            others += exp_others[f, 2, c]
+            p = others / (1.0 + others)
+            p = (p_pre_umi + p) - scaled * p
+            out[f, c] = max(p, 1e-300)
+    return out
+
+
+@numba.njit(cache=True, nogil=True)
+def finish_columns(
+    log10_errors: npt.NDArray[np.float64],
+    counts: npt.NDArray[np.int32],
+    best: npt.NDArray[np.uint8],
+    n_best: npt.NDArray[np.int8],
+    max_quality: int,
+    min_quality: int,
+) -> tuple[
+    npt.NDArray[np.uint8],
+    npt.NDArray[np.uint8],
+    npt.NDArray[np.uint8],
+    npt.NDArray[np.int32],
+    npt.NDArray[np.int32],
+]:
+    """Called bases and qualities (``N``/2 where masked), raw bases, depths and raw-base errors
+    of every family column from the ``log10`` of its error probability and its counts."""
+    n, _, width = counts.shape
+    bases = np.empty((n, width), dtype=np.uint8)
+    quals = np.empty((n, width), dtype=np.uint8)
+    raw = np.empty((n, width), dtype=np.uint8)
+    depths = np.empty((n, width), dtype=np.int32)
+    errors = np.zeros((n, width), dtype=np.int32)
+    for f in range(n):
+        for c in range(width):
+            depth = counts[f, 0, c] + counts[f, 1, c] + counts[f, 2, c] + counts[f, 3, c]
+            depths[f, c] = depth
+            phred = np.floor(-10.0 * log10_errors[f, c] + 1e-3)
+            if phred > max_quality:
+                phred = max_quality
+            quality = np.uint8(phred)
+            if depth > 0:
+                b = best[f, c]
+                raw[f, c] = b
+                errors[f, c] = depth - counts[f, b, c]
+                if n_best[f, c] == 1 and quality >= min_quality:
+                    bases[f, c] = b
+                    quals[f, c] = quality
+                    continue
+            else:
+                raw[f, c] = 4
+            bases[f, c] = 4
+            quals[f, c] = 2
+    return bases, quals, raw, depths, errors
 
 
 @numba.njit(cache=True, nogil=True)

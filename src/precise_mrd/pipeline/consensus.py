@@ -362,8 +362,11 @@ def _write_consensus(
             tmp_path, level=CONSENSUS_BAM_COMPRESSION_LEVEL, threads=max(2, threads)
         ) as writer:
             writer.write(bam_header_bytes(header, out_bam_path.parent))
-            for chunk in prefetch(iter(chunks)):
-                for records in caller.add_chunk(chunk):
+            # NB: the records are decoded in the producer thread, beside the inflate and the
+            # tagging: the compiled decoder releases the GIL and the caller's thread is the
+            # bottleneck of the stage.
+            for chunk, decoded in prefetch(_decoded(chunks)):
+                for records in caller.add_decoded(chunk, *decoded):
                     writer.write(records)
             for records in caller.finish():
                 writer.write(records)
@@ -374,6 +377,13 @@ def _write_consensus(
         for path in (tmp_path, index_path):
             path.unlink(missing_ok=True)
     return caller.stats()
+
+
+def _decoded(
+    chunks: Iterable[npt.NDArray[np.uint8]],
+) -> Iterator[tuple[npt.NDArray[np.uint8], tuple[npt.NDArray[np.int8], ReadColumns]]]:
+    for chunk in chunks:
+        yield chunk, decode_status(chunk)
 
 
 class _StreamingCaller:
@@ -402,7 +412,12 @@ class _StreamingCaller:
         self.out_data: list[tuple[npt.NDArray[np.uint8], npt.NDArray[np.int64]]] = []
 
     def add_chunk(self, chunk: npt.NDArray[np.uint8]) -> Iterator[npt.NDArray[np.uint8]]:
-        status, columns = decode_status(chunk)
+        yield from self.add_decoded(chunk, *decode_status(chunk))
+
+    def add_decoded(
+        self, chunk: npt.NDArray[np.uint8], status: npt.NDArray[np.int8], columns: ReadColumns
+    ) -> Iterator[npt.NDArray[np.uint8]]:
+        """:meth:`add_chunk` of a chunk already decoded by :func:`decode_status`."""
         n_records = len(status)
         self.counters.n_reads_in += n_records
         self.counters.n_reads_skipped += int((status == STATUS_SKIPPED).sum())
