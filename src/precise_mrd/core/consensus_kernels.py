@@ -58,42 +58,57 @@ def family_likelihoods(
     """
     n_families = len(bounds) - 1
     width = bases.shape[1]
-    counts = np.zeros((n_families, 4, width), dtype=np.int32)
-    best = np.zeros((n_families, width), dtype=np.uint8)
-    n_best = np.zeros((n_families, width), dtype=np.int8)
+    counts = np.empty((n_families, 4, width), dtype=np.int32)
+    best = np.empty((n_families, width), dtype=np.uint8)
+    n_best = np.empty((n_families, width), dtype=np.int8)
     others = np.empty((n_families, 3, width), dtype=np.float64)
     total = np.zeros((4, width), dtype=np.float64)
-    loglik = np.zeros(4, dtype=np.float64)
+    weights = np.zeros(width, dtype=np.float64)
     inverse_unit = 1.0 / _COUNT_UNIT
+    # NB: the loops run along the columns with selects instead of a scatter on the base, so that
+    # they vectorise; adding 0.0 leaves a sum unchanged, so the sums are those of the scatter.
+    t0, t1, t2, t3 = total[0], total[1], total[2], total[3]
     for f in range(n_families):
         total[:, :] = 0.0
         for r in range(bounds[f], bounds[f + 1]):
+            row_bases = bases[r]
+            row_quals = quals[r]
             for c in range(width):
-                b = bases[r, c]
-                if b < 4:
-                    total[b, c] += weight_table[quals[r, c]]
+                weights[c] = weight_table[row_quals[c]]
+            for c in range(width):
+                b = row_bases[c]
+                w = weights[c]
+                t0[c] += w if b == 0 else 0.0
+                t1[c] += w if b == 1 else 0.0
+                t2[c] += w if b == 2 else 0.0
+                t3[c] += w if b == 3 else 0.0
+        for b in range(4):  # split the packed count off: total becomes the log-likelihood
+            tb = total[b]
+            family_counts = counts[f, b]
+            for c in range(width):
+                count = np.floor(tb[c] * inverse_unit)
+                family_counts[c] = np.int32(count)
+                tb[c] = tb[c] - count * _COUNT_UNIT
+        family_best = best[f]
+        family_ties = n_best[f]
+        o0, o1, o2 = others[f, 0], others[f, 1], others[f, 2]
         for c in range(width):
-            for b in range(4):
-                count = np.floor(total[b, c] * inverse_unit)
-                counts[f, b, c] = np.int32(count)
-                loglik[b] = total[b, c] - count * _COUNT_UNIT
+            l0, l1, l2, l3 = t0[c], t1[c], t2[c], t3[c]
             top = 0
-            top_ll = loglik[0]
-            for b in range(1, 4):
-                if loglik[b] > top_ll:
-                    top = b
-                    top_ll = loglik[b]
-            tied = 0
-            k = 0
-            for b in range(4):
-                relative = loglik[b] - top_ll
-                if relative >= -1e-6:
-                    tied += 1
-                if b != top:
-                    others[f, k, c] = relative
-                    k += 1
-            best[f, c] = top
-            n_best[f, c] = tied
+            top_ll = l0
+            if l1 > top_ll:
+                top, top_ll = 1, l1
+            if l2 > top_ll:
+                top, top_ll = 2, l2
+            if l3 > top_ll:
+                top, top_ll = 3, l3
+            r0, r1, r2, r3 = l0 - top_ll, l1 - top_ll, l2 - top_ll, l3 - top_ll
+            family_ties[c] = (r0 >= -1e-6) + (r1 >= -1e-6) + (r2 >= -1e-6) + (r3 >= -1e-6)
+            family_best[c] = top
+            # the three candidates other than the best, in base order
+            o0[c] = r0 if top > 0 else r1
+            o1[c] = r1 if top > 1 else r2
+            o2[c] = r2 if top > 2 else r3
     return counts, best, n_best, others
 
 
