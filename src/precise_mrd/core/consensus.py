@@ -270,18 +270,37 @@ def _weight_table(params: ConsensusParams) -> npt.NDArray[np.float64]:
 
 
 def call_families(
-    bases: U8Array, quals: U8Array, offsets: I64Array, params: ConsensusParams
+    bases: U8Array,
+    quals: U8Array,
+    offsets: I64Array,
+    params: ConsensusParams,
+    *,
+    rows: I64Array | None = None,
+    width: int | None = None,
 ) -> FamilyConsensus:
     """Single-strand consensus of every family at once.
 
     ``bases`` and ``quals`` are ``(n_reads, width)`` (codes 0..4, padding coded ``N``); the reads
     of family ``f`` are rows ``offsets[f]`` up to ``offsets[f + 1]`` (or the end). Every family
     must have at least one read (``offsets`` strictly increasing, starting at 0).
+
+    With ``rows``, read ``k`` is row ``rows[k]`` of ``bases``/``quals`` instead (no copy of the
+    matrices is made), and only the first ``width`` columns are called (default: all).
     """
-    n_reads, width = bases.shape
-    offsets = np.asarray(offsets, dtype=np.int64)
     if quals.shape != bases.shape:
         raise ValueError(f"quals shape {quals.shape} differs from bases shape {bases.shape}")
+    if width is None:
+        width = bases.shape[1]
+    elif not 0 <= width <= bases.shape[1]:
+        raise ValueError(f"width must be in [0, {bases.shape[1]}]; got {width}")
+    if rows is None:
+        rows = np.arange(bases.shape[0], dtype=np.int64)
+    else:
+        rows = np.asarray(rows, dtype=np.int64)
+        if len(rows) and (rows.min() < 0 or rows.max() >= bases.shape[0]):
+            raise ValueError(f"rows must index the {bases.shape[0]} rows of bases")
+    n_reads = len(rows)
+    offsets = np.asarray(offsets, dtype=np.int64)
     if len(offsets) == 0:
         empty = np.zeros((0, width), dtype=np.uint8)
         zeros = np.zeros((0, width), dtype=np.int32)
@@ -294,7 +313,7 @@ def call_families(
     weights = _weight_table(params)
     bounds = np.append(offsets, n_reads)
     counts, best, n_best, others = family_likelihoods(
-        np.ascontiguousarray(bases), np.ascontiguousarray(quals), bounds, weights
+        np.ascontiguousarray(bases), np.ascontiguousarray(quals), rows, bounds, weights, width
     )
     # NB: exp and log10 in numpy (see consensus_kernels); the arithmetic around them is compiled.
     np.exp(others, out=others)

@@ -13,7 +13,8 @@ quality is a ``floor`` of that result, so sharing the numpy calls keeps results 
 >>> table = np.zeros(256); table[30] = 2.0**20 + 6.5
 >>> bases = np.array([[0, 1], [0, 1]], dtype=np.uint8)
 >>> quals = np.full((2, 2), 30, dtype=np.uint8)
->>> counts, best, n_best, others = family_likelihoods(bases, quals, np.array([0, 2]), table)
+>>> rows, bounds = np.array([0, 1]), np.array([0, 2])
+>>> counts, best, n_best, others = family_likelihoods(bases, quals, rows, bounds, table, 2)
 >>> counts[0, :, 0].tolist(), best[0].tolist(), n_best[0].tolist(), others[0, :, 0].tolist()
 ([2, 0, 0, 0], [0, 1], [1, 1], [-13.0, -13.0, -13.0])
 """
@@ -41,23 +42,25 @@ _COUNT_UNIT = float(2**20)
 def family_likelihoods(
     bases: npt.NDArray[np.uint8],
     quals: npt.NDArray[np.uint8],
+    rows: npt.NDArray[np.int64],
     bounds: npt.NDArray[np.int64],
     weight_table: npt.NDArray[np.float64],
+    width: int,
 ) -> tuple[
     npt.NDArray[np.int32],
     npt.NDArray[np.uint8],
     npt.NDArray[np.int8],
     npt.NDArray[np.float64],
 ]:
-    """Per family ``f`` (rows ``bounds[f]:bounds[f + 1]``) and column: raw base counts
-    ``(n, 4, width)``, best base, number of candidates within 1e-6 of the best, and the
-    log-likelihoods of the other three candidates (in base order) minus the best's.
+    """Per family ``f`` (reads ``bounds[f]:bounds[f + 1]``; read ``k`` is row ``rows[k]`` of
+    ``bases``/``quals``) and column ``< width``: raw base counts ``(n, 4, width)``, best base,
+    number of candidates within 1e-6 of the best, and the log-likelihoods of the other three
+    candidates (in base order) minus the best's.
 
     ``weight_table[q]`` is ``2**20 + gain`` for a usable base of quality ``q`` (0 if unusable);
     bases coded 0..3 count, 4 (N, padding) does not.
     """
     n_families = len(bounds) - 1
-    width = bases.shape[1]
     counts = np.empty((n_families, 4, width), dtype=np.int32)
     best = np.empty((n_families, width), dtype=np.uint8)
     n_best = np.empty((n_families, width), dtype=np.int8)
@@ -70,9 +73,9 @@ def family_likelihoods(
     t0, t1, t2, t3 = total[0], total[1], total[2], total[3]
     for f in range(n_families):
         total[:, :] = 0.0
-        for r in range(bounds[f], bounds[f + 1]):
-            row_bases = bases[r]
-            row_quals = quals[r]
+        for k in range(bounds[f], bounds[f + 1]):
+            row_bases = bases[rows[k]]
+            row_quals = quals[rows[k]]
             for c in range(width):
                 weights[c] = weight_table[row_quals[c]]
             for c in range(width):

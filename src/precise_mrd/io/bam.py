@@ -38,7 +38,7 @@ from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from queue import Empty, Queue
-from typing import Any, Final, TypeVar
+from typing import Any, Final, TypeVar, cast
 
 import numba
 import numpy as np
@@ -232,8 +232,16 @@ _RECORD_CHUNK_BYTES: Final[int] = 1 << 22
 _I64: Any = np.int64  # NB: typed Any so that numba-compiled integer maths type-checks as int
 
 
+# NB: isal's stub types ``error`` as an instance; it is the exception class
+_INFLATE_ERRORS: tuple[type[BaseException], ...] = (
+    zlib.error,
+    cast("type[BaseException]", isal_zlib.error),
+)
+
+
 def _inflate(block: memoryview) -> bytes:
-    return zlib.decompress(block, -15)
+    # NB: ISA-L inflates BGZF blocks of real reads ~2.2x faster than zlib (CPU time, same bytes)
+    return isal_zlib.decompress(block, -15)
 
 
 def _iter_bgzf_payloads(path: Path, *, threads: int = 2) -> Iterator[bytes]:
@@ -270,8 +278,11 @@ def _iter_bgzf_payloads(path: Path, *, threads: int = 2) -> Iterator[bytes]:
                 blocks.append(view[offset + 12 + xlen : offset + total - 8])
                 offset += total
             try:
-                yield from pool.map(_inflate, blocks)
-            except zlib.error as error:
+                if threads > 1:
+                    yield from pool.map(_inflate, blocks)
+                else:
+                    yield from map(_inflate, blocks)
+            except _INFLATE_ERRORS as error:
                 raise InputFileError(
                     name, f"is corrupt ({error})", "re-create or re-download the file"
                 ) from error
@@ -356,7 +367,9 @@ def iter_record_chunks(path: Path) -> Iterator[npt.NDArray[np.uint8]]:
     # NB: payloads are joined once per ~4 MB chunk and the chunk is a view of the joined bytes;
     # only the cut-off tail record is copied again (a bytearray append/slice/copy per block
     # cost ~3 copies of every byte).
-    for payload in _iter_bgzf_payloads(path):
+    # NB: inflated in this thread: with ISA-L a pool of inflate threads only added overhead
+    # (the whole file: 0.84 s wall and CPU alone, 0.85 s wall and 1.33 s CPU with two threads)
+    for payload in _iter_bgzf_payloads(path, threads=1):
         parts.append(payload)
         n_pending += len(payload)
         if not header_done:

@@ -51,6 +51,7 @@ import dataclasses
 import os
 from collections import Counter
 from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -87,6 +88,7 @@ from precise_mrd.pipeline.group import GroupStats, prepare_grouping
 __all__ = ["ConsensusStats", "call_consensus_bam", "group_and_call_consensus"]
 
 I64Array = npt.NDArray[np.int64]
+_BatchResult = tuple[I64Array, npt.NDArray[np.uint8], I64Array] | None
 
 _MIN_BATCH_READS = 10_000  # finished molecules are processed together once this many reads wait
 _CIGAR_QUERY_OPS = frozenset((0, 1, 4, 7, 8))  # M I S = X consume the read
@@ -166,6 +168,19 @@ class _Counters:
     duplex_sizes: Counter[tuple[int, int]] = field(default_factory=Counter)
 
 
+@dataclass(frozen=True)
+class _CigarArrays:
+    """What :func:`_process_batch` reads of a :class:`_CigarTable`, as arrays fixed at one moment
+    (the table keeps growing in the caller's thread while a batch is processed in the worker)."""
+
+    query_lengths: I64Array
+    ref_spans: I64Array
+    flat_words: npt.NDArray[np.uint8]
+    word_offsets: I64Array
+    ref_flat: I64Array
+    ref_bounds: I64Array
+
+
 class _CigarTable:
     """Interns CIGARs; caches query length, reference span, query->reference offsets and the
     binary words of each (``flat_words[offsets[c]:offsets[c + 1]]``, little-endian ``uint32``)."""
@@ -181,6 +196,21 @@ class _CigarTable:
         self._offsets = np.zeros(1, dtype=np.int64)
         self._ref_flat: npt.NDArray[np.int64] | None = None
         self._ref_bounds = np.zeros(1, dtype=np.int64)
+        self._arrays: _CigarArrays | None = None
+
+    def arrays(self) -> _CigarArrays:
+        """The table's arrays as they are now (rebuilt only after a new CIGAR)."""
+        if self._arrays is None:
+            ref_flat, ref_bounds = self.flat_ref_offsets()
+            self._arrays = _CigarArrays(
+                query_lengths=np.asarray(self.query_lengths, dtype=np.int64),
+                ref_spans=np.asarray(self.ref_spans, dtype=np.int64),
+                flat_words=self.flat_words,
+                word_offsets=self._offsets,
+                ref_flat=ref_flat,
+                ref_bounds=ref_bounds,
+            )
+        return self._arrays
 
     def intern(self, cigar: str) -> int:
         """The id of a CIGAR string (``"10M2D5M"``)."""
@@ -227,6 +257,7 @@ class _CigarTable:
             if op in _CIGAR_REF_OPS:
                 ref += length
         new_id = len(self.strings)
+        self._arrays = None
         self.ids[cigar] = new_id
         self.strings.append(cigar)
         self.query_lengths.append(sum(n for op, n in ops if op in _CIGAR_QUERY_OPS))
@@ -356,11 +387,14 @@ def _write_consensus(
     out_bam_path.parent.mkdir(parents=True, exist_ok=True)
     tmp_path = out_bam_path.with_name(f".{out_bam_path.name}.{os.getpid()}.tmp")
     index_path = out_bam_path.with_name(f".{out_bam_path.name}.{os.getpid()}.bai.tmp")
-    caller = _StreamingCaller(params, source, contig_names)
     try:
-        with BgzfWriter(
-            tmp_path, level=CONSENSUS_BAM_COMPRESSION_LEVEL, threads=max(2, threads)
-        ) as writer:
+        with (
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="consensus") as worker,
+            BgzfWriter(
+                tmp_path, level=CONSENSUS_BAM_COMPRESSION_LEVEL, threads=max(2, threads)
+            ) as writer,
+        ):
+            caller = _StreamingCaller(params, source, contig_names, worker=worker)
             writer.write(bam_header_bytes(header, out_bam_path.parent))
             # NB: the records are decoded in the producer thread, beside the inflate and the
             # tagging: the compiled decoder releases the GIL and the caller's thread is the
@@ -395,8 +429,18 @@ class _StreamingCaller:
     that sorts before them, then written in coordinate order (no separate sort pass).
     """
 
-    def __init__(self, params: ConsensusParams, source: str, contig_names: list[str]) -> None:
+    def __init__(
+        self,
+        params: ConsensusParams,
+        source: str,
+        contig_names: list[str],
+        *,
+        worker: ThreadPoolExecutor | None = None,
+    ) -> None:
         self.params = params
+        self.worker = worker
+        # the batch being processed (by ``worker``) and the emission bound of its records
+        self.in_flight: tuple[Future[_BatchResult], int | None] | None = None
         self.source = source
         self.contig_names = contig_names
         self.counters = _Counters()
@@ -469,14 +513,34 @@ class _StreamingCaller:
         )
         n_complete = int(complete.sum())
         if n_complete >= _MIN_BATCH_READS:
-            self._process(complete)
+            future = self._process(complete)
             _forget_finished(self.instance_of_code, self.max_of_code, self.last_key)
-            yield from self._flush(bound=self._emission_bound())
+            bound = self._emission_bound()
+            # NB: the previous batch's records go out now, with the bound of its own time (the
+            # same records in the same order as without the worker), while this batch runs.
+            yield from self._receive()
+            self.in_flight = (future, bound)
 
     def finish(self) -> Iterator[npt.NDArray[np.uint8]]:
         if self.pending is not None and len(self.pending):
-            self._process(np.ones(len(self.pending), dtype=bool))
+            future = self._process(np.ones(len(self.pending), dtype=bool))
+            yield from self._receive()
+            self.in_flight = (future, None)
+        yield from self._receive()
         yield from self._flush(bound=None)
+
+    def _receive(self) -> Iterator[npt.NDArray[np.uint8]]:
+        """Wait for the batch in flight, then write what its bound allows."""
+        if self.in_flight is None:
+            return
+        future, bound = self.in_flight
+        self.in_flight = None
+        result = future.result()
+        if result is not None:
+            keys, data, offsets = result
+            self.out_keys.append(keys)
+            self.out_data.append((data, offsets))
+        yield from self._flush(bound=bound)
 
     def stats(self) -> ConsensusStats:
         counters = self.counters
@@ -524,7 +588,9 @@ class _StreamingCaller:
             bound = min(bound, int(self.pending.keys.min()))
         return bound
 
-    def _process(self, complete: npt.NDArray[np.bool_]) -> None:
+    def _process(self, complete: npt.NDArray[np.bool_]) -> Future[_BatchResult]:
+        """Take the ``complete`` reads out of ``pending`` and start their consensus (in the
+        worker, when there is one; its counters are not touched by this thread)."""
         assert self.pending is not None
         rows = np.flatnonzero(complete)
         order = rows[np.argsort(self.pending_instance[rows], kind="stable")]
@@ -536,11 +602,12 @@ class _StreamingCaller:
         new_mol = np.ones(len(instance), dtype=bool)
         new_mol[1:] = instance[1:] != instance[:-1]
         mol = np.cumsum(new_mol) - 1
-        result = _process_batch(batch, order, mol, self.params, self.cigars, self.counters)
-        if result is not None:
-            keys, data, offsets = result
-            self.out_keys.append(keys)
-            self.out_data.append((data, offsets))
+        args = (batch, order, mol, self.params, self.cigars.arrays(), self.counters)
+        if self.worker is not None:
+            return self.worker.submit(_process_batch, *args)
+        done: Future[_BatchResult] = Future()
+        done.set_result(_process_batch(*args))
+        return done
 
     def _flush(self, *, bound: int | None) -> Iterator[npt.NDArray[np.uint8]]:
         if not self.out_keys:
@@ -666,7 +733,7 @@ def _process_batch(
     matrix_rows: I64Array,
     mol: I64Array,
     params: ConsensusParams,
-    cigars: _CigarTable,
+    cigars: _CigarArrays,
     counters: _Counters,
 ) -> tuple[I64Array, npt.NDArray[np.uint8], I64Array] | None:
     """Consensus of a batch of finished molecules, vectorised across all of their families.
@@ -760,10 +827,9 @@ def _process_batch(
 
     # 3. matrices of the family reads, padded with N, and the consensus of every family
     width = int(reads.lengths[fam_order].max())
-    source_rows = matrix_rows[fam_order]
-    base_matrix = reads.bases[source_rows, :width]
-    qual_matrix = reads.quals[source_rows, :width]
-    ss = call_families(base_matrix, qual_matrix, offsets, params)
+    ss = call_families(
+        reads.bases, reads.quals, offsets, params, rows=matrix_rows[fam_order], width=width
+    )
 
     # 4. one consensus per (molecule, end): duplex where both strands have a family
     end_key = f_mol * 2 + f_end
@@ -789,8 +855,8 @@ def _process_batch(
     e_tid = f_tid[a_fam]
     e_cigar = f_cigar[a_fam]
     e_reverse = f_reverse[a_fam]
-    e_length = np.asarray(cigars.query_lengths, dtype=np.int64)[e_cigar]
-    e_span = np.asarray(cigars.ref_spans, dtype=np.int64)[e_cigar]
+    e_length = cigars.query_lengths[e_cigar]
+    e_span = cigars.ref_spans[e_cigar]
     e_mapq = f_mapq[a_fam].copy()
     e_mapq[two] = np.minimum(e_mapq[two], f_mapq[b_fam[two]])
 
@@ -839,9 +905,9 @@ def _process_batch(
         starts=e_start,
         mapqs=e_mapq,
         cigar_words=cigars.flat_words.view(np.uint32),
-        cigar_offsets=cigars.word_offsets() // 4,
+        cigar_offsets=cigars.word_offsets // 4,
         cigar_ids=e_cigar,
-        ref_spans=np.asarray(cigars.ref_spans, dtype=np.int64),
+        ref_spans=cigars.ref_spans,
         mate_tids=np.where(has_mate, e_tid[mate_index], -1),
         mate_starts=np.where(has_mate, e_start[mate_index], -1),
         tlens=tlen,
@@ -924,7 +990,7 @@ def _reconcile_pairs(
     e_start: npt.NDArray[np.int64],
     e_cigar: npt.NDArray[np.int64],
     e_length: npt.NDArray[np.int64],
-    cigars: _CigarTable,
+    cigars: _CigarArrays | _CigarTable,
     bases: npt.NDArray[np.uint8],
     quals: npt.NDArray[np.uint8],
     depths: npt.NDArray[np.int32],
@@ -932,7 +998,9 @@ def _reconcile_pairs(
     """Make R1 and R2 agree where they cover the same reference base (edits in place)."""
     if len(pair_first) == 0:
         return
-    ref_flat, ref_bounds = cigars.flat_ref_offsets()
+    if isinstance(cigars, _CigarTable):
+        cigars = cigars.arrays()
+    ref_flat, ref_bounds = cigars.ref_flat, cigars.ref_bounds
     reconcile_pairs(
         np.asarray(pair_first, dtype=np.int64),
         np.asarray(e_start, dtype=np.int64),
