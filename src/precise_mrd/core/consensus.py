@@ -68,7 +68,7 @@ import numpy as np
 import numpy.typing as npt
 
 from precise_mrd.core.consensus_kernels import (
-    duplex_errors,
+    duplex_rows,
     errors_against,
     family_likelihoods,
     finish_columns,
@@ -465,17 +465,15 @@ def call_duplex_rows(
     >>> decode_bases(d.bases[0]), d.quals[0].tolist(), d.depths[0].tolist(), d.errors[0].tolist()
     ('ACN', [88, 88, 2], [4, 4, 4], [0, 0, 2])
     """
-    a_rows = np.asarray(a_rows, dtype=np.int64)
-    b_rows = np.asarray(b_rows, dtype=np.int64)
-    a_bases, a_quals = ss.bases[a_rows], ss.quals[a_rows]
-    b_bases, b_quals = ss.bases[b_rows], ss.quals[b_rows]
-    raw, quals = _duplex_raw(a_bases, a_quals, b_bases, b_quals, params)
-    masked = (a_bases == NO_CALL) | (b_bases == NO_CALL) | (quals <= NO_CALL_QUALITY)
-    masked |= quals < params.min_consensus_base_quality
-    bases = np.where(masked, NO_CALL, raw).astype(np.uint8)
-    quals = np.where(masked, NO_CALL_QUALITY, quals).astype(np.uint8)
-    depths, errors = duplex_errors(
-        np.ascontiguousarray(ss.counts), np.ascontiguousarray(ss.depths), a_rows, b_rows, raw
+    bases, quals, depths, errors = duplex_rows(
+        np.ascontiguousarray(ss.bases),
+        np.ascontiguousarray(ss.quals),
+        np.ascontiguousarray(ss.counts),
+        np.ascontiguousarray(ss.depths),
+        np.asarray(a_rows, dtype=np.int64),
+        np.asarray(b_rows, dtype=np.int64),
+        params.max_consensus_quality,
+        params.min_consensus_base_quality,
     )
     return DuplexConsensus(bases, quals, depths, errors)
 

@@ -28,6 +28,7 @@ import numpy.typing as npt
 __all__ = [
     "depth_tags",
     "duplex_errors",
+    "duplex_rows",
     "errors_against",
     "family_likelihoods",
     "finish_columns",
@@ -284,6 +285,55 @@ def duplex_errors(
             if r < 4:
                 out_errors[i, c] = depth - (counts[a, r, c] + counts[b, r, c])
     return out_depths, out_errors
+
+
+@numba.njit(cache=True, nogil=True)
+def duplex_rows(
+    bases: npt.NDArray[np.uint8],
+    quals: npt.NDArray[np.uint8],
+    counts: npt.NDArray[np.int32],
+    depths: npt.NDArray[np.int32],
+    a_rows: npt.NDArray[np.int64],
+    b_rows: npt.NDArray[np.int64],
+    max_quality: int,
+    min_quality: int,
+) -> tuple[
+    npt.NDArray[np.uint8],
+    npt.NDArray[np.uint8],
+    npt.NDArray[np.int32],
+    npt.NDArray[np.int32],
+]:
+    """Duplex bases, qualities, depths and raw-base errors of single-strand rows ``a_rows[i]``
+    and ``b_rows[i]`` (the rule of ``consensus.combine_duplex``; errors against the raw duplex
+    base, before masking, over the reads of both strands)."""
+    n = len(a_rows)
+    width = bases.shape[1]
+    out_bases = np.empty((n, width), dtype=np.uint8)
+    out_quals = np.empty((n, width), dtype=np.uint8)
+    out_depths = np.empty((n, width), dtype=np.int32)
+    out_errors = np.zeros((n, width), dtype=np.int32)
+    for i in range(n):
+        a = a_rows[i]
+        b = b_rows[i]
+        for c in range(width):
+            base_a = bases[a, c]
+            base_b = bases[b, c]
+            qa = np.int32(quals[a, c])
+            qb = np.int32(quals[b, c])
+            if base_a == base_b:
+                raw = base_a
+                quality = min(qa + qb, max_quality)
+            else:
+                raw = base_a if qa >= qb else base_b
+                quality = abs(qa - qb)
+            masked = base_a == 4 or base_b == 4 or quality <= 2 or quality < min_quality
+            out_bases[i, c] = 4 if masked else raw
+            out_quals[i, c] = 2 if masked else quality
+            depth = depths[a, c] + depths[b, c]
+            out_depths[i, c] = depth
+            if raw < 4:
+                out_errors[i, c] = depth - (counts[a, raw, c] + counts[b, raw, c])
+    return out_bases, out_quals, out_depths, out_errors
 
 
 @numba.njit(cache=True, nogil=True)
