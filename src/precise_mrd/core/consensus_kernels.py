@@ -21,6 +21,8 @@ quality is a ``floor`` of that result, so sharing the numpy calls keeps results 
 
 from __future__ import annotations
 
+from typing import Any
+
 import numba
 import numpy as np
 import numpy.typing as npt
@@ -37,6 +39,7 @@ __all__ = [
 ]
 
 _COUNT_UNIT = float(2**20)
+_I64: Any = np.int64  # NB: typed Any so that compiled integer maths type-checks as int
 
 
 @numba.njit(cache=True, nogil=True)
@@ -318,8 +321,8 @@ def duplex_rows(
         for c in range(width):
             base_a = bases[a, c]
             base_b = bases[b, c]
-            qa = np.int32(quals[a, c])
-            qb = np.int32(quals[b, c])
+            qa = _I64(quals[a, c])
+            qb = _I64(quals[b, c])
             if base_a == base_b:
                 raw = base_a
                 quality = min(qa + qb, max_quality)
