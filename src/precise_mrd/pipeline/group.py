@@ -350,12 +350,14 @@ def _template_of_reads(collected: _Collected) -> Int64Array:
     mated = np.flatnonzero(has_mate)
     if len(mated) == 0:
         return template
-    order = mated[np.argsort(collected.name_hash[mated], kind="stable")]
+    # NB: numpy's default (SIMD) argsort is ~2x faster than a stable one on 4M hashes; the
+    # earliest record of a name is then the smallest index of its run, not the first.
+    order = mated[np.argsort(collected.name_hash[mated])]
     hashes = collected.name_hash[order]
     starts_run = np.ones(len(order), dtype=bool)
     starts_run[1:] = hashes[1:] != hashes[:-1]
     run_id = np.cumsum(starts_run) - 1
-    first_of_run = order[starts_run]  # stable sort: the earliest record of each name
+    first_of_run = np.minimum.reduceat(order, np.flatnonzero(starts_run))
     template[order] = first_of_run[run_id]
     return template
 
