@@ -312,20 +312,16 @@ def call_families(
         raise ValueError(f"a family has >= {_MAX_FAMILY_READS} reads; downsample it first")
     weights = _weight_table(params)
     bounds = np.append(offsets, n_reads)
-    counts, best, n_best, others = family_likelihoods(
+    counts, raw_bases, n_best, depths, errors, values, n_values, first_value = family_likelihoods(
         np.ascontiguousarray(bases), np.ascontiguousarray(quals), rows, bounds, weights, width
     )
     # NB: exp and log10 in numpy (see consensus_kernels); the arithmetic around them is compiled.
-    np.exp(others, out=others)
-    p_error = posterior_errors(others, float(phred_to_probability(params.error_rate_pre_umi)))
+    exp_values = np.exp(values[:n_values])
+    p_pre_umi = float(phred_to_probability(params.error_rate_pre_umi))
+    p_error = posterior_errors(exp_values, first_value, p_pre_umi)
     np.log10(p_error, out=p_error)
-    bases_out, quals_out, raw_bases, depths, errors = finish_columns(
-        p_error,
-        counts,
-        best,
-        n_best,
-        params.max_consensus_quality,
-        params.min_consensus_base_quality,
+    bases_out, quals_out = finish_columns(
+        p_error, raw_bases, n_best, params.max_consensus_quality, params.min_consensus_base_quality
     )
     return FamilyConsensus(bases_out, quals_out, raw_bases, counts, depths, errors)
 

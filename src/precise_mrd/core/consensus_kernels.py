@@ -1,22 +1,28 @@
-"""Compiled inner loop of the single-strand consensus caller (see :mod:`.consensus`).
+"""Compiled inner loops of the single-strand consensus caller (see :mod:`.consensus`).
 
 :func:`family_likelihoods` does, per family and column, what the vectorised reference in
 :func:`precise_mrd.core.consensus.call_families` did with one large ``numpy.bincount``: it sums
 each candidate base's log-likelihood gain over the family's reads (in read order, so the float
 sums are the same), splits the packed count off, picks the best candidate (first of equal maxima),
-counts candidates tied with it, and returns the other three candidates' log-likelihoods relative
+counts candidates tied with it, and lists the other three candidates' log-likelihoods relative
 to the best. The ``exp``/``log10`` that follow stay in numpy on purpose: numpy's SIMD ``exp`` and
 libm's (which compiled code calls) differ in the last bit for ~5% of inputs, and a consensus
 quality is a ``floor`` of that result, so sharing the numpy calls keeps results bit-identical.
+Where the three are equal (every read agrees, the common case) the value is listed once and its
+``exp`` reused: the same value gives the same ``exp``, so this only saves work.
+:func:`posterior_errors` and :func:`finish_columns` are the arithmetic between and after.
 
 >>> import numpy as np
 >>> table = np.zeros(256); table[30] = 2.0**20 + 6.5
 >>> bases = np.array([[0, 1], [0, 1]], dtype=np.uint8)
 >>> quals = np.full((2, 2), 30, dtype=np.uint8)
 >>> rows, bounds = np.array([0, 1]), np.array([0, 2])
->>> counts, best, n_best, others = family_likelihoods(bases, quals, rows, bounds, table, 2)
->>> counts[0, :, 0].tolist(), best[0].tolist(), n_best[0].tolist(), others[0, :, 0].tolist()
-([2, 0, 0, 0], [0, 1], [1, 1], [-13.0, -13.0, -13.0])
+>>> columns = family_likelihoods(bases, quals, rows, bounds, table, 2)
+>>> counts, raw, n_best, depths, errors, values, n_values, first_value = columns
+>>> counts[0, :, 0].tolist(), raw[0].tolist(), n_best[0].tolist(), depths[0].tolist()
+([2, 0, 0, 0], [0, 1], [1, 1], [2, 2])
+>>> values[:n_values].tolist(), first_value[0].tolist()
+([-13.0, -13.0], [-1, -2])
 """
 
 from __future__ import annotations
@@ -54,21 +60,32 @@ def family_likelihoods(
     npt.NDArray[np.int32],
     npt.NDArray[np.uint8],
     npt.NDArray[np.int8],
+    npt.NDArray[np.int32],
+    npt.NDArray[np.int32],
     npt.NDArray[np.float64],
+    int,
+    npt.NDArray[np.int64],
 ]:
     """Per family ``f`` (reads ``bounds[f]:bounds[f + 1]``; read ``k`` is row ``rows[k]`` of
-    ``bases``/``quals``) and column ``< width``: raw base counts ``(n, 4, width)``, best base,
-    number of candidates within 1e-6 of the best, and the log-likelihoods of the other three
-    candidates (in base order) minus the best's.
+    ``bases``/``quals``) and column ``< width``: raw base counts ``(n, 4, width)``, the best
+    base (``N`` without coverage), the number of candidates within 1e-6 of the best, the depth,
+    the raw bases that differ from the best, and the log-likelihoods of the other three
+    candidates (in base order) minus the best's: ``values[first_value[f, c]]`` and the next two,
+    or that one value alone where ``first_value`` is negative (``-1 - index``: all three equal).
+    ``values[:n_values]`` is filled.
 
     ``weight_table[q]`` is ``2**20 + gain`` for a usable base of quality ``q`` (0 if unusable);
     bases coded 0..3 count, 4 (N, padding) does not.
     """
     n_families = len(bounds) - 1
     counts = np.empty((n_families, 4, width), dtype=np.int32)
-    best = np.empty((n_families, width), dtype=np.uint8)
+    raw = np.empty((n_families, width), dtype=np.uint8)
     n_best = np.empty((n_families, width), dtype=np.int8)
-    others = np.empty((n_families, 3, width), dtype=np.float64)
+    depths = np.empty((n_families, width), dtype=np.int32)
+    errors = np.empty((n_families, width), dtype=np.int32)
+    values = np.empty(3 * n_families * width, dtype=np.float64)
+    first_value = np.empty((n_families, width), dtype=np.int64)
+    n_values = 0
     total = np.zeros((4, width), dtype=np.float64)
     weights = np.zeros(width, dtype=np.float64)
     inverse_unit = 1.0 / _COUNT_UNIT
@@ -89,6 +106,7 @@ def family_likelihoods(
                 t1[c] += w if b == 1 else 0.0
                 t2[c] += w if b == 2 else 0.0
                 t3[c] += w if b == 3 else 0.0
+        c0, c1, c2, c3 = counts[f, 0], counts[f, 1], counts[f, 2], counts[f, 3]
         for b in range(4):  # split the packed count off: total becomes the log-likelihood
             tb = total[b]
             family_counts = counts[f, b]
@@ -96,43 +114,60 @@ def family_likelihoods(
                 count = np.floor(tb[c] * inverse_unit)
                 family_counts[c] = np.int32(count)
                 tb[c] = tb[c] - count * _COUNT_UNIT
-        family_best = best[f]
-        family_ties = n_best[f]
-        o0, o1, o2 = others[f, 0], others[f, 1], others[f, 2]
         for c in range(width):
             l0, l1, l2, l3 = t0[c], t1[c], t2[c], t3[c]
             top = 0
             top_ll = l0
+            top_count = c0[c]
             if l1 > top_ll:
-                top, top_ll = 1, l1
+                top, top_ll, top_count = 1, l1, c1[c]
             if l2 > top_ll:
-                top, top_ll = 2, l2
+                top, top_ll, top_count = 2, l2, c2[c]
             if l3 > top_ll:
-                top, top_ll = 3, l3
+                top, top_ll, top_count = 3, l3, c3[c]
             r0, r1, r2, r3 = l0 - top_ll, l1 - top_ll, l2 - top_ll, l3 - top_ll
-            family_ties[c] = (r0 >= -1e-6) + (r1 >= -1e-6) + (r2 >= -1e-6) + (r3 >= -1e-6)
-            family_best[c] = top
+            n_best[f, c] = (r0 >= -1e-6) + (r1 >= -1e-6) + (r2 >= -1e-6) + (r3 >= -1e-6)
+            depth = c0[c] + c1[c] + c2[c] + c3[c]
+            depths[f, c] = depth
+            raw[f, c] = top if depth > 0 else 4
+            errors[f, c] = depth - top_count if depth > 0 else 0
             # the three candidates other than the best, in base order
-            o0[c] = r0 if top > 0 else r1
-            o1[c] = r1 if top > 1 else r2
-            o2[c] = r2 if top > 2 else r3
-    return counts, best, n_best, others
+            o0 = r0 if top > 0 else r1
+            o1 = r1 if top > 1 else r2
+            o2 = r2 if top > 2 else r3
+            if o0 == o1 and o1 == o2:
+                first_value[f, c] = -1 - n_values
+                values[n_values] = o0
+                n_values += 1
+            else:
+                first_value[f, c] = n_values
+                values[n_values] = o0
+                values[n_values + 1] = o1
+                values[n_values + 2] = o2
+                n_values += 3
+    return counts, raw, n_best, depths, errors, values, n_values, first_value
 
 
 @numba.njit(cache=True, nogil=True)
 def posterior_errors(
-    exp_others: npt.NDArray[np.float64], p_pre_umi: float
+    exp_values: npt.NDArray[np.float64], first_value: npt.NDArray[np.int64], p_pre_umi: float
 ) -> npt.NDArray[np.float64]:
-    """Per family and column, from ``exp(others)`` of :func:`family_likelihoods`: the consensus
-    error probability combined with the pre-UMI error ``p_pre_umi`` as two trials, floored at
-    ``1e-300`` (ready for ``log10``). The arithmetic is numpy's, in numpy's order."""
-    n, _, width = exp_others.shape
+    """Per family and column, from the ``exp`` of :func:`family_likelihoods`'s ``values``: the
+    consensus error probability combined with the pre-UMI error ``p_pre_umi`` as two trials,
+    floored at ``1e-300`` (ready for ``log10``). The arithmetic is numpy's, in numpy's order."""
+    n, width = first_value.shape
     out = np.empty((n, width), dtype=np.float64)
     scaled = (4.0 / 3.0) * p_pre_umi
     for f in range(n):
         for c in range(width):
-            others = exp_others[f, 0, c] + exp_others[f, 1, c]
-            others += exp_others[f, 2, c]
+            i = first_value[f, c]
+            if i < 0:
+                e = exp_values[-1 - i]
+                others = e + e
+                others += e
+            else:
+                others = exp_values[i] + exp_values[i + 1]
+                others += exp_values[i + 2]
             p = others / (1.0 + others)
             p = (p_pre_umi + p) - scaled * p
             out[f, c] = max(p, 1e-300)
@@ -142,47 +177,24 @@ def posterior_errors(
 @numba.njit(cache=True, nogil=True)
 def finish_columns(
     log10_errors: npt.NDArray[np.float64],
-    counts: npt.NDArray[np.int32],
-    best: npt.NDArray[np.uint8],
+    raw: npt.NDArray[np.uint8],
     n_best: npt.NDArray[np.int8],
     max_quality: int,
     min_quality: int,
-) -> tuple[
-    npt.NDArray[np.uint8],
-    npt.NDArray[np.uint8],
-    npt.NDArray[np.uint8],
-    npt.NDArray[np.int32],
-    npt.NDArray[np.int32],
-]:
-    """Called bases and qualities (``N``/2 where masked), raw bases, depths and raw-base errors
-    of every family column from the ``log10`` of its error probability and its counts."""
-    n, _, width = counts.shape
+) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.uint8]]:
+    """Called bases and qualities (``N``/2 where masked: no coverage, a tie or a quality below
+    ``min_quality``) from the ``log10`` of each column's error probability."""
+    n, width = raw.shape
     bases = np.empty((n, width), dtype=np.uint8)
     quals = np.empty((n, width), dtype=np.uint8)
-    raw = np.empty((n, width), dtype=np.uint8)
-    depths = np.empty((n, width), dtype=np.int32)
-    errors = np.zeros((n, width), dtype=np.int32)
     for f in range(n):
         for c in range(width):
-            depth = counts[f, 0, c] + counts[f, 1, c] + counts[f, 2, c] + counts[f, 3, c]
-            depths[f, c] = depth
-            phred = np.floor(-10.0 * log10_errors[f, c] + 1e-3)
-            if phred > max_quality:
-                phred = max_quality
+            phred = min(np.floor(-10.0 * log10_errors[f, c] + 1e-3), float(max_quality))
             quality = np.uint8(phred)
-            if depth > 0:
-                b = best[f, c]
-                raw[f, c] = b
-                errors[f, c] = depth - counts[f, b, c]
-                if n_best[f, c] == 1 and quality >= min_quality:
-                    bases[f, c] = b
-                    quals[f, c] = quality
-                    continue
-            else:
-                raw[f, c] = 4
-            bases[f, c] = 4
-            quals[f, c] = 2
-    return bases, quals, raw, depths, errors
+            is_call = raw[f, c] < 4 and n_best[f, c] == 1 and quality >= min_quality
+            bases[f, c] = raw[f, c] if is_call else 4
+            quals[f, c] = quality if is_call else 2
+    return bases, quals
 
 
 @numba.njit(cache=True, nogil=True)
