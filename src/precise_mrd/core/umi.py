@@ -124,6 +124,46 @@ def lexicographic_ranks(umis: Sequence[str]) -> IntArray:
     return ranks
 
 
+def code_ranks(codes: npt.NDArray[np.uint8]) -> IntArray:
+    """:func:`lexicographic_ranks` of ASCII UMIs given as :func:`encode_umis`'s matrix.
+
+    Each UMI is packed into one integer whose order is the text's (its bytes mapped to their
+    rank among the bytes present, the padding ``0`` first), then ranked with one integer sort.
+
+    >>> code_ranks(encode_umis(["CA", "AC", "A", "CA"])[0]).tolist()
+    [2, 1, 0, 2]
+    """
+    n, width = codes.shape
+    if n == 0 or width == 0:
+        return np.zeros(n, dtype=np.int64)
+    present = np.bincount(codes.ravel(), minlength=256) > 0
+    present[0] = True  # the padding sorts before every byte
+    symbol = (np.cumsum(present) - 1).astype(np.uint64)
+    bits = max(1, int(present.sum() - 1).bit_length())
+    if bits * width > 64:
+        return _code_ranks_by_words(codes)
+    key = np.zeros(n, dtype=np.uint64)
+    for column in range(width):
+        key = (key << np.uint64(bits)) | symbol[codes[:, column]]
+    return np.asarray(np.unique(key, return_inverse=True)[1], dtype=np.int64).ravel()
+
+
+def _code_ranks_by_words(codes: npt.NDArray[np.uint8]) -> IntArray:
+    """:func:`code_ranks` for long UMIs: a sort on big-endian 64-bit words of the bytes."""
+    n, width = codes.shape
+    n_words = (width + 7) // 8
+    padded = np.zeros((n, n_words * 8), dtype=np.uint8)
+    padded[:, :width] = codes
+    words = padded.view(">u8").astype(np.uint64)
+    order = np.lexsort(words.T[::-1])
+    sorted_words = words[order]
+    new = np.ones(n, dtype=bool)
+    new[1:] = (sorted_words[1:] != sorted_words[:-1]).any(axis=1)
+    ranks = np.empty(n, dtype=np.int64)
+    ranks[order] = np.cumsum(new) - 1
+    return ranks
+
+
 def hamming_neighbours(
     codes: npt.NDArray[np.uint8],
     lengths: IntArray,

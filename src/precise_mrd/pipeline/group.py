@@ -52,8 +52,8 @@ from precise_mrd.core.umi import (
     STRATEGIES,
     canonical_duplex_umi,
     cluster_bundles,
+    code_ranks,
     encode_umis,
-    lexicographic_ranks,
     swap_duplex_umi,
 )
 from precise_mrd.io.bam import (
@@ -434,7 +434,7 @@ def _group(collected: _Collected, *, strategy: str, max_edits: int) -> _Grouping
     codes, lengths = (
         encode_umis(umis) if umis else (np.zeros((0, 0), np.uint8), np.zeros(0, np.int64))
     )
-    ranks = lexicographic_ranks(umis)
+    ranks = code_ranks(codes)  # NB: lexicographic_ranks(umis) without sorting strings
     ordered_umi = node_umi[node_order]
     cluster_sorted, is_rep_sorted = cluster_bundles(
         codes[ordered_umi],
