@@ -88,6 +88,7 @@ from precise_mrd.pipeline.group import GroupStats, prepare_grouping
 __all__ = ["ConsensusStats", "call_consensus_bam", "group_and_call_consensus"]
 
 I64Array = npt.NDArray[np.int64]
+_I64: Any = np.int64  # NB: typed Any so that compiled integer maths type-checks as int
 _BatchResult = tuple[I64Array, npt.NDArray[np.uint8], I64Array] | None
 
 _MIN_BATCH_READS = 10_000  # finished molecules are processed together once this many reads wait
@@ -447,8 +448,7 @@ class _StreamingCaller:
         self.cigars = _CigarTable()
         self.pending: ReadColumns | None = None
         self.pending_instance = np.zeros(0, dtype=np.int64)
-        self.instance_of_code = numba.typed.Dict.empty(numba.types.int64, numba.types.int64)
-        self.max_of_code = numba.typed.Dict.empty(numba.types.int64, numba.types.int64)
+        self.open_molecules = _OpenMolecules()
         self.next_instance = 0
         self.last_key = -1
         self.n_records_seen = 0
@@ -490,14 +490,18 @@ class _StreamingCaller:
         self.last_key = int(keys[-1])
         new = columns if len(used) == n_records else columns.take(used)
         cigar_ids = self._intern_cigars(chunk, new)
-        instance, self.next_instance = _assign_instances(
+        table = self.open_molecules
+        table.reserve(len(new))
+        instance, self.next_instance, n_added = _assign_instances(
             new.mi_codes,
             new.keys,
             new.needed,
-            self.instance_of_code,
-            self.max_of_code,
+            table.codes,
+            table.instances,
+            table.largest,
             self.next_instance,
         )
+        table.n_open += n_added
         new = _with_cigar_ids(new, cigar_ids)
         if self.pending is None or len(self.pending) == 0:
             self.pending, self.pending_instance = new, instance
@@ -507,14 +511,15 @@ class _StreamingCaller:
         complete = _complete_reads(
             self.pending.mi_codes,
             self.pending_instance,
-            self.instance_of_code,
-            self.max_of_code,
+            table.codes,
+            table.instances,
+            table.largest,
             self.last_key,
         )
         n_complete = int(complete.sum())
         if n_complete >= _MIN_BATCH_READS:
             future = self._process(complete)
-            _forget_finished(self.instance_of_code, self.max_of_code, self.last_key)
+            table.forget_finished(self.last_key)
             bound = self._emission_bound()
             # NB: the previous batch's records go out now, with the bound of its own time (the
             # same records in the same order as without the worker), while this batch runs.
@@ -639,62 +644,120 @@ def _with_cigar_ids(columns: ReadColumns, ids: I64Array) -> ReadColumns:
     return dataclasses.replace(columns, cigar_hashes=ids)
 
 
+class _OpenMolecules:
+    """The open molecule of each ``MI`` code: its instance and the largest key it needs.
+
+    NB: a hash table in three numpy arrays (open addressing, linear probing, at most half
+    full; ``instances < 0`` marks an empty slot), not numba typed dicts: creating the first
+    typed dict of a process compiles for ~0.4 s. Finished molecules are dropped by rebuilding.
+    """
+
+    def __init__(self) -> None:
+        self.codes = np.zeros(1 << 12, dtype=np.int64)
+        self.instances = np.full(1 << 12, -1, dtype=np.int64)
+        self.largest = np.zeros(1 << 12, dtype=np.int64)
+        self.n_open = 0
+
+    def reserve(self, n_more: int) -> None:
+        """Room for ``n_more`` new molecules."""
+        size = len(self.codes)
+        while 2 * (self.n_open + n_more) > size:
+            size *= 2
+        if size != len(self.codes):
+            self._rebuild(size, np.iinfo(np.int64).min)
+
+    def forget_finished(self, last_key: int) -> None:
+        """Drop molecules whose largest needed key is below ``last_key``."""
+        self._rebuild(len(self.codes), last_key)
+
+    def _rebuild(self, size: int, min_largest: int) -> None:
+        self.codes, self.instances, self.largest, self.n_open = _rebuild_open(
+            self.codes, self.instances, self.largest, size, min_largest
+        )
+
+
+@numba.njit(cache=True, nogil=True)
+def _probe(table_codes: I64Array, instances: I64Array, code: int) -> int:
+    """The slot of ``code``, or the empty slot where it would go."""
+    mask = len(table_codes) - 1
+    mixed = np.uint64(code) * np.uint64(0x9E3779B97F4A7C15)
+    slot: int = _I64((mixed >> np.uint64(32)) & np.uint64(mask))
+    while instances[slot] >= 0 and table_codes[slot] != code:
+        slot = (slot + 1) & mask
+    return slot
+
+
+@numba.njit(cache=True, nogil=True)
+def _rebuild_open(
+    table_codes: I64Array, instances: I64Array, largest: I64Array, size: int, min_largest: int
+) -> tuple[I64Array, I64Array, I64Array, int]:
+    """The entries with ``largest >= min_largest`` in a new table of ``size`` slots."""
+    new_codes = np.zeros(size, dtype=np.int64)
+    new_instances = np.full(size, -1, dtype=np.int64)
+    new_largest = np.zeros(size, dtype=np.int64)
+    n_open = 0
+    for i in range(len(table_codes)):
+        if instances[i] >= 0 and largest[i] >= min_largest:
+            slot = _probe(new_codes, new_instances, table_codes[i])
+            new_codes[slot] = table_codes[i]
+            new_instances[slot] = instances[i]
+            new_largest[slot] = largest[i]
+            n_open += 1
+    return new_codes, new_instances, new_largest, n_open
+
+
 @numba.njit(cache=True, nogil=True)
 def _assign_instances(
     codes: I64Array,
     keys: I64Array,
     needed: I64Array,
-    instance_of_code: Any,
-    max_of_code: Any,
+    table_codes: I64Array,
+    instances: I64Array,
+    largest: I64Array,
     next_instance: int,
-) -> tuple[I64Array, int]:
+) -> tuple[I64Array, int, int]:
     """Molecule instance of each read: the open instance of its ``MI`` unless the stream has
-    passed every read and mate start of it (``key > max needed``), then a new one."""
+    passed every read and mate start of it (``key > max needed``), then a new one. Also
+    returns the number of table entries added (the table needs room for one per read)."""
     out = np.empty(len(codes), dtype=np.int64)
+    n_added = 0
     for i in range(len(codes)):
         code = codes[i]
-        if code in instance_of_code and keys[i] <= max_of_code[code]:
-            out[i] = instance_of_code[code]
-            if needed[i] > max_of_code[code]:
-                max_of_code[code] = needed[i]
+        slot = _probe(table_codes, instances, code)
+        if instances[slot] >= 0 and keys[i] <= largest[slot]:
+            out[i] = instances[slot]
+            if needed[i] > largest[slot]:
+                largest[slot] = needed[i]
         else:
+            if instances[slot] < 0:
+                n_added += 1
             out[i] = next_instance
-            instance_of_code[code] = next_instance
-            max_of_code[code] = needed[i]
+            table_codes[slot] = code
+            instances[slot] = next_instance
+            largest[slot] = needed[i]
             next_instance += 1
-    return out, next_instance
+    return out, next_instance, n_added
 
 
 @numba.njit(cache=True, nogil=True)
 def _complete_reads(
     codes: I64Array,
+    read_instances: I64Array,
+    table_codes: I64Array,
     instances: I64Array,
-    instance_of_code: Any,
-    max_of_code: Any,
+    largest: I64Array,
     last_key: int,
 ) -> npt.NDArray[np.bool_]:
     """Reads whose molecule is finished: superseded by a newer instance, or passed by the
     stream (every later read has a key >= ``last_key`` > its largest needed key)."""
     out = np.empty(len(codes), dtype=np.bool_)
     for i in range(len(codes)):
-        code = codes[i]
-        if code not in instance_of_code or instance_of_code[code] != instances[i]:
+        slot = _probe(table_codes, instances, codes[i])
+        if instances[slot] < 0 or instances[slot] != read_instances[i]:
             out[i] = True
         else:
-            out[i] = max_of_code[code] < last_key
+            out[i] = largest[slot] < last_key
     return out
-
-
-@numba.njit(cache=True, nogil=True)
-def _forget_finished(instance_of_code: Any, max_of_code: Any, last_key: int) -> None:
-    """Drop finished molecules from the open table (a later read of their MI starts anew)."""
-    finished = []
-    for code, largest in max_of_code.items():
-        if largest < last_key:
-            finished.append(code)
-    for code in finished:
-        del max_of_code[code]
-        del instance_of_code[code]
 
 
 def _check_cigars(
