@@ -206,7 +206,7 @@ def require_umis(
 
 
 # ---------------------------------------------------------------------------------------------
-# Fast columnar pass over a BAM: BGZF blocks are inflated with zlib and the binary records are
+# Fast columnar pass over a BAM: BGZF blocks are inflated with ISA-L and the binary records are
 # summarised by a compiled loop, so a pass costs well under a microsecond per read instead of a
 # pysam object per read. Used by stages that only need a few fields of every record.
 # ---------------------------------------------------------------------------------------------
@@ -323,7 +323,7 @@ _DONE: Final[object] = object()
 def prefetch(items: Iterator[_T], *, depth: int = 2) -> Iterator[_T]:
     """Run ``items`` in a background thread, up to ``depth`` items ahead of the consumer.
 
-    The producer's compiled kernels and zlib release the GIL, so producing the next chunk
+    The producer's compiled kernels and ISA-L's inflate release the GIL, so producing the next chunk
     overlaps with processing this one. An exception in the producer is raised in the consumer;
     closing the consumer stops the producer at its next item.
     """
