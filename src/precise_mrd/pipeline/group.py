@@ -27,8 +27,9 @@ checked byte for byte). :func:`prepare_grouping` runs passes 1-2 and hands back 
 file, which :func:`precise_mrd.pipeline.consensus.group_and_call_consensus` consumes directly.
 
 Measured on the standard benchmark sample (4,000,382 reads, duplex, 2 shared cores): passes 1-2
-~2.8 s (earlier ~5 s, before ISA-L inflate and numpy hash tables), the whole ``group_bam`` ~13 s wall of which writing the level-1 BGZF file and indexing it
-take about half; peak RSS ~900 MB. Earlier, on 1M reads: 3.2 s against 10.6 s for
+~2.8 s (earlier ~5 s, before ISA-L inflate and numpy hash tables); earlier the whole
+``group_bam`` took ~13 s wall, about half of it writing the level-1 BGZF file and indexing it;
+peak RSS ~900 MB. Earlier, on 1M reads: 3.2 s against 10.6 s for
 ``umi_tools group --paired --method=directional`` with the same partition. The optional
 ``--group-out`` TSV is written in a further, slower pysam pass.
 """
