@@ -303,3 +303,11 @@ def test_config_cannot_ask_for_both_filters() -> None:
     params = PipelineParams.from_mapping({"ml": {"use_deep_learning": True}})
     assert params.ml.filter_model == "cnn"
     assert PipelineParams().ml.filter_model is None
+
+
+def test_train_model_rejects_an_unknown_type_naming_every_valid_one(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as raised:
+        train_models(tmp_path, model_types=("transformer",))
+    assert raised.value.path == "model_type"
+    assert "cnn_lstm" in raised.value.fix and "ensemble" in raised.value.fix
+    assert not any(tmp_path.iterdir())  # nothing simulated or written

@@ -47,10 +47,10 @@ from precise_mrd.ml.deep import (
     train_network,
 )
 from precise_mrd.ml.ensemble import (
+    MODEL_TYPES,
     MODEL_VERSION,
     artefact_probability,
     build_model,
-    check_model_type,
     model_name,
     save_model,
 )
@@ -288,8 +288,12 @@ def train_models(
     for model_type in model_types:
         if model_type in DL_MODEL_TYPES:
             require_torch("model_type")
-        else:
-            check_model_type(model_type)
+        elif model_type not in MODEL_TYPES:
+            raise ConfigError(
+                "model_type",
+                f"unknown model type {model_type!r}",
+                f"use one of {', '.join((*MODEL_TYPES, *DL_MODEL_TYPES))}",
+            )
     config = config or TrainingConfig()
     started = time.perf_counter()
     samples = simulate_training_set(config, work_dir)
