@@ -52,6 +52,7 @@ from precise_mrd.io.bam import int32_at
 
 __all__ = [
     "NIBBLE_TO_CODE",
+    "STATUS_ABSENT",
     "STATUS_NO_MI",
     "STATUS_SKIPPED",
     "ReadColumns",
@@ -66,6 +67,9 @@ STATUS_SKIPPED: Final[int] = 1
 """Record not used (unmapped, secondary or supplementary)."""
 STATUS_NO_MI: Final[int] = 2
 """Record without an ``MI`` tag."""
+STATUS_ABSENT: Final[int] = 3
+"""Record not in the grouped stream (its given molecule id is negative; see
+:func:`decode_status`)."""
 
 _SKIP_FLAGS: Final[int] = 0x4 | 0x100 | 0x800
 _I64: Any = np.int64
@@ -162,21 +166,53 @@ def decode_consensus_columns(
     return ReadColumns(**{name: value[used] for name, value in fields.items()})
 
 
-def decode_status(buffer: npt.NDArray[np.uint8]) -> tuple[npt.NDArray[np.int8], ReadColumns]:
+def decode_status(
+    buffer: npt.NDArray[np.uint8],
+    *,
+    molecules: I64Array | None = None,
+    strands: npt.NDArray[np.int8] | None = None,
+) -> tuple[npt.NDArray[np.int8], ReadColumns]:
     """Per record of ``buffer``: 0 (used), :data:`STATUS_SKIPPED` or :data:`STATUS_NO_MI`, and
-    the columns of every record (rows of records that are not used are meaningless)."""
-    status, columns = _decode(buffer)
+    the columns of every record (rows of records that are not used are meaningless).
+
+    With ``molecules`` (and ``strands``: 0 none, 1 ``/A``, 2 ``/B``), one per record, the
+    records' own ``MI`` tags are ignored: record ``i`` is decoded as if it had
+    ``MI:Z:<molecules[i]>`` (with its suffix), and a record with ``molecules[i] < 0`` is
+    :data:`STATUS_ABSENT`. This is what the group stage's tagged records would decode to,
+    without writing the tags.
+    """
+    given = molecules is not None
+    if molecules is None or strands is None:
+        if given or strands is not None:
+            raise ValueError("pass both molecules and strands, or neither")
+        molecules = np.zeros(0, dtype=np.int64)
+        strands = np.zeros(0, dtype=np.int8)
+    status, columns = _decode(
+        buffer, np.asarray(molecules, np.int64), np.asarray(strands, np.int8), given
+    )
     return status, ReadColumns(**dict(zip(_FIELDS, columns, strict=True)))
 
 
-def _decode(buffer: npt.NDArray[np.uint8]) -> tuple[npt.NDArray[np.int8], tuple[Any, ...]]:
+def _decode(
+    buffer: npt.NDArray[np.uint8],
+    molecules: I64Array | None = None,
+    strands: npt.NDArray[np.int8] | None = None,
+    given: bool = False,
+) -> tuple[npt.NDArray[np.int8], tuple[Any, ...]]:
+    if molecules is None or strands is None:
+        molecules = np.zeros(0, dtype=np.int64)
+        strands = np.zeros(0, dtype=np.int8)
     # NB: first try widths that fit typical MI and RX text (no pass over the tags to measure)
     n, max_seq = _measure_sequences(buffer)
-    status, columns, overflow = _decode_kernel(buffer, n, max(max_seq, 1), 48, 40)
+    if given and len(molecules) != n:
+        raise ValueError(f"{len(molecules)} molecule ids for {n} records")
+    status, columns, overflow = _decode_kernel(
+        buffer, n, max(max_seq, 1), 48, 40, molecules, strands, given
+    )
     if overflow:
         n, max_seq, max_mi, max_rx = _measure(buffer)
         widths = (max(max_seq, 1), max(max_mi, 24), max(max_rx, 1))
-        status, columns, _ = _decode_kernel(buffer, n, *widths)
+        status, columns, _ = _decode_kernel(buffer, n, *widths, molecules, strands, given)
     return status, columns
 
 
@@ -283,8 +319,17 @@ def _measure(buffer: npt.NDArray[np.uint8]) -> tuple[int, int, int, int]:
 
 @numba.njit(cache=True, nogil=True)
 def _decode_kernel(
-    buffer: npt.NDArray[np.uint8], n: int, max_seq: int, max_mi: int, max_rx: int
+    buffer: npt.NDArray[np.uint8],
+    n: int,
+    max_seq: int,
+    max_mi: int,
+    max_rx: int,
+    molecules: I64Array,
+    strands: npt.NDArray[np.int8],
+    given: bool,
 ) -> tuple[npt.NDArray[np.int8], tuple[Any, ...], bool]:
+    """Columns of ``n`` records; with ``given``, ``MI`` is ``molecules``/``strands`` (as
+    :func:`decode_status` describes) instead of the records' tags."""
     status = np.zeros(n, dtype=np.int8)
     overflow = False
     flags = np.zeros(n, dtype=np.int64)
@@ -323,6 +368,9 @@ def _decode_kernel(
         flags[i] = flag
         name_starts[i] = record + 32
         cigar_starts[i] = record + 32 + l_name
+        if given and molecules[i] < 0:
+            status[i] = 3
+            continue
         if flag & 0x904:  # unmapped, secondary, supplementary
             status[i] = 1
             continue
@@ -340,13 +388,30 @@ def _decode_kernel(
         qual_start = seq_start + (l_seq + 1) // 2
         aux = qual_start + l_seq
         mi, rx = _find_tags(buffer, aux, end)
-        if mi < 0:
+        m_len = 0
+        if given:
+            # NB: the text the group stage's tag would have: decimal digits, then /A or /B
+            value = molecules[i]
+            digits = np.empty(24, dtype=np.uint8)
+            n_digits = 0
+            while True:
+                digits[n_digits] = 48 + value % 10
+                n_digits += 1
+                value //= 10
+                if value == 0:
+                    break
+            for k in range(n_digits):
+                mi_text[i, k] = digits[n_digits - 1 - k]
+            m_len = n_digits
+            if strands[i] > 0:
+                mi_text[i, m_len] = 47
+                mi_text[i, m_len + 1] = 65 if strands[i] == 1 else 66
+                m_len += 2
+        elif mi < 0:
             status[i] = 2
             continue
         # MI text: Z as is, integer types as decimal digits
-        kind = buffer[mi + 2]
-        m_len = 0
-        if kind == 90 or kind == 72:
+        elif buffer[mi + 2] == 90 or buffer[mi + 2] == 72:
             q = mi + 3
             while q < end and buffer[q] != 0:
                 if m_len >= max_mi:
@@ -357,7 +422,7 @@ def _decode_kernel(
                 q += 1
             if overflow:
                 break
-        elif kind == 65:
+        elif buffer[mi + 2] == 65:
             mi_text[i, 0] = buffer[mi + 3]
             m_len = 1
         else:

@@ -28,8 +28,8 @@ and the UMI in ``RX``. The stage:
    pass; then indexes it, writing to a temporary name first.
 
 :func:`group_and_call_consensus` runs the group stage and this one without the grouped BAM in
-between (the ``MI``-tagged records go from the group stage's write pass straight into the
-caller).
+between: the group stage's molecule ids go to the record decoder as arrays beside the input's
+records (no ``MI`` tag is written or parsed; the records decode as the tagged ones would).
 
 The consensus maths lives in :mod:`precise_mrd.core.consensus`; this module is only bookkeeping.
 
@@ -38,7 +38,7 @@ upstream) is counted in ``n_molecules_filtered_missing_end`` and not written; si
 the two strands of a duplex molecule cover opposite ends of the fragment, so each strand gives its
 own unpaired single-strand record (no duplex combination is possible there).
 
-Threads: the records are inflated, ``MI``-tagged and decoded in a producer thread; each batch
+Threads: the records are inflated and decoded in a producer thread; each batch
 of finished molecules (~10,000 reads) is called in a one-thread worker while this thread
 assembles the next one. Records are flushed with the emission bound of their own batch, so the
 output is the same, byte for byte, as without the worker.
@@ -82,6 +82,7 @@ from precise_mrd.io.bam import (
     prefetch,
 )
 from precise_mrd.io.bam_columns import (
+    STATUS_ABSENT,
     STATUS_NO_MI,
     STATUS_SKIPPED,
     ReadColumns,
@@ -96,6 +97,7 @@ __all__ = ["ConsensusStats", "call_consensus_bam", "group_and_call_consensus"]
 I64Array = npt.NDArray[np.int64]
 _I64: Any = np.int64  # NB: typed Any so that compiled integer maths type-checks as int
 _BatchResult = tuple[I64Array, npt.NDArray[np.uint8], I64Array] | None
+_DecodedChunk = tuple[npt.NDArray[np.uint8], tuple[npt.NDArray[np.int8], ReadColumns]]
 
 _MIN_BATCH_READS = 10_000  # finished molecules are processed together once this many reads wait
 _CIGAR_QUERY_OPS = frozenset((0, 1, 4, 7, 8))  # M I S = X consume the read
@@ -321,7 +323,7 @@ def call_consensus_bam(
             source, "is not coordinate-sorted (@HD SO is not 'coordinate')", "run `samtools sort`"
         )
     return _write_consensus(
-        iter_record_chunks(grouped_bam_path),
+        _decoded(iter_record_chunks(grouped_bam_path)),
         header,
         out_bam_path,
         params=params,
@@ -344,8 +346,8 @@ def group_and_call_consensus(
     threads: int = 1,
 ) -> tuple[GroupStats, ConsensusStats]:
     """:func:`~precise_mrd.pipeline.group.group_bam` then :func:`call_consensus_bam` without the
-    grouped BAM in between: the ``MI``-tagged records go straight from the group stage's write
-    pass into the consensus caller (no deflate, inflate or index of an intermediate file).
+    grouped BAM in between: the group stage's molecule ids go straight into the consensus
+    caller's decoder beside the input records (no intermediate file, no ``MI`` tag written).
 
     Same options, checks, errors and results as the two stages run one after the other.
     """
@@ -363,8 +365,13 @@ def group_and_call_consensus(
         min_mapq=min_mapq,
     )
     counter = [0]
+    # NB: the molecule ids go to the decoder as arrays: tagging the records (a copy of the whole
+    # input) and parsing the tags back cost ~1.5 s of CPU on the standard sample
     consensus_stats = _write_consensus(
-        prepared.tagged_chunks(counter),
+        (
+            (chunk, decode_status(chunk, molecules=molecules, strands=strands))
+            for chunk, molecules, strands in prepared.molecule_chunks(counter)
+        ),
         prepared.header(),
         consensus_bam_path,
         params=params,
@@ -375,7 +382,7 @@ def group_and_call_consensus(
 
 
 def _write_consensus(
-    chunks: Iterable[npt.NDArray[np.uint8]],
+    decoded_chunks: Iterator[_DecodedChunk],
     header: dict[str, Any],
     out_bam_path: Path,
     *,
@@ -383,7 +390,9 @@ def _write_consensus(
     source: str,
     threads: int,
 ) -> ConsensusStats:
-    """Consensus records of the grouped record ``chunks`` into a sorted, indexed BAM."""
+    """Consensus records of the grouped records into a sorted, indexed BAM (``decoded_chunks``:
+    each chunk of records with its :func:`decode_status`; a lazy iterator, run in a producer
+    thread)."""
     contig_names = [entry["SN"] for entry in header.get("SQ", [])]
     header = dict(header)
     header["HD"] = {**header.get("HD", {"VN": "1.6"}), "SO": "coordinate"}
@@ -406,7 +415,7 @@ def _write_consensus(
             # NB: the records are decoded in the producer thread, beside the inflate and the
             # tagging: the compiled decoder releases the GIL and the caller's thread is the
             # bottleneck of the stage.
-            for chunk, decoded in prefetch(_decoded(chunks)):
+            for chunk, decoded in prefetch(decoded_chunks):
                 for records in caller.add_decoded(chunk, *decoded):
                     writer.write(records)
             for records in caller.finish():
@@ -420,9 +429,7 @@ def _write_consensus(
     return caller.stats()
 
 
-def _decoded(
-    chunks: Iterable[npt.NDArray[np.uint8]],
-) -> Iterator[tuple[npt.NDArray[np.uint8], tuple[npt.NDArray[np.int8], ReadColumns]]]:
+def _decoded(chunks: Iterable[npt.NDArray[np.uint8]]) -> Iterator[_DecodedChunk]:
     for chunk in chunks:
         yield chunk, decode_status(chunk)
 
@@ -467,11 +474,12 @@ class _StreamingCaller:
     def add_decoded(
         self, chunk: npt.NDArray[np.uint8], status: npt.NDArray[np.int8], columns: ReadColumns
     ) -> Iterator[npt.NDArray[np.uint8]]:
-        """:meth:`add_chunk` of a chunk already decoded by :func:`decode_status`."""
-        n_records = len(status)
+        """:meth:`add_chunk` of a chunk already decoded by :func:`decode_status` (records with
+        :data:`STATUS_ABSENT` are not part of the stream)."""
+        n_records = len(status) - int(np.count_nonzero(status == STATUS_ABSENT))
         self.counters.n_reads_in += n_records
-        self.counters.n_reads_skipped += int((status == STATUS_SKIPPED).sum())
-        used = np.flatnonzero(status != STATUS_SKIPPED)
+        self.counters.n_reads_skipped += int(np.count_nonzero(status == STATUS_SKIPPED))
+        used = np.flatnonzero((status != STATUS_SKIPPED) & (status != STATUS_ABSENT))
         keys = columns.keys[used]
         previous = np.concatenate(([self.last_key], keys[:-1]))
         unsorted = np.flatnonzero(keys < np.maximum.accumulate(previous))
@@ -494,7 +502,7 @@ class _StreamingCaller:
         if len(used) == 0:
             return
         self.last_key = int(keys[-1])
-        new = columns if len(used) == n_records else columns.take(used)
+        new = columns if len(used) == len(status) else columns.take(used)
         cigar_ids = self._intern_cigars(chunk, new)
         table = self.open_molecules
         table.reserve(len(new))
