@@ -672,6 +672,30 @@ def _aux_field_end(buffer: npt.NDArray[np.uint8], p: int, end: int) -> int:
 
 
 @numba.njit(cache=True, nogil=True)
+def put_decimal(out: Any, at: int, value: int) -> int:
+    """Write ``value`` as decimal ASCII (with ``-`` when negative) into ``out[at:]``; the new end.
+
+    >>> out = np.zeros(8, dtype=np.uint8)
+    >>> end = put_decimal(out, 1, -407)
+    >>> end, bytes(out[1:end])
+    (5, b'-407')
+    """
+    if value < 0:
+        out[at] = 45
+        at += 1
+        value = -value
+    n_digits = 1
+    rest = value // 10
+    while rest > 0:
+        n_digits += 1
+        rest //= 10
+    for k in range(n_digits - 1, -1, -1):
+        out[at + k] = 48 + value % 10
+        value //= 10
+    return at + n_digits
+
+
+@numba.njit(cache=True, nogil=True)
 def tag_records(
     buffer: npt.NDArray[np.uint8],
     values: npt.NDArray[np.int64],
@@ -688,7 +712,6 @@ def tag_records(
     o = 0
     offset = 0
     n_written = 0
-    digits = np.empty(24, dtype=np.uint8)
     for i in range(n):
         size = int32_at(buffer, offset)
         record = offset + 4
@@ -717,17 +740,7 @@ def tag_records(
         out[o + 1] = tag[1]
         out[o + 2] = 90
         o += 3
-        n_digits = 0
-        remaining = value
-        while True:
-            digits[n_digits] = 48 + remaining % 10
-            n_digits += 1
-            remaining //= 10
-            if remaining == 0:
-                break
-        for k in range(n_digits):
-            out[o + k] = digits[n_digits - 1 - k]
-        o += n_digits
+        o = put_decimal(out, o, value)
         if suffixes[i] > 0:
             out[o] = 47
             out[o + 1] = 65 if suffixes[i] == 1 else 66

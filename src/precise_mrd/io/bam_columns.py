@@ -48,7 +48,7 @@ import numba
 import numpy as np
 import numpy.typing as npt
 
-from precise_mrd.io.bam import int32_at
+from precise_mrd.io.bam import int32_at, put_decimal
 
 __all__ = [
     "NIBBLE_TO_CODE",
@@ -391,18 +391,7 @@ def _decode_kernel(
         m_len = 0
         if given:
             # NB: the text the group stage's tag would have: decimal digits, then /A or /B
-            value = molecules[i]
-            digits = np.empty(24, dtype=np.uint8)
-            n_digits = 0
-            while True:
-                digits[n_digits] = 48 + value % 10
-                n_digits += 1
-                value //= 10
-                if value == 0:
-                    break
-            for k in range(n_digits):
-                mi_text[i, k] = digits[n_digits - 1 - k]
-            m_len = n_digits
+            m_len = put_decimal(mi_text[i], 0, molecules[i])
             if strands[i] > 0:
                 mi_text[i, m_len] = 47
                 mi_text[i, m_len + 1] = 65 if strands[i] == 1 else 66
@@ -426,24 +415,7 @@ def _decode_kernel(
             mi_text[i, 0] = buffer[mi + 3]
             m_len = 1
         else:
-            value = aux_int(buffer, mi)
-            negative = value < 0
-            if negative:
-                value = -value
-            digits = np.empty(24, dtype=np.uint8)
-            n_digits = 0
-            while True:
-                digits[n_digits] = 48 + value % 10
-                n_digits += 1
-                value //= 10
-                if value == 0:
-                    break
-            if negative:
-                mi_text[i, 0] = 45
-                m_len = 1
-            for k in range(n_digits):
-                mi_text[i, m_len] = digits[n_digits - 1 - k]
-                m_len += 1
+            m_len = put_decimal(mi_text[i], 0, aux_int(buffer, mi))
         base_len = m_len
         if (
             m_len > 2

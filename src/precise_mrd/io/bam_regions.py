@@ -25,7 +25,7 @@ import numba
 import numpy as np
 import numpy.typing as npt
 
-from precise_mrd.io.bam import int32_at
+from precise_mrd.io.bam import int32_at, put_decimal
 from precise_mrd.io.bam_columns import NIBBLE_TO_CODE, aux_end, aux_int
 
 __all__ = [
@@ -447,7 +447,6 @@ def _aligned_kernel(
     out_qual = np.zeros(max_rows, dtype=np.int64)
     n_rows = 0
     scratch = np.zeros(4, dtype=np.uint8)
-    digits = np.zeros(24, dtype=np.uint8)
     nibble = NIBBLE_TO_CODE
     if status != 0:
         n_used = 0
@@ -471,37 +470,7 @@ def _aligned_kernel(
                 if not readable:
                     status = STATUS_UNSUPPORTED
                 values[i, t] = value
-        key = key_at[i]
-        kind = buffer[key + 2]
-        if kind == 90:
-            q = key + 3
-            k = 0
-            while q < record_end and buffer[q] != 0:
-                key_text[i, k] = buffer[q]
-                k += 1
-                q += 1
-            key_lengths[i] = k
-        elif kind == 65:
-            key_text[i, 0] = buffer[key + 3]
-            key_lengths[i] = 1
-        else:
-            value = aux_int(buffer, key)
-            k = 0
-            if value < 0:
-                key_text[i, 0] = 45
-                k = 1
-                value = -value
-            n_digits = 0
-            while True:
-                digits[n_digits] = 48 + value % 10
-                n_digits += 1
-                value //= 10
-                if value == 0:
-                    break
-            for d in range(n_digits):
-                key_text[i, k] = digits[n_digits - 1 - d]
-                k += 1
-            key_lengths[i] = k
+        key_lengths[i] = _key_text_into(buffer, key_at[i], record_end, key_text[i])
         cigar = record + 32 + l_name
         seq_start = cigar + 4 * n_cigar
         qual_start = seq_start + (l_seq + 1) // 2
@@ -628,9 +597,7 @@ def first_seen_codes(text: U8Matrix) -> I64Array:
 
 
 @numba.njit(cache=True, nogil=True)
-def _key_text_into(
-    buffer: npt.NDArray[np.uint8], key: int, record_end: int, out: Any, digits: Any
-) -> int:
+def _key_text_into(buffer: npt.NDArray[np.uint8], key: int, record_end: int, out: Any) -> int:
     """Write the text of the ``Z``/``A``/integer aux field at ``key`` into ``out``; its length."""
     kind = buffer[key + 2]
     if kind == 90:  # Z
@@ -644,23 +611,7 @@ def _key_text_into(
     if kind == 65:  # A
         out[0] = buffer[key + 3]
         return 1
-    value = aux_int(buffer, key)
-    k = 0
-    if value < 0:
-        out[0] = 45
-        k = 1
-        value = -value
-    n_digits = 0
-    while True:
-        digits[n_digits] = 48 + value % 10
-        n_digits += 1
-        value //= 10
-        if value == 0:
-            break
-    for d in range(n_digits):
-        out[k] = digits[n_digits - 1 - d]
-        k += 1
-    return k
+    return put_decimal(out, 0, aux_int(buffer, key))
 
 
 @numba.njit(cache=True, nogil=True)
@@ -746,10 +697,9 @@ def _status_kernel(
     # pass 2: key text
     key_text = np.zeros((n, max_key), dtype=np.uint8)
     key_lengths = np.zeros(n, dtype=np.int64)
-    digits = np.zeros(24, dtype=np.uint8)
     for i in range(n):
         if key_at[i] >= 0:
             record_end = at[i] + int32_at(buffer, at[i] - 4)
-            key_lengths[i] = _key_text_into(buffer, key_at[i], record_end, key_text[i], digits)
+            key_lengths[i] = _key_text_into(buffer, key_at[i], record_end, key_text[i])
     columns = (status[:n], starts[:n], ends[:n], mapqs[:n], key_text, key_lengths)
     return unsupported, columns
