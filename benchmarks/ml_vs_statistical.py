@@ -31,15 +31,9 @@ import numpy as np
 from precise_mrd.core.background import BackgroundModel
 from precise_mrd.core.calling import CallingParams, Evidence, call_sample
 from precise_mrd.core.lod import lod_probit
-from precise_mrd.core.simulate import SimulationParams
-from precise_mrd.io.fasta import open_reference
-from precise_mrd.io.vcf import read_variants
 from precise_mrd.ml.scoring import apply_ml_filter
-from precise_mrd.pipeline.consensus import group_and_call_consensus
+from precise_mrd.ml.train import simulate_consensus_sample
 from precise_mrd.pipeline.evidence import collect_evidence
-from precise_mrd.pipeline.params import PipelineParams
-from precise_mrd.pipeline.run import consensus_params_from
-from precise_mrd.pipeline.simulation import simulate_sample
 
 
 def _call(evidence: Evidence, seed: int) -> dict[str, Any]:
@@ -60,22 +54,16 @@ def _call(evidence: Evidence, seed: int) -> dict[str, Any]:
 
 
 def run_one(work: Path, seed: int, tf: float, args: argparse.Namespace) -> dict[str, Any]:
-    params = SimulationParams.preset(
-        "smoke",
-        seed=seed,
-        tumor_fraction=tf,
+    sample = simulate_consensus_sample(
+        work,
+        seed,
+        tf,
         artifact_rate=args.artifact_rate,
         n_variants=args.n_variants,
         molecules_per_locus=args.molecules,
         sample_name=f"BENCH{seed}",
     )
-    sim = simulate_sample(work, params)
-    consensus = work / "consensus.bam"
-    pipeline = PipelineParams()
-    group_and_call_consensus(
-        sim.bam_path, consensus, params=consensus_params_from(pipeline), strategy="paired"
-    )
-    variants = read_variants(sim.vcf_path, open_reference(sim.reference_path))
+    sim, consensus, variants = sample.sim, sample.consensus_path, sample.variants
     evidence = collect_evidence(consensus, sim.reference_path, variants)
     row: dict[str, Any] = {
         "seed": seed,

@@ -157,9 +157,9 @@ def raw_scalars(features: FloatArray) -> FloatArray:
         [
             *(np.log1p(np.maximum(col[n], 0.0)) for n in _LOG_FEATURES),
             *(col[n] for n in _PLAIN_FEATURES),
-            np.eye(6)[substitution] if features.shape[0] else np.zeros((0, 6)),
+            np.eye(6)[substitution],
         ]
-    ).reshape(features.shape[0], len(SCALAR_NAMES))
+    )
 
 
 @dataclass(frozen=True)

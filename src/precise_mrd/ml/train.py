@@ -31,13 +31,14 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
 
 from precise_mrd.core.background import N_CLASSES
 from precise_mrd.core.errors import ConfigError
+from precise_mrd.core.records import Variant
 from precise_mrd.ml.deep import (
     DL_MODEL_TYPES,
     dl_model_name,
@@ -60,6 +61,9 @@ from precise_mrd.ml.features import (
     ObservationTable,
     extract_observations,
 )
+
+if TYPE_CHECKING:
+    from precise_mrd.pipeline.simulation import SimulationOutputs
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -111,10 +115,27 @@ class LabelledSample:
     classes: npt.NDArray[np.int64]
 
 
-def simulate_labelled_sample(
-    work_dir: Path, seed: int, tumor_fraction: float, config: TrainingConfig
-) -> LabelledSample:
-    """Simulate, build the consensus BAM, extract observations and label them."""
+@dataclass(frozen=True)
+class ConsensusSample:
+    """A simulated sample taken through the default consensus stage."""
+
+    sim: SimulationOutputs
+    consensus_path: Path
+    variants: list[Variant]
+
+
+def simulate_consensus_sample(
+    work_dir: Path,
+    seed: int,
+    tumor_fraction: float,
+    *,
+    artifact_rate: float,
+    n_variants: int,
+    molecules_per_locus: int,
+    sample_name: str,
+) -> ConsensusSample:
+    """Simulate a ``smoke``-preset sample and build its consensus BAM with the default pipeline
+    settings (shared by training and ``benchmarks/ml_vs_statistical.py``)."""
     from precise_mrd.core.simulate import SimulationParams
     from precise_mrd.io.fasta import open_reference
     from precise_mrd.io.vcf import read_variants
@@ -127,10 +148,10 @@ def simulate_labelled_sample(
         "smoke",
         seed=seed,
         tumor_fraction=tumor_fraction,
-        artifact_rate=config.artifact_rate,
-        n_variants=config.n_variants,
-        molecules_per_locus=config.molecules_per_locus,
-        sample_name=f"TRAIN{seed}",
+        artifact_rate=artifact_rate,
+        n_variants=n_variants,
+        molecules_per_locus=molecules_per_locus,
+        sample_name=sample_name,
     )
     sim = simulate_sample(work_dir, params)
     consensus = work_dir / "consensus.bam"
@@ -142,6 +163,23 @@ def simulate_labelled_sample(
         strategy=pipeline.umi.strategy,
     )
     variants = read_variants(sim.vcf_path, open_reference(sim.reference_path))
+    return ConsensusSample(sim, consensus, variants)
+
+
+def simulate_labelled_sample(
+    work_dir: Path, seed: int, tumor_fraction: float, config: TrainingConfig
+) -> LabelledSample:
+    """Simulate, build the consensus BAM, extract observations and label them."""
+    sample = simulate_consensus_sample(
+        work_dir,
+        seed,
+        tumor_fraction,
+        artifact_rate=config.artifact_rate,
+        n_variants=config.n_variants,
+        molecules_per_locus=config.molecules_per_locus,
+        sample_name=f"TRAIN{seed}",
+    )
+    sim, consensus, variants = sample.sim, sample.consensus_path, sample.variants
     table = extract_observations(
         consensus, sim.reference_path, variants, np.random.default_rng(seed), with_windows=True
     )
