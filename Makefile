@@ -5,8 +5,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
+# Commands the tests drive, each with the Debian package that provides it (installed when missing).
+TEST_TOOLS := chromium=chromium
 
-.PHONY: help venv test test-fast check fmt lint types arch demo bench clean
+.PHONY: help venv test-tools test test-fast check fmt lint types arch demo bench clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -20,10 +22,13 @@ $(STAMP): pyproject.toml requirements.lock
 
 venv: $(STAMP)  ## create .venv and install the locked dependencies
 
-test: $(STAMP)  ## run the whole test suite (unit, integration, slow statistical tests)
+test-tools:  ## install the system tools the tests drive (Debian packages) when missing
+	@scripts/ensure-debian-tools.sh $(TEST_TOOLS)
+
+test: $(STAMP) test-tools  ## run the whole test suite (unit, integration, slow statistical tests)
 	$(BIN)/pytest -n 2 --dist loadgroup $(PYTEST_ARGS)
 
-test-fast: $(STAMP)  ## the suite without slow statistical tests
+test-fast: $(STAMP) test-tools  ## the suite without slow statistical tests
 	$(BIN)/pytest -n 2 -m "not slow" $(PYTEST_ARGS)
 
 fmt: $(STAMP)  ## format the code

@@ -18,6 +18,8 @@ from precise_mrd.pipeline.group import GROUP_TSV_COLUMNS, group_bam
 
 DATA = Path(__file__).parents[2].parent / "shared" / "data" / "umi-tools"
 
+pytestmark = pytest.mark.shared_data
+
 # (input BAM, options, UMI-tools' --group-out for the same reads)
 GOLDEN = [
     ("chr19.bam", {"strategy": "directional", "umi_from_read_name": True}, "group_dir_py3.tsv.gz"),

@@ -128,6 +128,19 @@ def _bgzf(payload: bytes) -> bytes:
         ("variants", b"#chrom,pos,ref,alt,af\nchr1,5,A,C,0.2\n", "tsv"),
         ("targets", b"track name=x\nchr1\t10\t200\n", "bed"),
     ],
+    # NB: explicit ids: the heads hold gzip bytes whose header embeds the current time, and
+    # xdist workers that collect different ids abort the run before a test starts.
+    ids=[
+        "bam",
+        "fastq",
+        "fastq-gz",
+        "fastq-r2-leading-blank",
+        "fasta",
+        "fasta-gz",
+        "vcf",
+        "csv-variants",
+        "bed-with-track",
+    ],
 )
 def test_sniff_accepts(field: str, head: bytes | None, kind: str) -> None:
     data = _bgzf(b"BAM\x01" + b"\x00" * 8) if head is None else head
@@ -144,6 +157,15 @@ def test_sniff_accepts(field: str, head: bytes | None, kind: str) -> None:
         ("reference", b"@r1\n", "not a FASTA"),
         ("variants", b"chrom\tstart\n", "neither a VCF"),
         ("targets", b"chr1\tten\t20\n", "not a BED"),
+    ],
+    ids=[
+        "empty",
+        "bad-gzip",
+        "sam-text",
+        "r2-not-fastq",
+        "reference-not-fasta",
+        "variants-unknown",
+        "bed-bad-start",
     ],
 )
 def test_sniff_rejects(field: str, head: bytes, problem: str) -> None:
