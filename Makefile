@@ -8,7 +8,7 @@ PYTEST_ARGS ?=
 # Commands the tests drive, each with the Debian package that provides it (installed when missing).
 TEST_TOOLS := chromium=chromium
 
-.PHONY: help venv test-tools test test-fast check fmt lint types arch demo bench clean
+.PHONY: help venv test-tools test test-fast check fmt lint types arch docs demo bench clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -46,6 +46,9 @@ arch: $(STAMP)  ## the layer dependency rule (import-linter)
 	$(BIN)/lint-imports
 
 check: lint types arch test  ## format check + lint + types + architecture rule + tests
+
+docs: $(STAMP)  ## regenerate docs/configuration.md from PipelineParams (a test checks it)
+	$(BIN)/precise-mrd config-docs --out docs/configuration.md
 
 demo: $(STAMP)  ## simulate a small sample, run the pipeline on it, print where the report is
 	$(BIN)/precise-mrd demo --out demo_out

@@ -220,6 +220,13 @@ def run(
             'e.g. --read-structure "8M142T 8M142T"',
         )
     params = PipelineParams.from_yaml(config) if config else PipelineParams()
+    if params.job_type != "sample":
+        raise ConfigError(
+            "job_type",
+            f"is {params.job_type!r} (a dilution series), but `precise-mrd run` calls one sample",
+            "set job_type: sample to call this sample, or submit the config to the service "
+            "(POST /submit) to run the series",
+        )
     overrides: dict[str, object] = {
         k: v for k, v in {"threads": threads, "seed": seed}.items() if v is not None
     }
@@ -279,6 +286,7 @@ def demo(
 
 
 def _register_command_groups() -> None:
+    from precise_mrd.cli_config import register as register_config
     from precise_mrd.cli_ml import register as register_ml
     from precise_mrd.cli_serve import register as register_serve
     from precise_mrd.cli_validation import register as register_validation
@@ -286,6 +294,7 @@ def _register_command_groups() -> None:
     register_validation(app)
     register_serve(app)
     register_ml(app)
+    register_config(app)
 
 
 _register_command_groups()

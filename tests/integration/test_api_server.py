@@ -394,6 +394,7 @@ def test_deploy_local_python(tmp_path: Path) -> None:
 
 
 VALIDATION_GRID = """\
+job_type: validation
 calling:
   n_bootstrap: 200
 validation:
@@ -417,7 +418,7 @@ def test_validation_dilution_job_downloads_validation_report(server: Server) -> 
     validation = results["validation"]
     assert {"lob", "lod95", "specificity", "auc", "linearity"} <= set(validation)
     assert 0.0 <= validation["specificity"] <= 1.0
-    assert set(results["downloads"]) == {"validation", "validation_report"}
+    assert set(results["downloads"]) == {"validation", "validation_report", "config"}
     report = requests.get(f"{server.url}/download/{job_id}/validation_report")
     assert report.status_code == 200 and report.headers["content-type"].startswith("text/html")
     document = requests.get(f"{server.url}/download/{job_id}/validation").json()

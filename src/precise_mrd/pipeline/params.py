@@ -1,13 +1,19 @@
 """PipelineParams: the one frozen, validated configuration object of a run.
 
 A config is YAML (or a dict) with one section per stage. Every key has a default, so an empty file
-is a valid config. Unknown keys are errors (a typo must not be silently ignored).
+is a valid config. Unknown keys are errors (a typo must not be silently ignored). ``job_type``
+says what a config runs: one sample (``sample``, the default) or a dilution series
+(``validation``, which reads the ``validation`` section); it is never inferred from which sections
+are present. A config is at most :data:`MAX_CONFIG_BYTES`; every entry point (the CLI's
+``--config``, the service's endpoints) refuses a larger one with :func:`check_config_size` before
+anything parses it. Every key is documented in docs/configuration.md, generated from the
+``Field`` descriptions below by ``precise-mrd config-docs`` (:mod:`.config_docs`).
 
 >>> params = PipelineParams.from_mapping({"seed": 7, "umi": {"strategy": "paired"}})
 >>> params.umi.strategy, params.consensus.min_reads
 ('paired', (1, 1, 0))
->>> len(params.config_hash)
-64
+>>> len(params.config_hash), params.job_type
+(64, 'sample')
 >>> try:
 ...     PipelineParams.from_mapping({"calling": {"alpha": 2}})
 ... except ConfigError as error:
@@ -36,7 +42,37 @@ from pydantic import (
 from precise_mrd.core.errors import ConfigError, InputFileError
 
 UmiStrategy = Literal["identity", "edit", "adjacency", "directional", "paired"]
+JobType = Literal["sample", "validation"]
 CONFIG_FIX = "see `precise-mrd run --help` and docs/configuration.md for allowed values"
+#: the largest config (YAML text, uploaded file or JSON overrides) any entry point accepts
+MAX_CONFIG_BYTES = 256 * 1024
+CONFIG_SIZE_FIX = (
+    "a config is a few kilobytes of YAML (docs/configuration.md); check that the config, "
+    "not a data file, is being sent"
+)
+
+
+def config_size_problem(n_bytes: int) -> str:
+    """The words every entry point uses for a config over :data:`MAX_CONFIG_BYTES`.
+
+    >>> config_size_problem(300_000)
+    'is 300000 bytes; a config may be at most 262144 bytes (256 KiB)'
+    """
+    return f"is {n_bytes} bytes; a config may be at most {MAX_CONFIG_BYTES} bytes (256 KiB)"
+
+
+def check_config_size(n_bytes: int, *, source: str) -> None:
+    """Refuse a config of ``n_bytes`` over :data:`MAX_CONFIG_BYTES` (call it before parsing).
+
+    >>> check_config_size(10, source="config_yaml")
+    >>> try:
+    ...     check_config_size(MAX_CONFIG_BYTES + 1, source="config_yaml")
+    ... except ConfigError as error:
+    ...     print(error.path, "|", error.problem)
+    config_yaml | is 262145 bytes; a config may be at most 262144 bytes (256 KiB)
+    """
+    if n_bytes > MAX_CONFIG_BYTES:
+        raise ConfigError(source, config_size_problem(n_bytes), CONFIG_SIZE_FIX)
 
 
 class _Section(BaseModel):
@@ -46,21 +82,64 @@ class _Section(BaseModel):
 class UmiSection(_Section):
     """How reads are grouped into molecules."""
 
-    strategy: UmiStrategy = "paired"
-    max_edits: int = Field(1, ge=0, le=3)
-    umi_tag: str = Field("RX", min_length=2, max_length=2)
-    umi_from_read_name: bool = False
-    umi_separator: str = Field("_", min_length=1, max_length=1)
-    min_mapping_quality: int = Field(0, ge=0, le=255)
+    strategy: UmiStrategy = Field(
+        "paired",
+        description="How the UMIs of one template position are clustered into molecules: "
+        "`identity` (exact match), `edit` (single linkage within `max_edits` mismatches), "
+        "`adjacency` and `directional` (UMI-tools' network rules), `paired` (duplex: `A-B` "
+        "equals `B-A`, the two strands kept apart as `/A` and `/B`).",
+    )
+    max_edits: int = Field(
+        1, ge=0, le=3, description="Mismatches allowed between two UMIs of one molecule."
+    )
+    umi_tag: str = Field(
+        "RX",
+        min_length=2,
+        max_length=2,
+        description="SAM tag that holds the UMI (duplex UMIs as `A-B`).",
+    )
+    umi_from_read_name: bool = Field(
+        False,
+        description="Take the UMI from the end of the read name instead of `umi_tag`.",
+    )
+    umi_separator: str = Field(
+        "_",
+        min_length=1,
+        max_length=1,
+        description="The character before the UMI in a read name (with `umi_from_read_name`).",
+    )
+    min_mapping_quality: int = Field(
+        0, ge=0, le=255, description="Reads below this mapping quality are not grouped."
+    )
 
 
 class ConsensusSection(_Section):
     """fgbio-style consensus quality model (Phred-scaled error rates)."""
 
-    error_rate_pre_umi: int = Field(45, ge=1, le=93)
-    error_rate_post_umi: int = Field(40, ge=1, le=93)
-    min_input_base_quality: int = Field(10, ge=0, le=93)
-    min_reads: tuple[int, int, int] = (1, 1, 0)
+    error_rate_pre_umi: int = Field(
+        45,
+        ge=1,
+        le=93,
+        description="Phred-scaled rate of errors made before the UMIs were attached (copied "
+        "into every read of a family); caps the consensus quality near this value.",
+    )
+    error_rate_post_umi: int = Field(
+        40,
+        ge=1,
+        le=93,
+        description="Phred-scaled rate of errors made after the UMIs were attached (PCR, "
+        "sequencing), combined with each base's own quality.",
+    )
+    min_input_base_quality: int = Field(
+        10, ge=0, le=93, description="Read bases below this quality are ignored."
+    )
+    min_reads: tuple[int, int, int] = Field(
+        (1, 1, 0),
+        description="Minimum reads per molecule as fgbio's duplex `--min-reads`: [total, larger "
+        "strand, smaller strand]; one number `n` means [n, n, n], two `[a, b]` mean [a, b, b]. "
+        "[2, 1, 1] demands both strands.",
+        json_schema_extra={"allowed": "each >= 0, total >= 1, total >= larger >= smaller"},
+    )
 
     @field_validator("min_reads", mode="before")
     @classmethod
@@ -88,18 +167,54 @@ class ConsensusSection(_Section):
 class EvidenceSection(_Section):
     """Which consensus bases count as evidence, and where the background is measured."""
 
-    min_base_quality: int = Field(30, ge=0, le=93)
-    min_mapping_quality: int = Field(20, ge=0, le=255)
-    flank: int = Field(100, ge=5, le=100_000)
-    variant_exclusion_window: int = Field(5, ge=0, le=1000)
+    min_base_quality: int = Field(
+        30, ge=0, le=93, description="Consensus bases below this quality do not count."
+    )
+    min_mapping_quality: int = Field(
+        20,
+        ge=0,
+        le=255,
+        description="Consensus reads below this mapping quality do not count (and are reported "
+        "as lost to mapping quality at a tracked variant).",
+    )
+    flank: int = Field(
+        100,
+        ge=5,
+        le=100_000,
+        description="Without a targets BED, the background is measured within this many bases "
+        "either side of each tracked variant.",
+    )
+    variant_exclusion_window: int = Field(
+        5,
+        ge=0,
+        le=1000,
+        description="Positions this close to a tracked variant are left out of the background.",
+    )
 
 
 class CallingSection(_Section):
     """Sample-level decision thresholds."""
 
-    alpha: float = Field(0.05, gt=0, lt=1)
-    min_informative_molecules: int = Field(1000, ge=0)
-    n_bootstrap: int = Field(2000, ge=100, le=1_000_000)
+    alpha: float = Field(
+        0.05,
+        gt=0,
+        lt=1,
+        description="Sample-level type-I error: the call is positive when the calibrated "
+        "p-value is <= alpha.",
+    )
+    min_informative_molecules: int = Field(
+        1000,
+        ge=0,
+        description="Below this many informative molecules over all tracked variants the call "
+        "is `undetermined`.",
+    )
+    n_bootstrap: int = Field(
+        2000,
+        ge=100,
+        le=1_000_000,
+        description="Null replicates that calibrate the p-value (its resolution is "
+        "1 / (n_bootstrap + 1)).",
+    )
 
 
 class MlSection(_Section):
@@ -107,11 +222,30 @@ class MlSection(_Section):
     cards for their held-out figures). One of the two at a time; ``threshold`` overrides the one
     in the chosen model's card."""
 
-    use_ml_calling: bool = False
-    model_type: Literal["ensemble", "random_forest", "xgboost", "lightgbm"] = "ensemble"
-    use_deep_learning: bool = False
-    dl_model_type: Literal["cnn", "cnn_lstm"] = "cnn"
-    threshold: float | None = Field(None, gt=0, le=1)
+    use_ml_calling: bool = Field(
+        False,
+        description="Drop molecules the shipped tabular model scores as likely artefacts before "
+        "calling (the service needs ENABLE_ML_CALLING=true).",
+    )
+    model_type: Literal["ensemble", "random_forest", "xgboost", "lightgbm"] = Field(
+        "ensemble", description="The shipped tabular model used when `use_ml_calling` is true."
+    )
+    use_deep_learning: bool = Field(
+        False,
+        description="Drop likely artefact molecules with the shipped network instead (needs "
+        "PyTorch, the `[dl]` extra; the service needs ENABLE_DEEP_LEARNING=true). Not together "
+        "with `use_ml_calling`.",
+    )
+    dl_model_type: Literal["cnn", "cnn_lstm"] = Field(
+        "cnn", description="The shipped network used when `use_deep_learning` is true."
+    )
+    threshold: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        description="Artefact probability above which a molecule is dropped; null uses the "
+        "threshold of the chosen model's card.",
+    )
 
     @model_validator(mode="after")
     def _one_scorer(self) -> MlSection:
@@ -130,14 +264,35 @@ class MlSection(_Section):
 
 
 class ValidationSection(_Section):
-    """The dilution series a validation job runs (only read by the ``validation-dilution`` job)."""
+    """The dilution series a validation job runs (read only when ``job_type`` is ``validation``)."""
 
-    preset: Literal["smoke", "standard"] = "smoke"
-    tumor_fractions: tuple[float, ...] = (0.0, 1e-5, 3e-5, 1e-4, 3e-4, 1e-3)
-    replicates: int = Field(3, ge=1, le=1000)
-    blank_replicates: int | None = Field(None, ge=1, le=10_000)
-    molecules_per_locus: int | None = Field(None, ge=10, le=1_000_000)
-    n_variants: int | None = Field(None, ge=1, le=10_000)
+    preset: Literal["smoke", "standard"] = Field(
+        "smoke", description="The simulator preset every sample of the series starts from."
+    )
+    tumor_fractions: tuple[float, ...] = Field(
+        (0.0, 1e-5, 3e-5, 1e-4, 3e-4, 1e-3),
+        description="The tumour fractions simulated, each in [0, 1); 0 gives the blanks of the "
+        "limit of blank.",
+        json_schema_extra={"allowed": "at least one; each >= 0 and < 1"},
+    )
+    replicates: int = Field(3, ge=1, le=1000, description="Samples per non-zero tumour fraction.")
+    blank_replicates: int | None = Field(
+        None,
+        ge=1,
+        le=10_000,
+        description="Blank samples (tumour fraction 0); null means max(replicates, 10), the "
+        "fewest a non-parametric limit of blank needs.",
+    )
+    molecules_per_locus: int | None = Field(
+        None,
+        ge=10,
+        le=1_000_000,
+        description="cfDNA molecules covering each variant; null uses the preset's (1500 for "
+        "`smoke` in a validation series).",
+    )
+    n_variants: int | None = Field(
+        None, ge=1, le=10_000, description="Tracked variants per sample; null uses the preset's."
+    )
 
     @field_validator("tumor_fractions")
     @classmethod
@@ -150,8 +305,22 @@ class ValidationSection(_Section):
 class PipelineParams(_Section):
     """The whole configuration of a run. Build with :meth:`from_mapping` or :meth:`from_yaml`."""
 
-    seed: int = Field(42, ge=0, le=2**32 - 1)
-    threads: int = Field(1, ge=1, le=256)
+    job_type: JobType = Field(
+        "sample",
+        description="What the config runs: `sample` calls one sample; `validation` runs the "
+        "dilution series of the `validation` section (the service's `validation-dilution` "
+        "template sets it). Never inferred from the sections present.",
+    )
+    seed: int = Field(
+        42,
+        ge=0,
+        le=2**32 - 1,
+        description="Seeds every random draw of the run (p-value calibration, personal LoD, "
+        "the samples of a validation series): same seed and inputs, same results.",
+    )
+    threads: int = Field(
+        1, ge=1, le=256, description="Threads for alignment and the group/consensus stage."
+    )
     umi: UmiSection = UmiSection()
     consensus: ConsensusSection = ConsensusSection()
     evidence: EvidenceSection = EvidenceSection()
@@ -176,8 +345,9 @@ class PipelineParams(_Section):
 
     @classmethod
     def from_yaml(cls, path: Path) -> PipelineParams:
-        """Read and validate a YAML config file."""
+        """Read and validate a YAML config file (refused unread past :data:`MAX_CONFIG_BYTES`)."""
         try:
+            check_config_size(path.stat().st_size, source=str(path))
             text = path.read_text(encoding="utf-8")
         except FileNotFoundError:
             raise InputFileError(str(path), "config file not found", "check the path") from None
@@ -190,6 +360,7 @@ class PipelineParams(_Section):
     @classmethod
     def from_yaml_text(cls, text: str, *, source: str = "config") -> PipelineParams:
         """Validate YAML text (as uploaded to the service)."""
+        check_config_size(len(text.encode("utf-8")), source=source)
         try:
             loaded = yaml.safe_load(text)
         except yaml.YAMLError as error:
@@ -199,9 +370,7 @@ class PipelineParams(_Section):
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):
-            raise InputFileError(
-                source, "top level must be a mapping of sections", "see docs/configuration.md"
-            )
+            raise InputFileError(source, "top level must be a mapping of sections", CONFIG_FIX)
         return cls.from_mapping(loaded)
 
     def with_overrides(self, **overrides: Any) -> PipelineParams:

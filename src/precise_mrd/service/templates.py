@@ -103,7 +103,8 @@ calling:
 """
 
 _VALIDATION_DILUTION = """\
-# Settings for a dilution series (LoB/LoD study): strict alpha, many bootstrap draws.
+# A dilution series (LoB/LoD study): strict alpha, many bootstrap draws.
+job_type: validation
 seed: 42
 threads: 2
 umi:

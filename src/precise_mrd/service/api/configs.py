@@ -4,19 +4,35 @@
 ``text/plain``), as a form field ``config_yaml``, or as JSON ``{"config_yaml": "..."}``. It always
 answers 200 with a report: every error with its dotted path (not only the first), warnings about
 settings that are legal but probably not meant, suggestions, the config hash and a rough runtime.
+
+A config is at most :data:`~precise_mrd.pipeline.params.MAX_CONFIG_BYTES` wherever it comes in
+(this body, ``/submit``'s ``config_yaml`` as text or as a file, the JSON body of
+``/config-from-template``, the CLI's ``--config``): a larger one is a 422 with the same words,
+given before anything parses it.
 """
 
 from __future__ import annotations
 
+import json
 import os
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
 from typing import Any
 
 import yaml
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Request, Response
+from fastapi.routing import APIRoute
 from pydantic import ValidationError
+from starlette.datastructures import UploadFile
 
 from precise_mrd.core.errors import ConfigError
-from precise_mrd.pipeline.params import CONFIG_FIX, PipelineParams
+from precise_mrd.pipeline.params import (
+    CONFIG_FIX,
+    MAX_CONFIG_BYTES,
+    PipelineParams,
+    ValidationSection,
+    check_config_size,
+)
 from precise_mrd.service.api.deps import SettingsDep
 from precise_mrd.service.api.schemas import (
     ConfigFromTemplate,
@@ -28,7 +44,6 @@ from precise_mrd.service.api.schemas import (
     TemplateRead,
 )
 from precise_mrd.service.errors import UnprocessableError, responses
-from precise_mrd.service.jobs.model import JobSpec
 from precise_mrd.service.settings import Settings
 from precise_mrd.service.templates import TEMPLATES, get_template, params_from_template
 
@@ -40,7 +55,6 @@ DEBUG_SECTION = "service_debug"
 SIMULATED_SAMPLE_SECONDS = 4.0
 #: the pipeline's target on 2M read pairs is ~10x ``samtools view -c`` (~15 s per 1M pairs)
 SECONDS_PER_MILLION_PAIRS = 15.0
-MAX_CONFIG_BYTES = 256 * 1024
 #: PipelineParams' own default seed (used when neither the form nor the config sets one)
 DEFAULT_SEED = int(PipelineParams.model_fields["seed"].default)
 
@@ -56,8 +70,31 @@ def split_service_sections(
     return pipeline, service
 
 
+def read_config_text(value: str | bytes | UploadFile, *, source: str = "config_yaml") -> str:
+    """Config text from a form field, a body or an uploaded file; refused past
+    :data:`MAX_CONFIG_BYTES` before it is decoded or parsed (a file is read no further)."""
+    if isinstance(value, str):
+        if len(value) > MAX_CONFIG_BYTES // 4:  # NB: 4 UTF-8 bytes per character at most
+            check_config_size(len(value.encode("utf-8")), source=source)
+        return value
+    if isinstance(value, bytes):
+        data = value
+    else:
+        data = value.file.read(MAX_CONFIG_BYTES + 1)
+        check_config_size(max(len(data), value.size or 0), source=source)
+    check_config_size(len(data), source=source)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise UnprocessableError(
+            f"{source} is not UTF-8 text", field=source, fix="send the YAML as UTF-8"
+        ) from None
+
+
 def load_yaml_mapping(text: str, *, source: str = "config_yaml") -> dict[str, Any]:
-    """YAML text -> mapping; ConfigError with the source on syntax errors or a non-mapping."""
+    """YAML text -> mapping; ConfigError with the source when too large (before parsing), on
+    syntax errors or a non-mapping."""
+    check_config_size(len(text.encode("utf-8")), source=source)
     try:
         loaded = yaml.safe_load(text)
     except yaml.YAMLError as error:
@@ -69,24 +106,29 @@ def load_yaml_mapping(text: str, *, source: str = "config_yaml") -> dict[str, An
     return loaded
 
 
+@dataclass(frozen=True)
+class StoredConfig:
+    """What a submission stores: the config YAML and the job's seed."""
+
+    yaml: str
+    seed: int  # the form's, else the config's, else PipelineParams' default
+
+
 def resolve_config(
     settings: Settings,
     *,
     config_yaml: str | None,
     config_template: str | None,
     seed: int | None,
-    use_parallel: bool = False,
-) -> tuple[PipelineParams, str]:
-    """The params a submission will run with, and the config YAML stored with the job.
+) -> StoredConfig:
+    """The config YAML stored with a submission (validated) and the job's seed.
 
     The stored YAML is the user's config (or the template) with the form's ``seed`` written in
     (the form wins over the config); keys the user left out stay out, so the worker still
     applies its own rules (``use_parallel`` raises ``threads`` only when the config does not set
-    it). The returned params are resolved exactly as the worker resolves them, so the
-    ``config_hash`` of the 202 answer is the hash the run reports.
+    it). The effective config of the job is :func:`~precise_mrd.service.jobs.worker.parse_config`
+    of the stored job spec, at submission (for the 202's ``config_hash``) as in the worker.
     """
-    from precise_mrd.service.jobs.worker import parse_config
-
     if config_yaml and config_template:
         raise UnprocessableError(
             "give either config_yaml or config_template, not both",
@@ -104,15 +146,10 @@ def resolve_config(
         pipeline["seed"] = seed
     PipelineParams.from_mapping(pipeline)  # NB: the precise error, with its path, comes first
     stored = {**pipeline, **service}
-    text = yaml.safe_dump(stored, sort_keys=False) if stored else ""
-    probe = JobSpec(
-        run_id="probe",
+    return StoredConfig(
+        yaml=yaml.safe_dump(stored, sort_keys=False) if stored else "",
         seed=seed if seed is not None else int(pipeline.get("seed", DEFAULT_SEED)),
-        config_yaml=text,
-        use_parallel=use_parallel,
     )
-    params, _ = parse_config(probe, enable_debug_jobs=settings.enable_debug_jobs)
-    return params, text
 
 
 def _all_errors(mapping: dict[str, Any]) -> list[ConfigProblem]:
@@ -163,6 +200,11 @@ def review(params: PipelineParams) -> tuple[list[str], list[str]]:
         suggestions.append(
             "calling.min_informative_molecules is below 500: a negative call on so few molecules "
             "says little; it is reported as undetermined only below this threshold"
+        )
+    if params.job_type == "sample" and params.validation != ValidationSection():
+        warnings.append(
+            "the validation section is set but job_type is 'sample': this config runs one "
+            "sample and ignores it; set job_type: validation to run the dilution series"
         )
     cores = os.cpu_count() or 1
     if params.threads > cores:
@@ -257,24 +299,10 @@ async def _config_text(request: Request) -> str:
                     field="config_yaml",
                     fix="send the YAML as form field config_yaml, or as the raw body",
                 )
-            text = value if isinstance(value, str) else (await value.read()).decode("utf-8")
-            return text
-    body = await request.body()
-    if len(body) > MAX_CONFIG_BYTES:
-        raise UnprocessableError(
-            f"the config is {len(body)} bytes; the limit is {MAX_CONFIG_BYTES}",
-            field="config_yaml",
-            fix="a config is a few hundred bytes; check what is being sent",
-        )
-    try:
-        decoded = body.decode("utf-8")
-    except UnicodeDecodeError:
-        raise UnprocessableError(
-            "the body is not UTF-8 text", field="config_yaml", fix="send the YAML as UTF-8"
-        ) from None
+            return read_config_text(value)
+    _check_declared_length(request)
+    decoded = read_config_text(await request.body())
     if content_type == "application/json":
-        import json
-
         try:
             payload = json.loads(decoded)
         except json.JSONDecodeError as error:
@@ -289,8 +317,32 @@ async def _config_text(request: Request) -> str:
                 field="config_yaml",
                 fix='send {"config_yaml": "<yaml text>"}',
             )
-        return str(payload["config_yaml"])
+        return read_config_text(str(payload["config_yaml"]))
     return decoded
+
+
+def _check_declared_length(request: Request) -> None:
+    """Refuse a body whose ``Content-Length`` is over the limit before reading it."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit():
+        check_config_size(int(declared), source="config_yaml")
+
+
+class ConfigBodyRoute(APIRoute):
+    """A route whose JSON body is config (``/config-from-template``'s overrides): refused past
+    :data:`MAX_CONFIG_BYTES` before FastAPI reads it as JSON."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def size_checked(request: Request) -> Response:
+            declared = request.headers.get("content-length", "")
+            if declared.isdigit():
+                check_config_size(int(declared), source="overrides")
+            check_config_size(len(await request.body()), source="overrides")
+            return await handler(request)
+
+        return size_checked
 
 
 @router.post(
@@ -326,17 +378,23 @@ def list_templates() -> TemplateList:
     return TemplateList(templates=[_template_read(name) for name in TEMPLATES])
 
 
-@router.post(
-    "/config-from-template",
-    response_model=ConfigFromTemplateRead,
-    summary="Build a validated config from a template and overrides",
-    responses=responses(422),
-)
 def config_from_template(body: ConfigFromTemplate) -> ConfigFromTemplateRead:
     """Merge ``overrides`` (nested or dotted keys) into the template, validate, return the YAML
-    with every default written out. An unknown template or a bad override is a 422 naming it."""
+    with every default written out. An unknown template or a bad override is a 422 naming it, and
+    so is a body over the config size limit."""
     get_template(body.template)
     params = params_from_template(body.template, body.overrides)
     return ConfigFromTemplateRead(
         template=body.template, config_yaml=params.to_yaml(), config_hash=params.config_hash
     )
+
+
+router.add_api_route(
+    "/config-from-template",
+    config_from_template,
+    methods=["POST"],
+    response_model=ConfigFromTemplateRead,
+    summary="Build a validated config from a template and overrides",
+    responses=responses(422),
+    route_class_override=ConfigBodyRoute,
+)

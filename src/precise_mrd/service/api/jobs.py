@@ -21,6 +21,12 @@ instead; when the server has no PyTorch (the ``[dl]`` extra) the submission is a
 install it, and asking for both filters at once is a 422 too; ``use_parallel``
 (``ENABLE_PARALLEL_PROCESSING``, on by default) runs the pipeline with more threads.
 
+The ``config_hash`` of the 202 answer is the hash of the job's effective config, computed by the
+worker's own :func:`~precise_mrd.service.jobs.worker.parse_config` on the stored job spec: the
+SHA-256 of the canonical JSON of the resolved config (every key with its default, the request's
+flags and seed applied), equal to the ``config_hash`` of the run's ``sample_call.json`` and of
+its ``config`` download.
+
 ``GET /results/{job_id}`` answers 409 (with the state) while the job is queued or running, and 200
 once it is finished: with the sample call, key metrics and download links when COMPLETE, with the
 reason (and no call) when it failed or was canceled.
@@ -28,6 +34,7 @@ reason (and no call) when it failed or was canceled.
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import json
 import re
@@ -40,7 +47,7 @@ from pydantic import ValidationError
 from precise_mrd.core.errors import ConfigError
 from precise_mrd.pipeline.artifacts import DOWNLOAD_TYPES, MEDIA_TYPES
 from precise_mrd.pipeline.params import PipelineParams
-from precise_mrd.service.api.configs import resolve_config
+from precise_mrd.service.api.configs import read_config_text, resolve_config
 from precise_mrd.service.api.deps import (
     CurrentPrincipal,
     JobServiceDep,
@@ -77,7 +84,7 @@ from precise_mrd.service.errors import (
     responses,
 )
 from precise_mrd.service.jobs.model import JobService, JobSpec, JobState, JobView
-from precise_mrd.service.jobs.worker import DEFAULT_READ_STRUCTURES
+from precise_mrd.service.jobs.worker import DEFAULT_READ_STRUCTURES, parse_config
 from precise_mrd.service.settings import Settings
 from precise_mrd.service.storage import ArtifactStore
 
@@ -244,7 +251,10 @@ def submit_job(
     use_parallel: Annotated[
         bool, Form(description="Use more threads; needs ENABLE_PARALLEL_PROCESSING=true")
     ] = False,
-    config_yaml: Annotated[str | None, Form(description="A PipelineParams YAML")] = None,
+    config_yaml: Annotated[
+        UploadFile | str | None,
+        Form(description="A PipelineParams YAML, as text or as an uploaded file (at most 256 KiB)"),
+    ] = None,
     config_template: Annotated[
         str | None, Form(description="A template name (GET /config-templates)")
     ] = None,
@@ -268,6 +278,7 @@ def submit_job(
     Uploads are streamed to the artifact store (413 past the size limit) and opened with the
     pipeline's readers before the job is queued (422 naming the file and the problem).
     """
+    config_text = read_config_text(config_yaml) if config_yaml is not None else None
     try:
         create = JobCreate(
             run_id=run_id,
@@ -277,7 +288,7 @@ def submit_job(
             use_deep_learning=use_deep_learning,
             dl_model_type=dl_model_type,
             use_parallel=use_parallel,
-            config_yaml=config_yaml or None,
+            config_yaml=config_text or None,
             config_template=config_template or None,
             read_structures=read_structures or None,
         )
@@ -288,13 +299,29 @@ def submit_job(
             f"{field}: {first['msg']}", field=field, fix="see /docs for the allowed values"
         ) from None
     check_features(create, settings)
-    params, resolved_yaml = resolve_config(
+    stored = resolve_config(
         settings,
         config_yaml=create.config_yaml,
         config_template=create.config_template,
         seed=create.seed,
-        use_parallel=create.use_parallel,
     )
+    spec = JobSpec(
+        run_id=create.run_id,
+        seed=stored.seed,
+        config_yaml=stored.yaml,
+        tenant_id=principal.tenant_id,
+        owner_id=principal.owner_id,
+        use_ml_calling=create.use_ml_calling,
+        ml_model_type=create.ml_model_type if create.use_ml_calling else None,
+        use_deep_learning=create.use_deep_learning,
+        dl_model_type=create.dl_model_type if create.use_deep_learning else None,
+        use_parallel=create.use_parallel,
+        config_template=create.config_template,
+        read_structures=create.read_structures,
+        request_id=request_id,
+    )
+    # NB: the worker's own function on the stored spec: the 202's hash is the run's hash.
+    params, _ = parse_config(spec, enable_debug_jobs=settings.enable_debug_jobs)
     check_config_features(params, create, settings)
     job_id = _new_job_id()
     files = {
@@ -307,22 +334,7 @@ def submit_job(
     uploads = _upload_files(
         store, settings, files, f"jobs/{job_id}/inputs/", create.read_structures
     )
-    spec = JobSpec(
-        run_id=create.run_id,
-        seed=params.seed,
-        config_yaml=resolved_yaml,
-        tenant_id=principal.tenant_id,
-        owner_id=principal.owner_id,
-        use_ml_calling=create.use_ml_calling,
-        ml_model_type=create.ml_model_type if create.use_ml_calling else None,
-        use_deep_learning=create.use_deep_learning,
-        dl_model_type=create.dl_model_type if create.use_deep_learning else None,
-        use_parallel=create.use_parallel,
-        config_template=create.config_template,
-        inputs=canonical_keys(uploads),
-        read_structures=create.read_structures,
-        request_id=request_id,
-    )
+    spec = dataclasses.replace(spec, inputs=canonical_keys(uploads))
     try:
         job = _submit(service, spec, job_id)
     except BaseException:

@@ -139,7 +139,10 @@ def summarize_call(sample_call: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def parse_config(spec: JobSpec, *, enable_debug_jobs: bool) -> tuple[PipelineParams, DebugKnobs]:
-    """Validate the job's config; apply the job's seed and ``use_parallel`` where unset."""
+    """The effective config of a job: its config validated, then the request's flags applied
+    (the job's seed and ``use_parallel`` where the config leaves them unset, ``use_ml_calling`` /
+    ``use_deep_learning`` with their model types). ``POST /submit`` hashes this very result for
+    its ``config_hash``, so the 202 and the run agree."""
     text = spec.config_yaml or ""
     knobs = DebugKnobs()
     try:
@@ -284,16 +287,11 @@ VALIDATION_SUMMARY_KEYS = (
 )
 
 
-def is_validation_job(spec: JobSpec) -> bool:
-    """A dilution-series job: the ``validation-dilution`` template, or a config with a
-    ``validation:`` section (as ``POST /config-from-template`` writes for that template)."""
-    if spec.config_template == VALIDATION_TEMPLATE:
-        return True
-    try:
-        loaded = yaml.safe_load(spec.config_yaml or "")
-    except yaml.YAMLError:
-        return False
-    return isinstance(loaded, dict) and "validation" in loaded
+def is_validation_job(params: PipelineParams) -> bool:
+    """A dilution-series job: the job's config says ``job_type: validation`` (the
+    ``validation-dilution`` template does). Never inferred from the sections present: every
+    resolved config carries a ``validation`` section."""
+    return params.job_type == "validation"
 
 
 def _run_validation_job(
@@ -317,8 +315,10 @@ def _run_validation_job(
         progress=ProgressWriter(service, job.job_id),
         pipeline_params=params,
     )
+    # NB: the job's own config download, as a sample job has: submitted again, it runs this job.
+    (result.out_dir / ARTIFACTS["config"]).write_text(params.to_yaml(), encoding="utf-8")
     artifacts: dict[str, str] = {}
-    for kind, name in VALIDATION_ARTIFACTS.items():
+    for kind, name in {**VALIDATION_ARTIFACTS, "config": ARTIFACTS["config"]}.items():
         path = result.out_dir / name
         if path.is_file():
             key = f"jobs/{job.job_id}/{name}"
@@ -380,7 +380,7 @@ def run_job(service: SqlJobService, job_id: str, work_dir: Path, settings: Setti
             service.update_progress(job_id, progress=0.0, stage="debug_sleep")
             time.sleep(knobs.sleep_seconds)
             child.wait()
-        if is_validation_job(job.spec):
+        if is_validation_job(params):
             return _run_validation_job(service, job, params, work_dir)
         from precise_mrd.pipeline.run import run_pipeline
 
