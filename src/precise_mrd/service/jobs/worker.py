@@ -274,7 +274,6 @@ class ProgressWriter:
         self.service.update_progress(self.job_id, progress=fraction, stage=stage)
 
 
-VALIDATION_TEMPLATE = "validation-dilution"
 VALIDATION_SUMMARY_KEYS = (
     "lob",
     "lod95",
