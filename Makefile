@@ -8,7 +8,7 @@ PYTEST_ARGS ?=
 # Commands the tests drive, each with the Debian package that provides it (installed when missing).
 TEST_TOOLS := chromium=chromium
 
-.PHONY: help venv test-tools test test-fast check fmt lint types arch docs demo bench clean
+.PHONY: help venv test-tools test test-fast coverage check fmt lint types arch docs demo bench clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -18,6 +18,8 @@ $(STAMP): pyproject.toml requirements.lock
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -r requirements.lock
 	$(BIN)/pip install -q --no-deps -e .
+	@# NB: compiles the numba kernels into .venv/numba-cache once (~40 s), so no first run does
+	$(BIN)/precise-mrd warm-cache
 	touch $(STAMP)
 
 venv: $(STAMP)  ## create .venv and install the locked dependencies
@@ -30,6 +32,10 @@ test: $(STAMP) test-tools  ## run the whole test suite (unit, integration, slow 
 
 test-fast: $(STAMP) test-tools  ## the suite without slow statistical tests
 	$(BIN)/pytest -n 2 -m "not slow" $(PYTEST_ARGS)
+
+coverage: $(STAMP) test-tools  ## the whole suite with line coverage: HTML report in htmlcov/, total printed
+	$(BIN)/pytest -n 2 --dist loadgroup --cov=src/precise_mrd --cov-report=html \
+		--cov-report=term:skip-covered $(PYTEST_ARGS)
 
 fmt: $(STAMP)  ## format the code
 	$(BIN)/ruff format src tests benchmarks
@@ -57,4 +63,4 @@ bench: $(STAMP)  ## benchmark against samtools and umi_tools on the standard sam
 	$(BIN)/python benchmarks/bench_pipeline.py
 
 clean:  ## remove the virtual environment and caches
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache htmlcov .coverage

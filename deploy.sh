@@ -10,9 +10,11 @@
 #   ./deploy.sh --local-docker     Docker Compose (API, worker, PostgreSQL, Redis, S3 store).
 #   ./deploy.sh --kubernetes       Apply the manifests to the current kubectl context.
 #
-# Feature switches (environment): ENABLE_ML_CALLING, ENABLE_DEEP_LEARNING (default false: a
-# request asking for them gets 422 naming the variable), ENABLE_PARALLEL_PROCESSING (default
-# true), MAX_CONCURRENT_JOBS, JOB_TIMEOUT_SECONDS, CLEANUP_OLD_JOBS_HOURS, PRECISE_MRD_LOG_LEVEL.
+# Feature switches (environment): ENABLE_ML_CALLING, ENABLE_DEEP_LEARNING (default true: a job
+# may ask for an artefact filter; false makes such a request a 422 naming the variable),
+# ENABLE_PARALLEL_PROCESSING (default true), MAX_CONCURRENT_JOBS, JOB_TIMEOUT_SECONDS,
+# CLEANUP_OLD_JOBS_HOURS, PRECISE_MRD_LOG_LEVEL. The workers' compiled-kernel cache is
+# NUMBA_CACHE_DIR (default PRECISE_MRD_DATA_DIR/numba-cache), filled once before serving.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -24,7 +26,7 @@ die() {
 }
 
 usage() {
-    sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'
 }
 
 local_python() {
@@ -36,9 +38,15 @@ local_python() {
 from precise_mrd.service.db import upgrade_database
 from precise_mrd.service.settings import get_settings
 
+from precise_mrd.pipeline.warmup import is_cache_warm, warm_kernel_cache
+
 settings = get_settings()
 upgrade_database(settings.database_url)
 print(f"deploy.sh: database migrated ({settings.database_url}); artifacts in {settings.artifact_dir}")
+if not is_cache_warm(settings.kernel_cache_dir):
+    print(f"deploy.sh: compiling the pipeline's kernels into {settings.kernel_cache_dir} (once, ~40 s)", flush=True)
+    warmed = warm_kernel_cache(settings.kernel_cache_dir)
+    print(f"deploy.sh: kernels compiled in {warmed.seconds:.0f} s")
 print(f"deploy.sh: serving on http://{settings.api_host}:{settings.api_port} (docs: /docs)")
 PY
     exec "$python" -m precise_mrd.api "$@"

@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
 
 import pytest
+
+# NB: the suite runs pipelines in-process and in worker subprocesses; all of them use the
+# install's compiled-kernel cache, which `make venv` warms, as the CLI does (precise_mrd.cli
+# default_kernel_cache). Set before any test module imports numba, which reads it once.
+if "NUMBA_CACHE_DIR" not in os.environ and os.access(sys.prefix, os.W_OK):
+    os.environ["NUMBA_CACHE_DIR"] = str(Path(sys.prefix) / "numba-cache")
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 

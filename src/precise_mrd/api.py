@@ -19,8 +19,10 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from typing import TYPE_CHECKING
 
-from fastapi import FastAPI
+if TYPE_CHECKING:  # NB: `precise-mrd --help` imports this module; fastapi costs ~0.3 s
+    from fastapi import FastAPI
 
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 

@@ -1,21 +1,14 @@
-"""The API as a user meets it: a real server process on a free loopback port.
+"""The API as a user meets it: a real server process on a free loopback port (tests/servers.py).
 
-Each server is ``python -m precise_mrd.api`` (or ``./deploy.sh --local-python``) over its own data
-directory: SQLite, a local artifact store and the local executor running real pipeline jobs in
-worker subprocesses. The deployment guide's curl commands run literally through ``curl``, and its
-Python snippet through ``requests``. Test-only ``service_debug`` config sections (enabled by
-``PRECISE_MRD_ENABLE_DEBUG_JOBS``) make a job sleep or simulate a tiny sample.
+Each server is ``python -m precise_mrd.api`` over its own data directory: SQLite, a local artifact
+store and the local executor running real pipeline jobs in worker subprocesses. The deployment
+guide's own examples run literally in tests/integration/test_guide.py.
 """
 
 from __future__ import annotations
 
 import http.client
 import json
-import os
-import signal
-import socket
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -25,104 +18,10 @@ from typing import Any
 import pytest
 import requests
 
-ROOT = Path(__file__).resolve().parents[2]
-TERMINAL = {"COMPLETE", "EXECUTOR_ERROR", "SYSTEM_ERROR", "CANCELED"}
+from servers import TERMINAL, TINY, Server, curl, submit
+
 # NB: one xdist worker runs this module, so the module's server is started once.
 pytestmark = pytest.mark.xdist_group(name="api_server")
-TINY = "service_debug:\n  simulation: {n_variants: 2, molecules_per_locus: 40}\n"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-class Server:
-    """A server process; ``stop`` is graceful (SIGTERM), ``kill`` is SIGKILL."""
-
-    def __init__(self, data_dir: Path, command: list[str] | None = None, **env: str) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.data_dir = data_dir
-        clean = {
-            key: value
-            for key, value in os.environ.items()
-            if not key.startswith(("PRECISE_MRD_", "ENABLE_"))
-            and key not in ("MAX_CONCURRENT_JOBS", "JOB_TIMEOUT_SECONDS", "CLEANUP_OLD_JOBS_HOURS")
-        }
-        clean.update(
-            {
-                "PRECISE_MRD_DATA_DIR": str(data_dir),
-                "PRECISE_MRD_API_PORT": str(self.port),
-                "PRECISE_MRD_EXECUTOR_POLL_SECONDS": "0.2",
-                **env,
-            }
-        )
-        data_dir.mkdir(parents=True, exist_ok=True)
-        self.log_path = data_dir / f"server-{self.port}.log"
-        self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop/kill
-        self.process = subprocess.Popen(
-            command or [sys.executable, "-m", "precise_mrd.api"],
-            cwd=ROOT,
-            env=clean,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-        )
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"server exited: {self.log_path.read_text()[-3000:]}")
-            try:
-                if requests.get(self.url + "/health/live", timeout=1).status_code == 200:
-                    return
-            except requests.ConnectionError:
-                time.sleep(0.2)
-        self.kill()
-        raise RuntimeError(f"server did not start: {self.log_path.read_text()[-3000:]}")
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(40)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self._log.close()
-
-    def kill(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
-        self._log.close()
-
-    def status(self, job_id: str) -> dict[str, Any]:
-        try:
-            response = requests.get(f"{self.url}/status/{job_id}", timeout=10)
-        except requests.ConnectionError as error:
-            # NB: say why the server is gone (its own log), not just "connection refused".
-            exit_code = self.process.poll()
-            log = self.log_path.read_text(errors="replace")[-4000:]
-            raise AssertionError(f"server unreachable (exit code {exit_code}): {log}") from error
-        assert response.status_code == 200, response.text
-        return dict(response.json())
-
-    def wait(self, job_id: str, states: set[str], timeout: float = 120) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        while True:
-            status = self.status(job_id)
-            if status["state"] in states:
-                return status
-            if time.monotonic() > deadline:
-                raise AssertionError(f"job {job_id} still {status} after {timeout} s")
-            time.sleep(0.2)
-
-
-def submit(server: Server, **data: Any) -> str:
-    response = requests.post(server.url + "/submit", data={"run_id": "it", "seed": 1, **data})
-    assert response.status_code == 202, response.text
-    return str(response.json()["job_id"])
 
 
 @pytest.fixture(scope="module")
@@ -137,40 +36,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     )
     yield running
     running.stop()
-
-
-def curl(*args: str) -> Any:
-    result = subprocess.run(["curl", "-s", *args], capture_output=True, text=True, timeout=60)
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)
-
-
-def test_guide_curl_examples_literally(server: Server) -> None:
-    host_port = server.url.removeprefix("http://")
-    submitted = curl(
-        "-X",
-        "POST",
-        f"http://{host_port}/submit",
-        "-F",
-        "run_id=test_job",
-        "-F",
-        "seed=42",
-        "-F",
-        "use_ml_calling=true",
-        "-F",
-        "ml_model_type=ensemble",
-    )
-    job_id = submitted["job_id"]
-    assert submitted["status"] == "QUEUED"
-    status = curl(f"http://{host_port}/status/{job_id}")
-    assert status["job_id"] == job_id and status["run_id"] == "test_job"
-    server.wait(job_id, TERMINAL)
-    results = curl(f"http://{host_port}/results/{job_id}")
-    # NB: with ENABLE_ML_CALLING on, the job runs with the shipped ensemble artefact filter.
-    assert results["state"] == "COMPLETE", results
-    assert results["sample_call"]["decision"] in {"positive", "negative", "undetermined"}
-    metrics = curl(f"http://{host_port}/download/{job_id}/metrics")
-    assert metrics["ml_filter"]["model_type"] == "ensemble"
 
 
 def test_deep_learning_through_curl(server: Server) -> None:
@@ -302,14 +167,17 @@ def test_path_traversal_in_names_and_download_types(server: Server) -> None:
     connection.close()
 
 
-@pytest.mark.slow
+QUEUE_ONLY = "service_debug:\n  no_pipeline: true\n"
+
+
 def test_fifty_jobs_at_once_none_lost_or_duplicated(server: Server) -> None:
-    """~150 s on 2 busy cores (each tiny job is a fresh Python process), hence slow."""
+    """Fifty submissions at once through the real queue, claims and worker processes; the jobs
+    skip the pipeline (``no_pipeline``), which the other tests here run."""
     started = time.monotonic()
     with ThreadPoolExecutor(max_workers=10) as pool:
         ids = list(
             pool.map(
-                lambda index: submit(server, run_id=f"batch50-{index}", config_yaml=TINY),
+                lambda index: submit(server, run_id=f"batch50-{index}", config_yaml=QUEUE_ONLY),
                 range(50),
             )
         )
@@ -367,30 +235,6 @@ def test_sigkill_mid_job_then_restart_leaves_nothing_running(tmp_path: Path) -> 
         assert counts["jobs"] == []
     finally:
         second.stop()
-
-
-def test_deploy_local_python(tmp_path: Path) -> None:
-    server = Server(
-        tmp_path / "deploy", command=["bash", str(ROOT / "deploy.sh"), "--local-python"]
-    )
-    try:
-        health = requests.get(server.url + "/health").json()
-        assert health["status"] == "ok" and health["checks"]["executor"]["ok"]
-        assert (tmp_path / "deploy" / "jobs.db").is_file()
-        # NB: ENABLE_ML_CALLING is off by default: the guide's ML request is a 422 naming it.
-        response = requests.post(
-            server.url + "/submit",
-            files={
-                "run_id": (None, "test_job"),
-                "seed": (None, "42"),
-                "use_ml_calling": (None, "true"),
-                "ml_model_type": (None, "ensemble"),
-            },
-        )
-        assert response.status_code == 422
-        assert "ENABLE_ML_CALLING" in response.json()["error"]["fix"]
-    finally:
-        server.stop()
 
 
 VALIDATION_GRID = """\

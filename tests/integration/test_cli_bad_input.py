@@ -217,3 +217,42 @@ def test_malformed_read_structure(smoke_sample: Any, tmp_path: Path, structure: 
     assert result.exit_code == EXIT_USER_ERROR
     assert "Traceback" not in result.output + result.stderr
     assert "read" in result.stderr.lower() and "fix:" in result.stderr
+
+
+def test_out_holding_an_earlier_run_is_refused_then_replaced_with_force(
+    smoke_sample: Any, tmp_path: Path
+) -> None:
+    out = tmp_path / "results"
+    out.mkdir()
+    earlier = {"report.html": "earlier run", "notes.txt": "the user's own notes"}
+    for name, text in earlier.items():
+        (out / name).write_text(text)
+    refused = _run_cli(_run_args(smoke_sample, out))
+    assert refused.exit_code == EXIT_USER_ERROR, refused.output
+    message = refused.stderr.strip()
+    assert "\n" not in message and "Traceback" not in refused.output
+    assert str(out) in message and "--force" in message and "not empty" in message
+    assert {p.name: p.read_text() for p in out.iterdir()} == earlier  # nothing touched
+    replaced = _run_cli([*_run_args(smoke_sample, out), "--force"])
+    assert replaced.exit_code == 0, replaced.output
+    names = {p.name for p in out.iterdir()}
+    assert "notes.txt" not in names, "the earlier run is replaced whole, not merged"
+    assert {"report.html", "metrics.json", "sample_call.json"} <= names
+    assert (out / "report.html").read_text() != "earlier run"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["results"], "no staging left behind"
+
+
+def test_an_empty_out_directory_is_used(smoke_sample: Any, tmp_path: Path) -> None:
+    out = tmp_path / "empty"
+    out.mkdir()
+    result = _run_cli(_run_args(smoke_sample, out))
+    assert result.exit_code == 0, result.output
+    assert (out / "sample_call.json").is_file()
+
+
+def test_out_that_is_a_file(smoke_sample: Any, tmp_path: Path) -> None:
+    out = tmp_path / "results"
+    out.write_text("not a directory")
+    result = _run_cli([*_run_args(smoke_sample, out), "--force"])
+    _assert_clean_user_error(result, names=str(out), out=tmp_path / "never")
+    assert out.read_text() == "not a directory"

@@ -2,7 +2,8 @@
 
 Jobs use the test-only ``service_debug`` config section (honoured because the settings enable
 debug jobs): a tiny simulated sample keeps each pipeline run short, ``sleep_seconds`` keeps a job
-RUNNING long enough to cancel or time out, ``exit_code`` makes the worker die.
+RUNNING long enough to cancel or time out, ``exit_code`` makes the worker die, ``no_pipeline``
+takes a job through the queue and the worker without running the pipeline (tests of the queue).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from precise_mrd.service.storage import LocalArtifactStore
 
 S = JobState
 TINY = "service_debug:\n  simulation: {n_variants: 2, molecules_per_locus: 30}\n"
+QUEUE_ONLY = "service_debug:\n  no_pipeline: true\n"
 
 
 def _sleepy(seconds: float) -> str:
@@ -129,8 +131,8 @@ def _dead_pid() -> int:
     return process.pid
 
 
-def _many_jobs_all_complete(harness: Harness, n_jobs: int) -> None:
-    jobs = [harness.submit(seed=i) for i in range(n_jobs)]
+def _many_jobs_all_complete(harness: Harness, n_jobs: int, config_yaml: str = TINY) -> None:
+    jobs = [harness.submit(config_yaml, seed=i) for i in range(n_jobs)]
     executor = harness.executor()
     executor.start()
     most_active = 0
@@ -147,10 +149,13 @@ def _many_jobs_all_complete(harness: Harness, n_jobs: int) -> None:
     assert [job.state for job in results] == [S.COMPLETE] * n_jobs, [j.reason for j in results]
     for job in results:
         assert job.attempts == 1 and job.progress == 1.0 and job.reason is None
-        assert job.result is not None and job.result["n_variants"] == 2
-        assert job.result["decision"] in {"positive", "negative", "undetermined"}
         completions = [e for e in harness.service.events(job.job_id) if e.to_state == S.COMPLETE]
         assert len(completions) == 1  # nothing ran twice
+    if config_yaml == QUEUE_ONLY:
+        return
+    for job in results:
+        assert job.result is not None and job.result["n_variants"] == 2
+        assert job.result["decision"] in {"positive", "negative", "undetermined"}
         report = harness.service.artifact_path(job.job_id, "report", tenant_id="default")
         assert report.read_text().lstrip().lower().startswith("<!doctype html")
         assert harness.service.store.exists(f"jobs/{job.job_id}/worker.log")
@@ -165,11 +170,10 @@ def test_five_jobs_at_once_all_complete(make_harness: Callable[..., Harness]) ->
     _many_jobs_all_complete(make_harness(max_concurrent_jobs=2), 5)
 
 
-@pytest.mark.slow
 def test_twenty_jobs_at_once_all_complete(make_harness: Callable[..., Harness]) -> None:
-    """Each job is a fresh interpreter (~4 CPU-seconds: imports, pipeline, report plots), so
-    twenty take 40-100 s on two busy cores."""
-    _many_jobs_all_complete(make_harness(max_concurrent_jobs=2), 20)
+    """Twenty queue-only jobs (``no_pipeline``: real claims, workers and transitions, no pipeline,
+    which the five-job test runs): at most two at a time, each COMPLETE exactly once."""
+    _many_jobs_all_complete(make_harness(max_concurrent_jobs=2), 20, QUEUE_ONLY)
 
 
 def test_cancel_running_and_queued_jobs(make_harness: Callable[..., Harness]) -> None:

@@ -47,4 +47,3 @@ def test_two_processes_collect_the_same_ids() -> None:
     assert first == second, "same ids in a different order: sort the parameters"
     escaped = [node_id for node_id in first if not node_id.isprintable() or "\\x" in node_id]
     assert not escaped, f"test ids with raw bytes (give them explicit ids=): {escaped[:5]}"
-

@@ -6,7 +6,11 @@ Stages, in order (each one a module of this package)::
       -> sample call -> tables, metrics, report
 
 Everything is written into a staging directory beside ``out_dir`` and moved into place only when the
-whole run succeeded, so a failed or interrupted run leaves nothing half-written in ``out_dir``.
+whole run succeeded, so a failed or interrupted run leaves nothing half-written in ``out_dir``. An
+``out_dir`` that already holds files is refused (:func:`check_output_dir`) unless ``overwrite``;
+then the finished run replaces it whole: the new directory is complete beside the old one before
+two renames swap them, and the old one is deleted last (a crash between the renames leaves it as
+``.<name>.replaced-*`` beside the new one, never a mixture of the two runs).
 """
 
 from __future__ import annotations
@@ -169,12 +173,38 @@ def _run_log(path: Path) -> Iterator[None]:
         handler.close()
 
 
-def _publish(staging: Path, out_dir: Path) -> None:
-    """Move the finished outputs into ``out_dir`` (each file atomically)."""
-    out_dir.mkdir(parents=True, exist_ok=True)
+def check_output_dir(out_dir: Path, *, overwrite: bool, fix: str | None = None) -> None:
+    """Refuse an ``out_dir`` that is a file, or that holds anything unless ``overwrite``.
+
+    ``fix`` is the advice for the second case in the caller's own words (the CLI names ``--force``).
+    """
+    if out_dir.exists() and not out_dir.is_dir():
+        raise InputFileError(
+            str(out_dir), "is a file, not an output directory", "choose a directory"
+        )
+    if not overwrite and out_dir.is_dir() and any(out_dir.iterdir()):
+        raise InputFileError(
+            str(out_dir),
+            "output directory is not empty (an earlier run?)",
+            fix or "choose an empty or new directory, or pass overwrite=True to replace it",
+        )
+
+
+def _publish(staging: Path, out_dir: Path, *, overwrite: bool) -> None:
+    """Move the finished outputs into ``out_dir``, replacing what it held only if ``overwrite``."""
+    check_output_dir(out_dir, overwrite=overwrite)  # NB: again: another run may have written
+    token = f"{os.getpid()}-{time.monotonic_ns()}"
+    replaced = out_dir.is_dir() and any(out_dir.iterdir())
+    target = out_dir.parent / f".{out_dir.name}.new-{token}" if replaced else out_dir
+    target.mkdir(parents=True, exist_ok=True)
     for name in sorted(os.listdir(staging)):
-        os.replace(staging / name, out_dir / name)
+        os.replace(staging / name, target / name)
     shutil.rmtree(staging, ignore_errors=True)
+    if replaced:
+        old = out_dir.parent / f".{out_dir.name}.replaced-{token}"
+        os.rename(out_dir, old)
+        os.rename(target, out_dir)
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def run_pipeline(
@@ -184,19 +214,24 @@ def run_pipeline(
     *,
     progress: ProgressCallback | None = None,
     sample_name: str | None = None,
+    overwrite: bool = False,
 ) -> RunResult:
-    """Run every stage and write the outputs named in :data:`ARTIFACTS` into ``out_dir``."""
+    """Run every stage and write the outputs named in :data:`ARTIFACTS` into ``out_dir``.
+
+    ``out_dir`` must be new or empty unless ``overwrite`` (then the run replaces it whole).
+    """
     stages = ["validate", *(["align"] if inputs.fastq_paths else []), "consensus"]
     stages += ["evidence", "calling", "report"]
     tracker = _Progress(progress, stages)
     out_dir = Path(out_dir)
+    check_output_dir(out_dir, overwrite=overwrite)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
     try:
         with _run_log(staging / ARTIFACTS["log"]):
             logger.info("precise-mrd %s; config hash %s", __version__, params.config_hash)
             sample_call = _run_stages(inputs, params, staging, tracker, sample_name)
-        _publish(staging, out_dir)
+        _publish(staging, out_dir, overwrite=overwrite)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

@@ -34,6 +34,7 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from precise_mrd import __version__
 from precise_mrd.service.api import configs, health, jobs
+from precise_mrd.service.api.docs import install_docs
 from precise_mrd.service.api.uploads import UPLOAD_FIELDS, BodySizeLimitMiddleware
 from precise_mrd.service.errors import install_error_handlers
 from precise_mrd.service.jobs.model import JobService
@@ -92,10 +93,28 @@ def create_app(
 
             upgrade_database(settings.database_url)
         executor = None
+        warmer = None
         if start_executor:
+            if settings.warm_kernels_on_start:
+                from precise_mrd.service.kernels import KernelCacheWarmer
+
+                warmer = KernelCacheWarmer(settings.kernel_cache_dir, log)
+                warmer.start()
             executor = _build_executor(settings, job_service)
             executor.start()
         app.state.executor = executor
+        log.debug(
+            "settings",
+            api_host=settings.api_host,
+            api_port=settings.api_port,
+            log_level=settings.log_level,
+            enable_parallel_processing=settings.enable_parallel_processing,
+            enable_deep_learning=settings.enable_deep_learning,
+            job_timeout_seconds=settings.job_timeout_seconds,
+            cleanup_old_jobs_hours=settings.cleanup_old_jobs_hours,
+            kernel_cache_dir=str(settings.kernel_cache_dir),
+            work_dir=str(settings.work_dir),
+        )
         log.info(
             "service started",
             version=__version__,
@@ -110,6 +129,8 @@ def create_app(
         try:
             yield
         finally:
+            if warmer is not None:
+                warmer.stop()
             if executor is not None:
                 executor.stop()
             if engine is not None:
@@ -121,6 +142,8 @@ def create_app(
         version=__version__,
         description=DESCRIPTION,
         lifespan=lifespan,
+        docs_url=None,  # NB: FastAPI's pages load from CDNs; install_docs serves local copies
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.job_service = job_service
@@ -131,6 +154,7 @@ def create_app(
     app.include_router(jobs.router)
     app.include_router(configs.router)
     app.include_router(health.router)
+    install_docs(app)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

@@ -278,6 +278,13 @@ class RequestContextMiddleware:
             await send(message)
 
         with structlog.contextvars.bound_contextvars(request_id=request_id):
+            self.log.debug(
+                "request received",
+                method=scope.get("method"),
+                path=scope.get("path"),
+                client=_client_address(scope),
+                content_length=_header(scope, b"content-length"),
+            )
             try:
                 await self.app(scope, receive, send_with_id)
             finally:
@@ -293,6 +300,18 @@ class RequestContextMiddleware:
                     status=status,
                     duration_ms=round(elapsed * 1000, 2),
                 )
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope.get("headers", []):
+        if key.lower() == name:
+            return str(value.decode("latin-1"))
+    return None
+
+
+def _client_address(scope: Scope) -> str | None:
+    client = scope.get("client")
+    return f"{client[0]}:{client[1]}" if client else None
 
 
 def _incoming_request_id(scope: Scope) -> str | None:

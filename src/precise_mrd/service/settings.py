@@ -8,8 +8,8 @@ The deployment guide's variable names are honoured exactly (``PRECISE_MRD_LOG_LE
 import time. Keyword arguments use the field names and win over the environment.
 
 Unset locations derive from ``PRECISE_MRD_DATA_DIR`` (default ``./.precise_mrd_data``): the
-SQLite database ``jobs.db``, the artifact directory ``artifacts/`` and the job work directory
-``work/``.
+SQLite database ``jobs.db``, the artifact directory ``artifacts/``, the job work directory
+``work/`` and the workers' compiled-kernel cache ``numba-cache/`` (``NUMBA_CACHE_DIR``).
 
 >>> settings = Settings(data_dir="/srv/mrd", max_concurrent_jobs=4)
 >>> settings.database_url, str(settings.artifact_root), settings.max_concurrent_jobs
@@ -50,11 +50,13 @@ class Settings(BaseSettings):
     enable_parallel_processing: bool = Field(
         True, validation_alias=_env("ENABLE_PARALLEL_PROCESSING", "enable_parallel_processing")
     )
+    # NB: on by default, as the deployment guide configures them: a switch lets a job *ask* for
+    # an artefact filter; a job without the flag (or an ml section) still runs unfiltered.
     enable_ml_calling: bool = Field(
-        False, validation_alias=_env("ENABLE_ML_CALLING", "enable_ml_calling")
+        True, validation_alias=_env("ENABLE_ML_CALLING", "enable_ml_calling")
     )
     enable_deep_learning: bool = Field(
-        False, validation_alias=_env("ENABLE_DEEP_LEARNING", "enable_deep_learning")
+        True, validation_alias=_env("ENABLE_DEEP_LEARNING", "enable_deep_learning")
     )
     max_concurrent_jobs: int = Field(
         2, ge=1, le=256, validation_alias=_env("MAX_CONCURRENT_JOBS", "max_concurrent_jobs")
@@ -76,6 +78,14 @@ class Settings(BaseSettings):
     )
     work_root: Path | None = Field(
         None, validation_alias=_env("PRECISE_MRD_WORK_ROOT", "work_root")
+    )
+    #: numba's compiled-kernel cache for the workers (default ``<data_dir>/numba-cache``)
+    numba_cache_dir: Path | None = Field(
+        None, validation_alias=_env("NUMBA_CACHE_DIR", "numba_cache_dir")
+    )
+    #: compile the kernels in the background at start-up when the cache is cold
+    warm_kernels_on_start: bool = Field(
+        True, validation_alias=_env("PRECISE_MRD_WARM_KERNELS_ON_START", "warm_kernels_on_start")
     )
     max_upload_bytes: int = Field(
         2 * 1024**3,
@@ -139,6 +149,9 @@ class Settings(BaseSettings):
             self.artifact_root = self.data_dir / "artifacts"
         if self.work_root is None:
             self.work_root = self.data_dir / "work"
+        if self.numba_cache_dir is None:
+            self.numba_cache_dir = self.data_dir / "numba-cache"
+        self.numba_cache_dir = self.numba_cache_dir.expanduser().absolute()
         self.artifact_root = self.artifact_root.expanduser().absolute()
         self.work_root = self.work_root.expanduser().absolute()
         return self
@@ -148,6 +161,12 @@ class Settings(BaseSettings):
         """:attr:`artifact_root`, resolved (never None after validation)."""
         assert self.artifact_root is not None
         return self.artifact_root
+
+    @property
+    def kernel_cache_dir(self) -> Path:
+        """:attr:`numba_cache_dir`, resolved (never None after validation)."""
+        assert self.numba_cache_dir is not None
+        return self.numba_cache_dir
 
     @property
     def work_dir(self) -> Path:

@@ -13,10 +13,10 @@ are checked against the server's switches first (a disabled feature is a 422 nam
 that enables it), then the config, then each upload (name, size, content), and only then is the
 job stored as QUEUED, so a job in the database always has inputs that open.
 
-``ENABLE_ML_CALLING`` is off by default, so the first curl above answers 422 with
-``"fix": "set ENABLE_ML_CALLING=true ..."``. With it on, the job runs the pipeline with the
-shipped ML artefact filter (``ml_model_type``). ``use_deep_learning`` (``ENABLE_DEEP_LEARNING``,
-off by default) runs it with the shipped network (``dl_model_type`` ``cnn`` or ``cnn_lstm``)
+With ``ENABLE_ML_CALLING`` on (the default) the first curl above runs the pipeline with the
+shipped ML artefact filter (``ml_model_type``); with it ``false`` it answers 422 with
+``"fix": "set ENABLE_ML_CALLING=true ..."``. ``use_deep_learning`` (``ENABLE_DEEP_LEARNING``,
+on by default) runs it with the shipped network (``dl_model_type`` ``cnn`` or ``cnn_lstm``)
 instead; when the server has no PyTorch (the ``[dl]`` extra) the submission is a 422 saying how to
 install it, and asking for both filters at once is a 422 too; ``use_parallel``
 (``ENABLE_PARALLEL_PROCESSING``, on by default) runs the pipeline with more threads.

@@ -119,6 +119,9 @@ class LocalExecutor:
         self._thread: threading.Thread | None = None
         self._last_cleanup = time.monotonic()
         self._last_recovery = time.monotonic()
+        # NB: debug lines about idle decisions are written when they change, not every poll.
+        self._last_decision: str | None = None
+        self._last_progress: dict[str, tuple[str, str | None]] = {}
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
@@ -192,6 +195,7 @@ class LocalExecutor:
         self._reap()
         self._enforce_cancel_and_timeout()
         self.service.heartbeat(self._running)
+        self._log_progress()
         self._claim()
         now = time.monotonic()
         if now - self._last_recovery >= min(5.0, self.settings.heartbeat_stale_seconds):
@@ -251,11 +255,46 @@ class LocalExecutor:
                 self._forget(running)
 
     def _claim(self) -> None:
-        while len(self._running) < self.settings.max_concurrent_jobs and not self._stop.is_set():
+        limit = self.settings.max_concurrent_jobs
+        while len(self._running) < limit and not self._stop.is_set():
             job = self.service.claim_next(worker_host=self.host)
             if job is None:
+                self._decide(f"queue empty; {len(self._running)} of {limit} slots busy")
                 return
+            self._last_decision = None
+            logger.debug(
+                "claimed job %s (attempt %d); slot %d of %d",
+                job.job_id,
+                job.attempts,
+                len(self._running) + 1,
+                limit,
+            )
             self._spawn(job.job_id)
+        if len(self._running) >= limit:
+            self._decide(f"all {limit} slots busy; queued jobs wait")
+
+    def _decide(self, decision: str) -> None:
+        """Log an idle decision at debug level once, until it changes."""
+        if decision != self._last_decision:
+            self._last_decision = decision
+            logger.debug("executor: %s", decision)
+
+    def _log_progress(self) -> None:
+        """At debug level: each running job's state and stage whenever they change."""
+        if not logger.isEnabledFor(logging.DEBUG):
+            return
+        for job_id in list(self._running):
+            job = self.service.load(job_id)
+            seen = (job.state.value, job.stage)
+            if self._last_progress.get(job_id) != seen:
+                self._last_progress[job_id] = seen
+                logger.debug(
+                    "job %s %s, stage %s, progress %.2f",
+                    job_id,
+                    job.state.value,
+                    job.stage,
+                    job.progress,
+                )
 
     def _spawn(self, job_id: str) -> None:
         work_dir = self.settings.work_dir / job_id
@@ -282,6 +321,7 @@ class LocalExecutor:
         try:
             process = subprocess.Popen(
                 command,
+                env=self._worker_environment(),
                 stdin=subprocess.DEVNULL,
                 stdout=output,
                 stderr=subprocess.STDOUT,
@@ -306,6 +346,10 @@ class LocalExecutor:
         self.service.set_worker(job_id, pid=process.pid, host=self.host)
         logger.info("job %s started in worker pid %d", job_id, process.pid)
 
+    def _worker_environment(self) -> dict[str, str]:
+        """The API's environment plus the compiled-kernel cache the install warmed."""
+        return {**os.environ, "NUMBA_CACHE_DIR": str(self.settings.kernel_cache_dir)}
+
     def _kill(self, running: _RunningJob) -> None:
         kill_process_group(running.process.pid)
         try:
@@ -316,6 +360,7 @@ class LocalExecutor:
     def _forget(self, running: _RunningJob) -> None:
         running.output.close()
         self._running.pop(running.job_id, None)
+        self._last_progress.pop(running.job_id, None)
         shutil.rmtree(self.settings.work_dir / running.job_id, ignore_errors=True)
 
     def _output_tail(self, running: _RunningJob) -> str:

@@ -25,8 +25,10 @@ Test-only knobs: when the executor runs with ``PRECISE_MRD_ENABLE_DEBUG_JOBS=tru
 ``--enable-debug-jobs``), a top-level ``service_debug`` config section is honoured and removed
 before validation: ``sleep_seconds`` (sleep while RUNNING, stage ``debug_sleep``, with a child
 process sleeping as long, to show that the whole process group is stopped), ``simulation``
-(overrides of the ``smoke`` preset, e.g. ``{n_variants: 2}``) and ``exit_code`` (the worker dies
-with that code once RUNNING). Without the flag the section is an unknown config key.
+(overrides of the ``smoke`` preset, e.g. ``{n_variants: 2}``), ``exit_code`` (the worker dies
+with that code once RUNNING) and ``no_pipeline`` (the job goes QUEUED -> ... -> COMPLETE through
+the same claims and transitions, with no inputs, no pipeline and no artifacts: for tests of the
+queue itself). Without the flag the section is an unknown config key.
 
 >>> summarize_call({"decision": "negative", "p_value": 0.4, "extra": 1})
 {'decision': 'negative', 'p_value': 0.4}
@@ -114,12 +116,13 @@ class DebugKnobs:
     sleep_seconds: float = 0.0
     simulation: Mapping[str, Any] | None = None
     exit_code: int | None = None
+    no_pipeline: bool = False
 
     @classmethod
     def from_mapping(cls, value: Any) -> DebugKnobs:
         if not isinstance(value, Mapping):
             raise ConfigError(DEBUG_SECTION, "must be a mapping", "see service/jobs/worker.py")
-        unknown = sorted(set(value) - {"sleep_seconds", "simulation", "exit_code"})
+        unknown = sorted(set(value) - {"sleep_seconds", "simulation", "exit_code", "no_pipeline"})
         if unknown:
             raise ConfigError(
                 f"{DEBUG_SECTION}.{unknown[0]}", "unknown key", "see service/jobs/worker.py"
@@ -130,6 +133,7 @@ class DebugKnobs:
             sleep_seconds=float(value.get("sleep_seconds", 0.0)),
             simulation=dict(simulation) if simulation else None,
             exit_code=int(exit_code) if exit_code is not None else None,
+            no_pipeline=bool(value.get("no_pipeline", False)),
         )
 
 
@@ -269,6 +273,8 @@ class ProgressWriter:
             return
         if stage != self.stage:
             logger.info("stage %s", stage, extra={"stage": stage, "progress": round(fraction, 4)})
+        else:
+            logger.debug("progress", extra={"stage": stage, "progress": round(fraction, 4)})
         self.stage = stage
         self.last_write = now
         self.service.update_progress(self.job_id, progress=fraction, stage=stage)
@@ -324,18 +330,27 @@ def _run_validation_job(
             service.store.put_file(key, path)
             artifacts[kind] = key
     summary = {key: result.summary[key] for key in VALIDATION_SUMMARY_KEYS if key in result.summary}
+    return _finish(service, job.job_id, result=summary, artifacts=artifacts)
+
+
+def _finish(
+    service: SqlJobService, job_id: str, *, result: dict[str, Any], artifacts: dict[str, str]
+) -> JobState:
+    """RUNNING -> COMPLETE with the result summary; the job's state if it was canceled meanwhile."""
     done = service.transition(
-        job.job_id,
+        job_id,
         from_states=[JobState.RUNNING],
         to_state=JobState.COMPLETE,
-        result=summary,
+        result=result,
         artifacts=artifacts,
         progress=1.0,
         stage="done",
     )
     if not done:
-        return service.load(job.job_id).state
-    logger.info("validation complete: LoD95 %s", summary.get("lod95"), extra={"state": "COMPLETE"})
+        logger.info("finished, but the job was canceled meanwhile")
+        return service.load(job_id).state
+    headline = result.get("decision", result.get("lod95"))
+    logger.info("complete: %s", headline, extra={"state": "COMPLETE", "progress": 1.0})
     return JobState.COMPLETE
 
 
@@ -359,7 +374,8 @@ def run_job(service: SqlJobService, job_id: str, work_dir: Path, settings: Setti
         return JobState.EXECUTOR_ERROR
     try:
         params, knobs = parse_config(job.spec, enable_debug_jobs=settings.enable_debug_jobs)
-        run_inputs, sample_name = materialize_inputs(job, store, work_dir / "inputs", knobs)
+        if not knobs.no_pipeline:
+            run_inputs, sample_name = materialize_inputs(job, store, work_dir / "inputs", knobs)
         if not service.transition(
             job_id, from_states=[JobState.INITIALIZING], to_state=JobState.RUNNING
         ):
@@ -379,6 +395,8 @@ def run_job(service: SqlJobService, job_id: str, work_dir: Path, settings: Setti
             service.update_progress(job_id, progress=0.0, stage="debug_sleep")
             time.sleep(knobs.sleep_seconds)
             child.wait()
+        if knobs.no_pipeline:
+            return _finish(service, job_id, result={}, artifacts={})
         if is_validation_job(params):
             return _run_validation_job(service, job, params, work_dir)
         from precise_mrd.pipeline.run import run_pipeline
@@ -397,23 +415,9 @@ def run_job(service: SqlJobService, job_id: str, work_dir: Path, settings: Setti
                 key = f"jobs/{job_id}/{name}"
                 store.put_file(key, path)
                 artifacts[kind] = key
-        summary = summarize_call(result.sample_call)
-        done = service.transition(
-            job_id,
-            from_states=[JobState.RUNNING],
-            to_state=JobState.COMPLETE,
-            result=summary,
-            artifacts=artifacts,
-            progress=1.0,
-            stage="done",
+        return _finish(
+            service, job_id, result=summarize_call(result.sample_call), artifacts=artifacts
         )
-        if not done:
-            logger.info("finished, but the job was canceled meanwhile")
-            return service.load(job_id).state
-        logger.info(
-            "complete: %s", summary.get("decision"), extra={"state": "COMPLETE", "progress": 1.0}
-        )
-        return JobState.COMPLETE
     except (InputError, ConfigError) as error:
         reason = str(error).splitlines()[0]
         logger.warning("rejected: %s", reason, extra={"reason": reason})
@@ -469,6 +473,12 @@ def main(argv: list[str] | None = None) -> int:
         job = service.load(args.job_id)
         _configure_logging(log_path, job, args.job_id, settings.log_level)
         logger.info("worker started", extra={"state": job.state.value})
+        from precise_mrd.pipeline.warmup import is_cache_warm
+
+        if not is_cache_warm(settings.kernel_cache_dir):
+            logger.info(
+                "compiled-kernel cache %s is cold: compiling kernels", settings.kernel_cache_dir
+            )
         run_job(service, args.job_id, work_dir, settings)
     finally:
         logging.shutdown()

@@ -1,4 +1,8 @@
-"""API unit tests: every endpoint's success and error paths on the in-memory job service.
+"""The API tier (the guide's ``pytest tests/test_api.py -v``): every endpoint's success and error
+paths on the in-memory job service, in seconds. The same API as a real server process is tested in
+tests/integration/test_api_server.py and, through the deployment guide's own examples, in
+tests/integration/test_guide.py; /docs and /redoc in a browser without network in
+tests/e2e/test_docs_offline.py.
 
 The app runs in-process (Starlette's TestClient) over :class:`InMemoryJobService` and a real
 :class:`LocalArtifactStore` in a temporary directory; no executor runs, so each test moves jobs
@@ -10,6 +14,7 @@ from __future__ import annotations
 import gzip
 import io
 import json
+import re
 import sys
 import warnings
 from collections.abc import Iterator
@@ -97,7 +102,8 @@ def error_of(response: Any) -> dict[str, Any]:
 # ---------------------------------------------------------------------------- submit
 
 
-def test_guide_example_with_ml_off_is_422_naming_the_variable(client: TestClient) -> None:
+def test_ml_request_on_a_server_with_ml_off_is_422_naming_the_variable(tmp_path: Path) -> None:
+    client = TestClient(Harness(tmp_path, enable_ml_calling=False).app)
     response = client.post(
         "/submit",
         files={
@@ -114,8 +120,8 @@ def test_guide_example_with_ml_off_is_422_naming_the_variable(client: TestClient
     assert error["request_id"] == response.headers["x-request-id"]
 
 
-def test_guide_example_with_ml_on_is_accepted(tmp_path: Path) -> None:
-    harness = Harness(tmp_path, enable_ml_calling=True)
+def test_guide_example_on_a_default_server_is_accepted(tmp_path: Path) -> None:
+    harness = Harness(tmp_path)  # ENABLE_ML_CALLING is on by default, as the guide sets it
     with TestClient(harness.app) as client:
         response = client.post(
             "/submit",
@@ -136,14 +142,14 @@ def test_guide_example_with_ml_on_is_accepted(tmp_path: Path) -> None:
     [("use_deep_learning", "ENABLE_DEEP_LEARNING"), ("use_parallel", "ENABLE_PARALLEL_PROCESSING")],
 )
 def test_other_disabled_features(tmp_path: Path, flag: str, variable: str) -> None:
-    harness = Harness(tmp_path, enable_parallel_processing=False)
+    harness = Harness(tmp_path, enable_parallel_processing=False, enable_deep_learning=False)
     with TestClient(harness.app) as client:
         error = error_of(submit(client, **{flag: "true"}))
     assert error["code"] == "feature_disabled" and variable in error["message"]
 
 
 def test_deep_learning_submission(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    harness = Harness(tmp_path, enable_deep_learning=True, enable_ml_calling=True)
+    harness = Harness(tmp_path)  # both filters are on by default
     with TestClient(harness.app) as client:
         accepted = submit(client, use_deep_learning="true", dl_model_type="cnn_lstm")
         assert accepted.status_code == 202, accepted.text
@@ -164,7 +170,7 @@ def test_deep_learning_submission(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
 
 
 def test_a_config_cannot_turn_on_a_switched_off_filter(tmp_path: Path) -> None:
-    harness = Harness(tmp_path)  # ENABLE_ML_CALLING and ENABLE_DEEP_LEARNING are off
+    harness = Harness(tmp_path, enable_ml_calling=False, enable_deep_learning=False)
     with TestClient(harness.app) as client:
         ml = error_of(submit(client, config_yaml="ml:\n  use_ml_calling: true\n"))
         dl = error_of(submit(client, config_yaml="ml:\n  use_deep_learning: true\n"))
@@ -173,7 +179,7 @@ def test_a_config_cannot_turn_on_a_switched_off_filter(tmp_path: Path) -> None:
     assert dl["code"] == "feature_disabled" and "ENABLE_DEEP_LEARNING" in dl["fix"]
     jobs, _ = harness.jobs.list_jobs(tenant_id="default")
     assert jobs == []
-    enabled = Harness(tmp_path / "on", enable_ml_calling=True)
+    enabled = Harness(tmp_path / "on")
     with TestClient(enabled.app) as client:
         accepted = submit(client, config_yaml="ml:\n  use_ml_calling: true\n")
     assert accepted.status_code == 202, accepted.text
@@ -705,3 +711,24 @@ def test_openapi_documents_every_endpoint(client: TestClient) -> None:
 def test_unknown_route_uses_the_error_body(client: TestClient) -> None:
     response = client.get("/nope")
     assert response.status_code == 404 and error_of(response)["code"] == "not_found"
+
+
+# ---------------------------------------------------------------------------- docs pages
+
+
+@pytest.mark.parametrize("page", ["/docs", "/redoc"])
+def test_docs_pages_load_nothing_from_the_internet(client: TestClient, page: str) -> None:
+    html = client.get(page)
+    assert html.status_code == 200 and html.headers["content-type"].startswith("text/html")
+    assert "http://" not in html.text and "https://" not in html.text, html.text
+    assets = re.findall(r'(?:src|href)="([^"]+)"', html.text)
+    assert assets and all(asset.startswith("/static/docs/") for asset in assets), assets
+    for asset in assets:
+        served = client.get(asset)
+        assert served.status_code == 200 and len(served.content) > 1000, asset
+    assert "/openapi.json" in html.text
+
+
+def test_docs_static_files_are_not_a_way_out_of_their_directory(client: TestClient) -> None:
+    assert client.get("/static/docs/../../settings.py").status_code == 404
+    assert client.get("/static/docs/%2e%2e/__init__.py").status_code == 404
