@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -60,3 +61,16 @@ def pytest_collection_modifyitems(
     items.append(
         MissingSharedData.from_parent(session, name="shared_data_missing", n_needing=len(needing))
     )
+
+
+@pytest.fixture(
+    params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)],
+    ids=["sqlite", "postgresql"],
+)
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """An empty job database on each backend: a SQLite file, then a PostgreSQL database of the
+    test's own on the machine's server (tests/databases.py)."""
+    from databases import database_url
+
+    with database_url(request.param, tmp_path / "db") as url:
+        yield url

@@ -305,6 +305,7 @@ def demo(
 
 def _register_command_groups() -> None:
     from precise_mrd.cli_config import register as register_config
+    from precise_mrd.cli_db import register as register_db
     from precise_mrd.cli_ml import register as register_ml
     from precise_mrd.cli_serve import register as register_serve
     from precise_mrd.cli_validation import register as register_validation
@@ -313,6 +314,7 @@ def _register_command_groups() -> None:
     register_serve(app)
     register_ml(app)
     register_config(app)
+    register_db(app)
 
 
 _register_command_groups()

@@ -18,24 +18,35 @@ from typing import Any
 import pytest
 import requests
 
+from databases import database_url
 from servers import TERMINAL, TINY, Server, curl, submit
 
 # NB: one xdist worker runs this module, so the module's server is started once.
 pytestmark = pytest.mark.xdist_group(name="api_server")
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    running = Server(
-        tmp_path_factory.mktemp("api_server"),
-        ENABLE_ML_CALLING="true",
-        ENABLE_DEEP_LEARNING="true",
-        PRECISE_MRD_ENABLE_DEBUG_JOBS="true",
-        PRECISE_MRD_MAX_UPLOAD_BYTES=str(1024 * 1024),
-        MAX_CONCURRENT_JOBS="2",
-    )
-    yield running
-    running.stop()
+@pytest.fixture(
+    scope="module",
+    params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)],
+    ids=["sqlite", "postgresql"],
+)
+def server(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Server]:
+    """One server per backend: every test of the module runs on SQLite, then on PostgreSQL."""
+    data_dir = tmp_path_factory.mktemp(f"api_server_{request.param}")
+    with database_url(request.param, data_dir) as url:
+        running = Server(
+            data_dir,
+            PRECISE_MRD_DATABASE_URL=url,
+            ENABLE_ML_CALLING="true",
+            ENABLE_DEEP_LEARNING="true",
+            PRECISE_MRD_ENABLE_DEBUG_JOBS="true",
+            PRECISE_MRD_MAX_UPLOAD_BYTES=str(1024 * 1024),
+            MAX_CONCURRENT_JOBS="2",
+        )
+        yield running
+        running.stop()
 
 
 def test_deep_learning_through_curl(server: Server) -> None:
@@ -214,9 +225,10 @@ def test_timeout_ends_in_system_error(tmp_path: Path) -> None:
         server.stop()
 
 
-def test_sigkill_mid_job_then_restart_leaves_nothing_running(tmp_path: Path) -> None:
+def test_sigkill_mid_job_then_restart_leaves_nothing_running(tmp_path: Path, db_url: str) -> None:
     data_dir = tmp_path / "crash"
     settings = {
+        "PRECISE_MRD_DATABASE_URL": db_url,
         "PRECISE_MRD_ENABLE_DEBUG_JOBS": "true",
         "PRECISE_MRD_HEARTBEAT_STALE_SECONDS": "2",
     }

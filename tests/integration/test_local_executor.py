@@ -1,4 +1,4 @@
-"""LocalExecutor with real worker subprocesses on a real SQLite file.
+"""LocalExecutor with real worker subprocesses on a real database: SQLite and PostgreSQL.
 
 Jobs use the test-only ``service_debug`` config section (honoured because the settings enable
 debug jobs): a tiny simulated sample keeps each pipeline run short, ``sleep_seconds`` keeps a job
@@ -76,12 +76,13 @@ class Harness:
 
 
 @pytest.fixture
-def make_harness(tmp_path: Path) -> Iterator[Callable[..., Harness]]:
+def make_harness(tmp_path: Path, db_url: str) -> Iterator[Callable[..., Harness]]:
     harnesses: list[Harness] = []
 
     def make(**overrides: Any) -> Harness:
         settings = Settings(
             data_dir=tmp_path,
+            database_url=db_url,
             enable_debug_jobs=True,
             executor_poll_seconds=0.1,
             **overrides,

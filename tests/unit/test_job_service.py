@@ -1,4 +1,5 @@
-"""SqlJobService on a real SQLite file: states, tenants, pagination, cancel, claims, deletion."""
+"""SqlJobService on a real database, SQLite and PostgreSQL (the ``db_url`` fixture): states,
+tenants, pagination, cancel, claims, deletion, read routing."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Engine, select, update
+from sqlalchemy import Engine, event, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from precise_mrd.service.db import (
@@ -40,8 +41,8 @@ S = JobState
 
 
 @pytest.fixture
-def settings(tmp_path: Path) -> Settings:
-    return Settings(data_dir=tmp_path, max_page_size=10)
+def settings(tmp_path: Path, db_url: str) -> Settings:
+    return Settings(data_dir=tmp_path, database_url=db_url, max_page_size=10)
 
 
 @pytest.fixture
@@ -335,3 +336,47 @@ def test_foreign_keys_are_enforced(sessions: sessionmaker[Session]) -> None:
         session.add(
             JobEventRecord(job_id="missing", to_state="QUEUED", created_at=datetime.now(UTC))
         )
+
+
+@pytest.mark.postgres
+def test_reads_go_to_the_read_url_and_writes_never_do(tmp_path: Path) -> None:
+    """PRECISE_MRD_DATABASE_READ_URL as a read-only role: status, listings and counts work
+    through it, every write still succeeds (it goes to the primary), and the role really
+    cannot write."""
+    from sqlalchemy.exc import ProgrammingError
+
+    from databases import postgres_database, read_only_role
+
+    with postgres_database() as url:
+        upgrade_database(url)
+        with read_only_role(url) as read_url:
+            settings = Settings(data_dir=tmp_path, database_url=url, database_read_url=read_url)
+            primary = create_engine_for_url(settings.database_url)
+            replica = create_engine_for_url(settings.database_read_url)
+            try:
+                service = SqlJobService(
+                    make_session_factory(primary),
+                    LocalArtifactStore(settings.artifact_dir),
+                    settings,
+                    read_sessions=make_session_factory(replica),
+                )
+                seen: list[str] = []
+                event.listen(
+                    replica,
+                    "before_cursor_execute",
+                    lambda _c, _k, statement, *_: seen.append(statement.split()[0].upper()),
+                )
+                job = service.submit(_spec(run_id="routed"))
+                assert seen == []
+                assert service.get(job.job_id, tenant_id="t1").spec.run_id == "routed"
+                page, _ = service.list_jobs(tenant_id="t1")
+                assert [listed.job_id for listed in page] == [job.job_id]
+                assert service.counts_by_state()[S.QUEUED] == 1
+                assert len(seen) == 3 and set(seen) == {"SELECT"}, seen
+                assert service.cancel(job.job_id, tenant_id="t1").state == S.CANCELED
+                assert len(seen) == 3, "cancel decides on the primary"
+                with pytest.raises(ProgrammingError, match="permission denied"):
+                    _force_state(make_session_factory(replica), job.job_id, S.QUEUED)
+            finally:
+                primary.dispose()
+                replica.dispose()

@@ -91,7 +91,10 @@ def test_the_cache_lives_under_the_data_directory_unless_set(
 def test_workers_get_the_cache_directory(tmp_path: Path) -> None:
     settings = Settings(data_dir=tmp_path, numba_cache_dir=tmp_path / "kc")
     executor = LocalExecutor(InMemoryJobService(), settings)  # type: ignore[arg-type]
-    assert executor._worker_environment()["NUMBA_CACHE_DIR"] == str(tmp_path / "kc")
+    environment = executor._worker_environment()
+    assert environment["NUMBA_CACHE_DIR"] == str(tmp_path / "kc")
+    # NB: the database URL (and its password) reaches the worker here, not on its command line
+    assert environment["PRECISE_MRD_DATABASE_URL"] == settings.database_url
 
 
 class _Log:

@@ -36,6 +36,7 @@ from precise_mrd import __version__
 from precise_mrd.service.api import configs, health, jobs
 from precise_mrd.service.api.docs import install_docs
 from precise_mrd.service.api.uploads import UPLOAD_FIELDS, BodySizeLimitMiddleware
+from precise_mrd.service.db.engine import display_url
 from precise_mrd.service.errors import install_error_handlers
 from precise_mrd.service.jobs.model import JobService
 from precise_mrd.service.observability import (
@@ -55,12 +56,18 @@ Tumour-informed MRD detection as a job service. Submit a run (`POST /submit`), f
 """
 
 
-def _build_sql_service(settings: Settings, store: ArtifactStore) -> tuple[JobService, Any]:
+def _build_sql_service(settings: Settings, store: ArtifactStore) -> tuple[JobService, list[Any]]:
     from precise_mrd.service.db import create_engine_from_settings, make_session_factory
+    from precise_mrd.service.db.engine import create_read_engine_from_settings
     from precise_mrd.service.jobs.service import SqlJobService
 
     engine = create_engine_from_settings(settings)
-    return SqlJobService(make_session_factory(engine), store, settings), engine
+    read_engine = create_read_engine_from_settings(settings)
+    read_sessions = make_session_factory(read_engine) if read_engine is not None else None
+    service = SqlJobService(
+        make_session_factory(engine), store, settings, read_sessions=read_sessions
+    )
+    return service, [engine] if read_engine is None else [engine, read_engine]
 
 
 def _build_executor(settings: Settings, job_service: JobService) -> Any:
@@ -78,20 +85,28 @@ def create_app(
 ) -> FastAPI:
     """The API over ``settings``; pass ``job_service``/``store`` to replace the embedded ones."""
     store = store if store is not None else LocalArtifactStore(settings.artifact_dir)
-    engine: Any = None
+    engines: list[Any] = []
     owns_database = job_service is None
     if job_service is None:
-        job_service, engine = _build_sql_service(settings, store)
+        job_service, engines = _build_sql_service(settings, store)
     metrics = ServiceMetrics(job_service)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         configure_logging(settings.log_level)
         log = get_logger("precise_mrd.service")
-        if owns_database:
-            from precise_mrd.service.db import upgrade_database
+        if owns_database and settings.database_migrate_on_start:
+            from sqlalchemy.exc import SQLAlchemyError
 
-            upgrade_database(settings.database_url)
+            from precise_mrd.service.db import upgrade_database
+            from precise_mrd.service.db.engine import describe_database_error
+
+            try:
+                upgrade_database(settings.database_url)
+            except SQLAlchemyError as error:
+                message = describe_database_error(settings.database_url, error)
+                log.error("cannot migrate the job database", error=message)
+                raise RuntimeError(message) from None
         executor = None
         warmer = None
         if start_executor:
@@ -118,9 +133,12 @@ def create_app(
         log.info(
             "service started",
             version=__version__,
-            database=_redact(settings.database_url)
+            database=display_url(settings.database_url)
             if owns_database
             else type(job_service).__name__,
+            read_database=display_url(settings.database_read_url)
+            if settings.database_read_url
+            else None,
             artifact_root=str(settings.artifact_dir),
             executor="local" if executor is not None else "none",
             max_concurrent_jobs=settings.max_concurrent_jobs,
@@ -133,7 +151,7 @@ def create_app(
                 warmer.stop()
             if executor is not None:
                 executor.stop()
-            if engine is not None:
+            for engine in engines:
                 engine.dispose()
             log.info("service stopped")
 
@@ -169,10 +187,3 @@ def create_app(
     app.add_middleware(RequestContextMiddleware, metrics=metrics)
     logging.getLogger("precise_mrd.service").debug("app created")
     return app
-
-
-def _redact(url: str) -> str:
-    """A database URL without its password."""
-    from sqlalchemy.engine import make_url
-
-    return make_url(url).render_as_string(hide_password=True)

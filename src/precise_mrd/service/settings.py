@@ -73,6 +73,51 @@ class Settings(BaseSettings):
         Path(".precise_mrd_data"), validation_alias=_env("PRECISE_MRD_DATA_DIR", "data_dir")
     )
     database_url: str = Field("", validation_alias=_env("PRECISE_MRD_DATABASE_URL", "database_url"))
+    #: a replica (or a read-only role) for status, results and listings; writes never go there
+    database_read_url: str = Field(
+        "", validation_alias=_env("PRECISE_MRD_DATABASE_READ_URL", "database_read_url")
+    )
+    #: PostgreSQL pool, per process: steady connections, extra ones under load, checkout wait
+    database_pool_size: int = Field(
+        5,
+        ge=1,
+        le=100,
+        validation_alias=_env("PRECISE_MRD_DATABASE_POOL_SIZE", "database_pool_size"),
+    )
+    database_max_overflow: int = Field(
+        10,
+        ge=0,
+        le=100,
+        validation_alias=_env("PRECISE_MRD_DATABASE_MAX_OVERFLOW", "database_max_overflow"),
+    )
+    database_pool_timeout_seconds: float = Field(
+        10,
+        gt=0,
+        le=300,
+        validation_alias=_env(
+            "PRECISE_MRD_DATABASE_POOL_TIMEOUT_SECONDS", "database_pool_timeout_seconds"
+        ),
+    )
+    database_pool_recycle_seconds: int = Field(
+        1800,
+        ge=30,
+        validation_alias=_env(
+            "PRECISE_MRD_DATABASE_POOL_RECYCLE_SECONDS", "database_pool_recycle_seconds"
+        ),
+    )
+    database_connect_timeout_seconds: int = Field(
+        5,
+        ge=1,
+        le=120,
+        validation_alias=_env(
+            "PRECISE_MRD_DATABASE_CONNECT_TIMEOUT_SECONDS", "database_connect_timeout_seconds"
+        ),
+    )
+    #: apply the migrations when the API starts (off: run `precise-mrd db upgrade` yourself)
+    database_migrate_on_start: bool = Field(
+        True,
+        validation_alias=_env("PRECISE_MRD_DATABASE_MIGRATE_ON_START", "database_migrate_on_start"),
+    )
     artifact_root: Path | None = Field(
         None, validation_alias=_env("PRECISE_MRD_ARTIFACT_ROOT", "artifact_root")
     )
@@ -145,6 +190,8 @@ class Settings(BaseSettings):
         self.data_dir = self.data_dir.expanduser().absolute()
         if not self.database_url:
             self.database_url = f"sqlite:///{self.data_dir / 'jobs.db'}"
+        self.database_url = normalize_database_url(self.database_url)
+        self.database_read_url = normalize_database_url(self.database_read_url)
         if self.artifact_root is None:
             self.artifact_root = self.data_dir / "artifacts"
         if self.work_root is None:
@@ -173,6 +220,15 @@ class Settings(BaseSettings):
         """:attr:`work_root`, resolved (never None after validation)."""
         assert self.work_root is not None
         return self.work_root
+
+
+def normalize_database_url(url: str) -> str:
+    """``postgres://`` and ``postgresql://`` use psycopg 3, the driver the package ships
+    (SQLAlchemy's default for them is psycopg2)."""
+    for prefix in ("postgres://", "postgresql://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix) :]
+    return url
 
 
 def get_settings(**overrides: Any) -> Settings:

@@ -1,8 +1,9 @@
 """Run the Alembic migrations shipped inside the package, from code or from the shell.
 
 :func:`upgrade_database` brings a database (empty or older) to the newest revision; the API and
-``deploy.sh`` call it at start-up. The same revisions run on SQLite and PostgreSQL: they use only
-portable column types and batch mode for SQLite ALTERs. ``alembic_config(url)`` gives a
+``deploy.sh`` call it at start-up (unless ``PRECISE_MRD_DATABASE_MIGRATE_ON_START=false``), and
+``precise-mrd db upgrade`` from the shell. The same revisions run on SQLite and PostgreSQL: they
+use only portable column types and batch mode for SQLite ALTERs. ``alembic_config(url)`` gives a
 configuration for the ``alembic`` command API (e.g. ``command.revision(..., autogenerate=True)``
 while developing).
 
@@ -22,10 +23,13 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from sqlalchemy import text
 
 from precise_mrd.service.db.engine import create_engine_for_url
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+#: the PostgreSQL advisory lock held while migrating (any 64-bit number unique to this schema)
+MIGRATION_LOCK_KEY = 0x50524D5244_01  # "PRMRD", 1
 
 
 def alembic_config(url: str) -> Config:
@@ -38,10 +42,21 @@ def alembic_config(url: str) -> Config:
 
 
 def upgrade_database(url: str, revision: str = "head") -> None:
-    """Apply every migration up to ``revision`` (idempotent)."""
+    """Apply every migration up to ``revision`` (idempotent).
+
+    On PostgreSQL the whole upgrade is one transaction that first takes the advisory lock
+    :data:`MIGRATION_LOCK_KEY` (``pg_advisory_xact_lock``: released at commit or rollback, and
+    valid behind PgBouncer in transaction mode, unlike a session lock). Processes that start
+    together therefore migrate one after the other: the first applies the revisions, the others
+    wait, then find the database at head and do nothing. SQLite serialises writers by itself.
+    """
     engine = create_engine_for_url(url)
     try:
         with engine.begin() as connection:
+            if connection.dialect.name == "postgresql":
+                connection.execute(
+                    text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY}
+                )
             config = alembic_config(url)
             config.attributes["connection"] = connection
             command.upgrade(config, revision)

@@ -306,8 +306,6 @@ class LocalExecutor:
             WORKER_MODULE,
             "--job-id",
             job_id,
-            "--database-url",
-            self.settings.database_url,
             "--artifact-root",
             str(self.settings.artifact_dir),
             "--work-root",
@@ -347,8 +345,13 @@ class LocalExecutor:
         logger.info("job %s started in worker pid %d", job_id, process.pid)
 
     def _worker_environment(self) -> dict[str, str]:
-        """The API's environment plus the compiled-kernel cache the install warmed."""
-        return {**os.environ, "NUMBA_CACHE_DIR": str(self.settings.kernel_cache_dir)}
+        """The API's environment plus the database (in the environment, not the command line,
+        where `ps` would show its password) and the compiled-kernel cache the install warmed."""
+        return {
+            **os.environ,
+            "PRECISE_MRD_DATABASE_URL": self.settings.database_url,
+            "NUMBA_CACHE_DIR": str(self.settings.kernel_cache_dir),
+        }
 
     def _kill(self, running: _RunningJob) -> None:
         kill_process_group(running.process.pid)

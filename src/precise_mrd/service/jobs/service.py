@@ -1,4 +1,4 @@
-"""SqlJobService: the job service on SQL (SQLite here, PostgreSQL later), the source of truth.
+"""SqlJobService: the job service on SQL (SQLite or PostgreSQL), the source of truth.
 
 Every state change is one conditional ``UPDATE ... WHERE id = :id AND state IN (:allowed)`` plus an
 audit row in ``job_events``, in one transaction. Two processes racing for the same job therefore
@@ -188,9 +188,17 @@ class SqlJobService:
     an executor and a worker need (claiming, progress, finishing, recovery, cleanup)."""
 
     def __init__(
-        self, session_factory: sessionmaker[Session], store: ArtifactStore, settings: Settings
+        self,
+        session_factory: sessionmaker[Session],
+        store: ArtifactStore,
+        settings: Settings,
+        *,
+        read_sessions: sessionmaker[Session] | None = None,
     ) -> None:
         self._sessions = session_factory
+        # NB: status, results, listings and counts may read a replica; nothing writes there, and
+        # everything an executor or worker decides on reads the primary.
+        self._reads = read_sessions or session_factory
         self.store = store
         self.settings = settings
 
@@ -225,11 +233,24 @@ class SqlJobService:
         return to_view(record)
 
     def get(self, job_id: str, *, tenant_id: str) -> JobView:
-        with self._sessions() as session:
-            record = session.get(JobRecord, job_id)
-            if record is None or record.tenant_id != tenant_id:
-                raise JobNotFoundError(f"no job {job_id!r} for this tenant")
-            return to_view(record)
+        record = self._record(self._reads, job_id)
+        if record is None and self._reads is not self._sessions:
+            # NB: a job submitted a moment ago may not have reached the replica yet
+            record = self._record(self._sessions, job_id)
+        if record is None or record.tenant_id != tenant_id:
+            raise JobNotFoundError(f"no job {job_id!r} for this tenant")
+        return to_view(record)
+
+    @staticmethod
+    def _record(sessions: sessionmaker[Session], job_id: str) -> JobRecord | None:
+        with sessions() as session:
+            return session.get(JobRecord, job_id)
+
+    def _get_primary(self, job_id: str, *, tenant_id: str) -> JobView:
+        record = self._record(self._sessions, job_id)
+        if record is None or record.tenant_id != tenant_id:
+            raise JobNotFoundError(f"no job {job_id!r} for this tenant")
+        return to_view(record)
 
     def list_jobs(
         self,
@@ -256,7 +277,7 @@ class SqlJobService:
                 )
             )
         query = query.order_by(JobRecord.created_at.desc(), JobRecord.id.desc()).limit(limit + 1)
-        with self._sessions() as session:
+        with self._reads() as session:
             records = list(session.scalars(query))
         page = [to_view(record) for record in records[:limit]]
         has_more = len(records) > limit
@@ -267,7 +288,7 @@ class SqlJobService:
         """QUEUED -> CANCELED at once; INITIALIZING/RUNNING -> CANCELING (the executor stops the
         worker and finishes the job as CANCELED); CANCELING stays; a finished job is an error."""
         for _ in range(10):
-            job = self.get(job_id, tenant_id=tenant_id)
+            job = self._get_primary(job_id, tenant_id=tenant_id)  # NB: decides on it
             if job.state == S.CANCELING:
                 return job
             if job.state.is_terminal:
@@ -285,7 +306,7 @@ class SqlJobService:
                     job_id, from_states=[job.state], to_state=S.CANCELING, reason=CANCEL_REASON
                 )
             if changed:
-                return self.get(job_id, tenant_id=tenant_id)
+                return self._get_primary(job_id, tenant_id=tenant_id)
         raise JobStateError(job_id, job.state, f"job {job_id} keeps changing state; try again")
 
     def artifact_path(self, job_id: str, kind: str, *, tenant_id: str) -> Path:
@@ -303,7 +324,7 @@ class SqlJobService:
     def counts_by_state(self) -> dict[JobState, int]:
         """How many jobs are in each state (every state present, zeros included)."""
         counts = dict.fromkeys(JobState, 0)
-        with self._sessions() as session:
+        with self._reads() as session:
             rows = session.execute(
                 select(JobRecord.state, func.count()).group_by(JobRecord.state)
             ).all()

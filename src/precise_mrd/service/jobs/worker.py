@@ -55,7 +55,7 @@ from precise_mrd.core.errors import ConfigError, InputError, InputFileError
 from precise_mrd.pipeline.artifacts import ARTIFACTS, VALIDATION_ARTIFACTS
 from precise_mrd.pipeline.params import PipelineParams
 from precise_mrd.pipeline.run import RunInputs
-from precise_mrd.service.db.engine import create_engine_for_url, make_session_factory
+from precise_mrd.service.db.engine import PoolLimits, create_engine_for_url, make_session_factory
 from precise_mrd.service.jobs.model import JobSpec, JobState, JobView
 from precise_mrd.service.jobs.service import SqlJobService
 from precise_mrd.service.settings import Settings
@@ -449,20 +449,24 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m precise_mrd.service.jobs.worker``."""
     parser = argparse.ArgumentParser(description="Run one precise-mrd job.")
     parser.add_argument("--job-id", required=True)
-    parser.add_argument("--database-url", required=True)
+    parser.add_argument(
+        "--database-url", default=None, help="default: PRECISE_MRD_DATABASE_URL (keeps it off ps)"
+    )
     parser.add_argument("--artifact-root", required=True, type=Path)
     parser.add_argument("--work-root", type=Path, default=None)
     parser.add_argument("--log-level", default="info")
     parser.add_argument("--enable-debug-jobs", action="store_true")
     args = parser.parse_args(argv)
+    overrides = {"database_url": args.database_url} if args.database_url else {}
     settings = Settings(
-        database_url=args.database_url,
+        **overrides,
         artifact_root=args.artifact_root,
         work_root=args.work_root or args.artifact_root.parent / "work",
         log_level=args.log_level,
         enable_debug_jobs=args.enable_debug_jobs,
     )
-    engine = create_engine_for_url(settings.database_url)
+    # NB: one job, one thread: two connections cover a progress write beside a transition
+    engine = create_engine_for_url(settings.database_url, PoolLimits(size=2, max_overflow=2))
     service = SqlJobService(
         make_session_factory(engine), LocalArtifactStore(settings.artifact_dir), settings
     )
