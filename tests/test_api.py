@@ -732,3 +732,28 @@ def test_docs_pages_load_nothing_from_the_internet(client: TestClient, page: str
 def test_docs_static_files_are_not_a_way_out_of_their_directory(client: TestClient) -> None:
     assert client.get("/static/docs/../../settings.py").status_code == 404
     assert client.get("/static/docs/%2e%2e/__init__.py").status_code == 404
+
+
+# ---------------------------------------------------------------------------- backends down
+
+
+def test_a_database_that_does_not_answer_is_a_503_with_retry_after(
+    harness: Harness, client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fast stand-in for the fault test on a real server: the service's own exception types."""
+    from sqlalchemy.exc import OperationalError
+    from sqlalchemy.exc import TimeoutError as PoolTimeout
+
+    job_id = submit(client).json()["job_id"]
+    for error in (OperationalError("SELECT", {}, ConnectionRefusedError()), PoolTimeout("busy")):
+
+        def failing(*_args: Any, error: Exception = error, **_kwargs: Any) -> Any:
+            raise error
+
+        monkeypatch.setattr(harness.jobs, "get", failing)
+        response = client.get(f"/status/{job_id}")
+        assert response.status_code == 503, response.text
+        assert response.headers["Retry-After"] == "5"
+        problem = error_of(response)
+        assert problem["code"] == "database_unavailable" and "GET /health" in problem["fix"]
+        assert "Traceback" not in response.text and "SELECT" not in response.text

@@ -39,6 +39,8 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import TimeoutError as SqlPoolTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from precise_mrd.core.errors import ConfigError, InputError
@@ -147,6 +149,10 @@ class ErrorBody(BaseModel):
     error: ErrorDetail
 
 
+#: what a 503 for an unreachable database asks the client to wait
+DATABASE_RETRY_AFTER_SECONDS = 5
+
+
 def _describe(exc: BaseException) -> ServiceError:
     """Map any exception onto a :class:`ServiceError` (the one place status codes are chosen)."""
     if isinstance(exc, ServiceError):
@@ -180,6 +186,14 @@ def _describe(exc: BaseException) -> ServiceError:
         return UnprocessableError(exc.problem, field=exc.key, code="invalid_name")
     if isinstance(exc, ArtifactStoreError):
         return UnavailableError(f"artifact store error: {exc}", code="store_error")
+    if isinstance(exc, OperationalError | SqlPoolTimeoutError):
+        # NB: the database is down, restarting or saturated: a client should retry, not give up
+        return UnavailableError(
+            "the job database is not answering",
+            code="database_unavailable",
+            fix=f"retry in {DATABASE_RETRY_AFTER_SECONDS} s; GET /health shows what is down",
+            headers={"Retry-After": str(DATABASE_RETRY_AFTER_SECONDS)},
+        )
     if isinstance(exc, ConfigError):
         return UnprocessableError(exc.problem, field=exc.path, fix=exc.fix, code="invalid_config")
     if isinstance(exc, InputError):
@@ -225,7 +239,9 @@ def error_body(exc: BaseException, *, request_id: str | None) -> dict[str, Any]:
 def error_response(exc: BaseException, *, request_id: str | None) -> JSONResponse:
     """A JSON response with the right status code and headers for ``exc``."""
     error = _describe(exc)
-    if error.status_code >= 500:
+    if error.status_code == 503:
+        logger.warning("backend unavailable: %s (%s)", error.message, type(exc).__name__)
+    elif error.status_code >= 500:
         logger.error("unhandled error", exc_info=exc)
     headers = dict(error.headers)
     if isinstance(exc, StarletteHTTPException) and exc.headers:
@@ -250,6 +266,8 @@ def install_error_handlers(app: FastAPI) -> None:
         JobNotFoundError,
         JobStateError,
         ArtifactStoreError,
+        OperationalError,  # NB: named, so Starlette answers 503 instead of re-raising
+        SqlPoolTimeoutError,
         ConfigError,
         InputError,
         RequestValidationError,
