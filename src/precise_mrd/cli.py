@@ -309,12 +309,14 @@ def _register_command_groups() -> None:
     from precise_mrd.cli_ml import register as register_ml
     from precise_mrd.cli_serve import register as register_serve
     from precise_mrd.cli_validation import register as register_validation
+    from precise_mrd.cli_worker import register as register_worker
 
     register_validation(app)
     register_serve(app)
     register_ml(app)
     register_config(app)
     register_db(app)
+    register_worker(app)
 
 
 _register_command_groups()
@@ -324,7 +326,7 @@ _register_command_groups()
 def warm_cache(
     cache_dir: Annotated[
         Path | None,
-        typer.Option(help="Kernel cache to fill [env NUMBA_CACHE_DIR, else <venv>/numba-cache]."),
+        typer.Option(help="Kernel cache to fill (env NUMBA_CACHE_DIR, else <venv>/numba-cache)."),
     ] = None,
     force: Annotated[bool, typer.Option(help="Compile again even when the cache is warm.")] = False,
 ) -> None:

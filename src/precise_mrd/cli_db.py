@@ -22,7 +22,7 @@ DatabaseUrl = Annotated[
     str | None,
     typer.Option(
         "--database-url",
-        help="SQLAlchemy URL [env PRECISE_MRD_DATABASE_URL, else SQLite under the data dir].",
+        help="SQLAlchemy URL (env PRECISE_MRD_DATABASE_URL, else SQLite under the data dir).",
     ),
 ]
 

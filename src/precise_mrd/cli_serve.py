@@ -19,17 +19,17 @@ def register(app: typer.Typer) -> None:
     @app.command()
     def serve(
         host: Annotated[
-            str | None, typer.Option(help="Bind address [env PRECISE_MRD_API_HOST, 127.0.0.1]")
+            str | None, typer.Option(help="Bind address (env PRECISE_MRD_API_HOST, 127.0.0.1)")
         ] = None,
         port: Annotated[
-            int | None, typer.Option(help="Port [env PRECISE_MRD_API_PORT, 8000]")
+            int | None, typer.Option(help="Port (env PRECISE_MRD_API_PORT, 8000)")
         ] = None,
         reload: Annotated[
             bool, typer.Option(help="Restart on code changes (development).")
         ] = False,
         log_level: Annotated[
             str | None,
-            typer.Option(help=f"One of {', '.join(LOG_LEVELS)} [env PRECISE_MRD_LOG_LEVEL]"),
+            typer.Option(help=f"One of {', '.join(LOG_LEVELS)} (env PRECISE_MRD_LOG_LEVEL)"),
         ] = None,
     ) -> None:
         """Serve the job API (SQLite, local artifact store and local executor by default)."""

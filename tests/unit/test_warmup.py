@@ -9,8 +9,7 @@ from typing import Any
 import pytest
 
 from precise_mrd.pipeline import warmup
-from precise_mrd.service.jobs.executor import LocalExecutor
-from precise_mrd.service.jobs.memory import InMemoryJobService
+from precise_mrd.service.jobs.process import worker_environment
 from precise_mrd.service.kernels import KernelCacheWarmer
 from precise_mrd.service.settings import Settings
 
@@ -90,8 +89,7 @@ def test_the_cache_lives_under_the_data_directory_unless_set(
 
 def test_workers_get_the_cache_directory(tmp_path: Path) -> None:
     settings = Settings(data_dir=tmp_path, numba_cache_dir=tmp_path / "kc")
-    executor = LocalExecutor(InMemoryJobService(), settings)  # type: ignore[arg-type]
-    environment = executor._worker_environment()
+    environment = worker_environment(settings)
     assert environment["NUMBA_CACHE_DIR"] == str(tmp_path / "kc")
     # NB: the database URL (and its password) reaches the worker here, not on its command line
     assert environment["PRECISE_MRD_DATABASE_URL"] == settings.database_url

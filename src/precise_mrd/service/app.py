@@ -71,6 +71,10 @@ def _build_sql_service(settings: Settings, store: ArtifactStore) -> tuple[JobSer
 
 
 def _build_executor(settings: Settings, job_service: JobService) -> Any:
+    if settings.executor == "celery":
+        from precise_mrd.service.jobs.celery_executor import CeleryExecutor
+
+        return CeleryExecutor(job_service, settings)  # type: ignore[arg-type]
     from precise_mrd.service.jobs.executor import LocalExecutor
 
     return LocalExecutor(job_service, settings)  # type: ignore[arg-type]
@@ -140,7 +144,7 @@ def create_app(
             if settings.database_read_url
             else None,
             artifact_root=str(settings.artifact_dir),
-            executor="local" if executor is not None else "none",
+            executor=settings.executor if executor is not None else "none",
             max_concurrent_jobs=settings.max_concurrent_jobs,
             enable_ml_calling=settings.enable_ml_calling,
         )

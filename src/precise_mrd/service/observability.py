@@ -110,6 +110,8 @@ def configure_logging(level: str = "INFO") -> None:
         uvicorn_logger.propagate = True
     # NB: the access line is ours (with the request id and route); uvicorn's would duplicate it.
     logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
+    # NB: Alembic announces each of its plugins at info level on every import
+    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
 
 
 def get_logger(name: str = "precise_mrd.service") -> Any:

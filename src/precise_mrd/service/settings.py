@@ -144,6 +144,34 @@ class Settings(BaseSettings):
         False, validation_alias=_env("PRECISE_MRD_AUTH_ENABLED", "auth_enabled")
     )
 
+    # --- execution: the local executor or Celery workers ------------------------------------
+    executor: Literal["local", "celery"] = Field(
+        "local", validation_alias=_env("PRECISE_MRD_EXECUTOR", "executor")
+    )
+    broker_url: str = Field("", validation_alias=_env("PRECISE_MRD_BROKER_URL", "broker_url"))
+    celery_queue: str = Field(
+        "precise-mrd",
+        pattern=r"^[A-Za-z0-9._:\-]{1,200}$",
+        validation_alias=_env("PRECISE_MRD_CELERY_QUEUE", "celery_queue"),
+    )
+    #: a QUEUED job whose message was sent this long ago is sent again (a broker that lost it)
+    redispatch_seconds: float = Field(
+        300, gt=0, validation_alias=_env("PRECISE_MRD_REDISPATCH_SECONDS", "redispatch_seconds")
+    )
+    #: the hard time limit: SIGKILL this long after the soft limit's SIGTERM
+    job_kill_grace_seconds: float = Field(
+        30,
+        ge=0,
+        validation_alias=_env("PRECISE_MRD_JOB_KILL_GRACE_SECONDS", "job_kill_grace_seconds"),
+    )
+    broker_connect_timeout_seconds: float = Field(
+        5,
+        gt=0,
+        validation_alias=_env(
+            "PRECISE_MRD_BROKER_CONNECT_TIMEOUT_SECONDS", "broker_connect_timeout_seconds"
+        ),
+    )
+
     # --- job service and local executor ---------------------------------------------------
     max_job_attempts: int = Field(
         2, ge=1, le=10, validation_alias=_env("PRECISE_MRD_MAX_JOB_ATTEMPTS", "max_job_attempts")
@@ -192,6 +220,11 @@ class Settings(BaseSettings):
             self.database_url = f"sqlite:///{self.data_dir / 'jobs.db'}"
         self.database_url = normalize_database_url(self.database_url)
         self.database_read_url = normalize_database_url(self.database_read_url)
+        if self.executor == "celery" and not self.broker_url:
+            raise ValueError(
+                "PRECISE_MRD_EXECUTOR=celery needs PRECISE_MRD_BROKER_URL (e.g. "
+                "redis://127.0.0.1:6379/0 or amqp://guest:guest@127.0.0.1:5672//)"
+            )
         if self.artifact_root is None:
             self.artifact_root = self.data_dir / "artifacts"
         if self.work_root is None:

@@ -6,7 +6,8 @@
 * ``GET /metrics``: Prometheus text format from the app's own registry.
 
 Checks: ``database`` counts jobs by state; ``artifact_store`` writes, reads back and deletes a
-probe; ``executor`` asks the executor whether its loop is alive (when this process runs one).
+probe; ``executor`` asks the executor whether its loop is alive (when this process runs one)
+and, for the Celery executor, whether the broker answers.
 """
 
 from __future__ import annotations
@@ -48,6 +49,9 @@ def _check_executor(executor: Any) -> None:
     alive = probe() if callable(probe) else bool(probe)
     if not alive:
         raise RuntimeError("the executor loop is not running")
+    check = getattr(executor, "check", None)
+    if callable(check):
+        check()  # NB: the Celery executor's broker
 
 
 def run_checks(request: Request) -> HealthRead:

@@ -404,22 +404,58 @@ class SqlJobService:
             if not candidates:
                 return None
             for job_id in candidates:
-                now = now_utc()
-                claimed = self.transition(
-                    job_id,
-                    from_states=[S.QUEUED],
-                    to_state=S.INITIALIZING,
-                    attempts=JobRecord.attempts + 1,
-                    started_at=now,
-                    heartbeat_at=now,
-                    worker_host=worker_host,
-                    worker_pid=None,
-                    progress=0.0,
-                    stage=None,
-                )
-                if claimed:
-                    return self.load(job_id)
+                claimed = self.claim(job_id, worker_host=worker_host)
+                if claimed is not None:
+                    return claimed
         return None
+
+    def claim(self, job_id: str, *, worker_host: str | None = None) -> JobView | None:
+        """Take this job if it is QUEUED: QUEUED -> INITIALIZING, ``attempts`` + 1. None when it
+        is anywhere else (already taken, canceled, finished): a redelivered message is a no-op."""
+        now = now_utc()
+        claimed = self.transition(
+            job_id,
+            from_states=[S.QUEUED],
+            to_state=S.INITIALIZING,
+            attempts=JobRecord.attempts + 1,
+            started_at=now,
+            heartbeat_at=now,
+            worker_host=worker_host,
+            worker_pid=None,
+            progress=0.0,
+            stage=None,
+        )
+        return self.load(job_id) if claimed else None
+
+    def due_for_dispatch(
+        self, sent_before: datetime, *, limit: int = 500
+    ) -> list[tuple[str, str | None]]:
+        """``(job_id, request_id)`` of QUEUED jobs never sent to the broker or sent before
+        ``sent_before``, oldest first."""
+        with self._sessions() as session:
+            rows = session.execute(
+                select(JobRecord.id, JobRecord.spec)
+                .where(
+                    JobRecord.state == S.QUEUED.value,
+                    or_(JobRecord.dispatched_at.is_(None), JobRecord.dispatched_at < sent_before),
+                )
+                .order_by(JobRecord.created_at, JobRecord.id)
+                .limit(limit)
+            ).all()
+        return [(job_id, (spec or {}).get("request_id")) for job_id, spec in rows]
+
+    def mark_dispatched(self, job_ids: Iterable[str]) -> None:
+        """Record that the jobs' messages were sent now."""
+        ids = list(job_ids)
+        if not ids:
+            return
+        with self._sessions.begin() as session:
+            session.execute(
+                update(JobRecord)
+                .where(JobRecord.id.in_(ids))
+                .values(dispatched_at=now_utc())
+                .execution_options(synchronize_session=False)
+            )
 
     def set_worker(self, job_id: str, *, pid: int | None, host: str | None) -> None:
         """Record which process runs the job."""
@@ -458,12 +494,12 @@ class SqlJobService:
             )
             return result.rowcount == 1
 
-    def active_leases(self) -> list[JobLease]:
-        """Every INITIALIZING, RUNNING or CANCELING job with its worker."""
+    def active_leases(self, job_id: str | None = None) -> list[JobLease]:
+        """Every INITIALIZING, RUNNING or CANCELING job (or just ``job_id``) with its worker."""
+        query = select(JobRecord).where(JobRecord.state.in_([s.value for s in ACTIVE_STATES]))
+        if job_id is not None:
+            query = query.where(JobRecord.id == job_id)
         with self._sessions() as session:
-            records = session.scalars(
-                select(JobRecord).where(JobRecord.state.in_([s.value for s in ACTIVE_STATES]))
-            )
             return [
                 JobLease(
                     job_id=record.id,
@@ -474,7 +510,7 @@ class SqlJobService:
                     heartbeat_at=record.heartbeat_at,
                     started_at=record.started_at,
                 )
-                for record in records
+                for record in session.scalars(query)
             ]
 
     def states_of(self, job_ids: Iterable[str]) -> dict[str, JobState]:

@@ -258,8 +258,16 @@ def materialize_inputs(
     return run_inputs, job.spec.run_id
 
 
+class JobLeftRunningError(Exception):
+    """The job is no longer RUNNING (canceled, failed by its supervisor): stop the pipeline."""
+
+
 class ProgressWriter:
-    """The pipeline's progress callback: writes stage changes at once, the rest throttled."""
+    """The pipeline's progress callback: writes stage changes at once, the rest throttled.
+
+    It is also the cooperative cancel: when a write finds the job no longer RUNNING (the API
+    marked it CANCELING, the supervisor timed it out), it raises :class:`JobLeftRunningError`
+    and the pipeline stops at once, before its supervisor's kill arrives."""
 
     def __init__(self, service: SqlJobService, job_id: str) -> None:
         self.service = service
@@ -277,7 +285,8 @@ class ProgressWriter:
             logger.debug("progress", extra={"stage": stage, "progress": round(fraction, 4)})
         self.stage = stage
         self.last_write = now
-        self.service.update_progress(self.job_id, progress=fraction, stage=stage)
+        if not self.service.update_progress(self.job_id, progress=fraction, stage=stage):
+            raise JobLeftRunningError(self.job_id)
 
 
 VALIDATION_SUMMARY_KEYS = (
@@ -418,6 +427,10 @@ def run_job(service: SqlJobService, job_id: str, work_dir: Path, settings: Setti
         return _finish(
             service, job_id, result=summarize_call(result.sample_call), artifacts=artifacts
         )
+    except JobLeftRunningError:
+        state = service.load(job_id).state
+        logger.info("stopped: the job is %s", state.value, extra={"state": state.value})
+        return state
     except (InputError, ConfigError) as error:
         reason = str(error).splitlines()[0]
         logger.warning("rejected: %s", reason, extra={"reason": reason})
