@@ -9,6 +9,7 @@ what happened: every test reads the job's audited state changes.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
@@ -24,7 +25,7 @@ from sqlalchemy import create_engine, text
 
 from brokers import BROKERS, Background, OwnRabbit, OwnRedis, shared_broker
 from databases import postgres_database
-from servers import TERMINAL, TINY, Server, submit
+from servers import TERMINAL, TINY, Server, free_port, submit
 
 pytestmark = [pytest.mark.celery, pytest.mark.postgres]
 
@@ -178,6 +179,10 @@ def test_a_job_runs_on_a_worker_and_carries_its_request_id(workers: Cluster) -> 
     report = requests.get(f"{workers.api.url}/download/{job_id}/report", timeout=30)
     assert report.status_code == 200 and b"<html" in report.content[:2000].lower()
     assert "req-celery-real-1" in worker.log_text()
+    metrics = requests.get(workers.api.url + "/metrics", timeout=10).text
+    assert 'precise_mrd_queue_length{executor="celery"} 0.0' in metrics
+    queue = workers.env["PRECISE_MRD_CELERY_QUEUE"]
+    assert f'precise_mrd_broker_messages{{queue="{queue}"}} 0.0' in metrics
     transitions = [(old, new) for old, new, _ in workers.events(job_id)]
     assert transitions == [
         (None, "QUEUED"),
@@ -208,7 +213,7 @@ def test_cancel_stops_a_running_job_and_its_process_group(workers: Cluster) -> N
 
 def test_sigterm_gives_a_running_job_to_another_worker(workers: Cluster) -> None:
     first = workers.start_worker()
-    job_id = submit(workers.api, config_yaml=SLEEP.format(seconds=20))
+    job_id = submit(workers.api, config_yaml=SLEEP.format(seconds=12))
     _running_on(workers, job_id)
     workers.start_worker()
     started = time.monotonic()
@@ -337,3 +342,65 @@ def test_a_burst_of_500_jobs_on_two_workers_ends_each_job_exactly_once(
             assert all(runs == 1 and completions == 1 for _, runs, completions in per_job)
         finally:
             cluster.close()
+
+
+def test_the_service_guide_celery_example(tmp_path: Path) -> None:
+    """docs/service.md's Celery block as written, on a database, queue, port and data directory
+    of the test's own; the job it submits completes on the worker it starts."""
+    import json
+    import secrets
+    import subprocess
+
+    guide = (Path(__file__).resolve().parents[2] / "docs" / "service.md").read_text()
+    block = guide.split("## Celery workers", 1)[1].split("```bash\n", 1)[1].split("```", 1)[0]
+    name = f"pmrd_guide_{secrets.token_hex(4)}"
+    port = str(free_port())
+    script = (
+        block.replace("precise_mrd_celery", name)
+        .replace("python -m precise_mrd.api", f"python -m precise_mrd.api --port {port}")
+        .replace("127.0.0.1:8000", f"127.0.0.1:{port}")
+        .replace("$HOME/precise-mrd-data", str(tmp_path / "data"))
+    )
+    assert script.count(port) == 3 and name in script
+    with shared_broker("redis") as (_, queue):
+        env = {
+            **_clean_environment(),
+            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+            "PRECISE_MRD_CELERY_QUEUE": queue,
+            "PRECISE_MRD_WARM_KERNELS_ON_START": "false",
+        }
+        shell = subprocess.Popen(
+            # NB: curl prints the job without a newline; echo ends the line for readline
+            ["bash", "-c", "set -e\n" + script + "echo\nwait"],
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
+        try:
+            assert shell.stdout is not None
+            job = None
+            deadline = time.monotonic() + 90
+            while job is None and time.monotonic() < deadline:
+                line = shell.stdout.readline()
+                if line.startswith("{"):
+                    job = json.loads(line)
+                elif not line and shell.poll() is not None:
+                    break
+            assert job is not None, (tmp_path / "api.log").read_text()[-3000:]
+            url = f"http://127.0.0.1:{port}/status/{job['job_id']}"
+            while time.monotonic() < deadline:
+                state = requests.get(url, timeout=10).json()["state"]
+                if state in TERMINAL:
+                    break
+                time.sleep(0.5)
+            assert state == "COMPLETE", (tmp_path / "worker.log").read_text()[-3000:]
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(shell.pid, signal.SIGTERM)
+            shell.wait(60)
+            assert shell.stdout is not None
+            shell.stdout.close()
+            subprocess.run(["dropdb", "-h", "127.0.0.1", "-U", "postgres", "--if-exists", name])

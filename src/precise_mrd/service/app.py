@@ -122,6 +122,8 @@ def create_app(
             executor = _build_executor(settings, job_service)
             executor.start()
         app.state.executor = executor
+        metrics.executor = executor
+        metrics.executor_name = settings.executor if executor is not None else "none"
         log.debug(
             "settings",
             api_host=settings.api_host,

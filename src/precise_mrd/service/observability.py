@@ -120,34 +120,58 @@ def get_logger(name: str = "precise_mrd.service") -> Any:
 
 
 class _JobStateCollector(Collector):
-    """``precise_mrd_jobs{state}`` read from the job service at scrape time."""
+    """Gauges read at scrape time: ``precise_mrd_jobs{state}`` and
+    ``precise_mrd_queue_length{executor}`` from the job database, and
+    ``precise_mrd_broker_messages{queue}`` from the Celery broker (the autoscaler's signals)."""
 
     def __init__(self, metrics: ServiceMetrics) -> None:
         self._metrics = metrics
 
     @staticmethod
-    def _family() -> GaugeMetricFamily:
-        return GaugeMetricFamily(
-            "precise_mrd_jobs", "Jobs in the database by state", labels=["state"]
+    def _families() -> tuple[GaugeMetricFamily, GaugeMetricFamily, GaugeMetricFamily]:
+        return (
+            GaugeMetricFamily(
+                "precise_mrd_jobs", "Jobs in the database by state", labels=["state"]
+            ),
+            GaugeMetricFamily(
+                "precise_mrd_queue_length",
+                "Jobs waiting for a worker (QUEUED in the database), by executor",
+                labels=["executor"],
+            ),
+            GaugeMetricFamily(
+                "precise_mrd_broker_messages",
+                "Messages waiting on the Celery broker, by queue",
+                labels=["queue"],
+            ),
         )
 
     def describe(self) -> Iterable[Metric]:
-        return [self._family()]
+        return list(self._families())
 
     def collect(self) -> Iterable[Metric]:
         service = self._metrics.job_service
-        gauge = self._family()
+        jobs, queue, broker = self._families()
         if service is None:
-            return [gauge]
+            return [jobs, queue]
         try:
             counts = service.counts_by_state()
         except Exception:
             # NB: a scrape must not fail because the database does; /health reports that.
             get_logger().warning("jobs by state unavailable for /metrics", exc_info=True)
-            return [gauge]
+            return [jobs, queue]
         for state in JobState:
-            gauge.add_metric([state.value], float(counts.get(state, 0)))
-        return [gauge]
+            jobs.add_metric([state.value], float(counts.get(state, 0)))
+        queue.add_metric([self._metrics.executor_name], float(counts.get(JobState.QUEUED, 0)))
+        executor = self._metrics.executor
+        length = getattr(executor, "queue_length", None)
+        if not callable(length):
+            return [jobs, queue]
+        try:
+            broker.add_metric([executor.settings.celery_queue], float(length()))
+        except Exception as error:
+            get_logger().warning("broker queue length unavailable for /metrics", error=str(error))
+            return [jobs, queue]
+        return [jobs, queue, broker]
 
 
 class ServiceMetrics:
@@ -156,6 +180,9 @@ class ServiceMetrics:
     def __init__(self, job_service: JobService | None = None) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self.job_service = job_service
+        #: the executor of this process (set at start-up) and its name for labels
+        self.executor: Any = None
+        self.executor_name = "none"
         self.started_at = datetime.now().astimezone()
         self.tenants: set[str] = {"default"}
         self._seen: dict[str, None] = {}
