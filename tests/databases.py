@@ -87,3 +87,66 @@ def read_only_role(url: str) -> Iterator[str]:
             connection.execute(text(f'REVOKE CONNECT ON DATABASE "{database}" FROM "{role}"'))
         grant.dispose()
         _admin_execute(f'DROP ROLE IF EXISTS "{role}"')
+
+
+PG_BIN = (
+    Path("/usr/lib/postgresql")
+    / (
+        sorted(os.listdir("/usr/lib/postgresql"))[-1]
+        if os.path.isdir("/usr/lib/postgresql")
+        else "15"
+    )
+    / "bin"
+)
+
+
+class OwnPostgres:
+    """A PostgreSQL cluster of the test's own (initdb in a temporary folder, a free port,
+    loopback only), run as the ``postgres`` user, so a test may stop and start it. ``close``
+    stops it and removes its folder."""
+
+    def __init__(self, port: int) -> None:
+        import shutil
+        import tempfile
+
+        self.port = port
+        # NB: not under pytest's tmp_path: the postgres user must be able to enter the folder
+        self.directory = Path(tempfile.mkdtemp(prefix="pmrd-pg-"))
+        shutil.chown(self.directory, user="postgres")
+        self.url = f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres"
+        self._as_postgres(
+            str(PG_BIN / "initdb"), "-D", str(self.directory / "data"), "-A", "trust",
+            "-U", "postgres", "-E", "UTF8", "--no-sync",
+        )  # fmt: skip
+        self.start()
+
+    def _as_postgres(self, *command: str) -> None:
+        import subprocess
+
+        subprocess.run(
+            ["runuser", "-u", "postgres", "--", *command],
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
+
+    def start(self) -> None:
+        options = f"-p {self.port} -k {self.directory} -c listen_addresses=127.0.0.1 -c fsync=off"
+        self._as_postgres(
+            str(PG_BIN / "pg_ctl"), "-D", str(self.directory / "data"), "-o", options,
+            "-l", str(self.directory / "server.log"), "-w", "start",
+        )  # fmt: skip
+
+    def stop(self) -> None:
+        self._as_postgres(
+            str(PG_BIN / "pg_ctl"), "-D", str(self.directory / "data"), "-m", "fast", "-w", "stop"
+        )
+
+    def close(self) -> None:
+        import contextlib
+        import shutil
+        import subprocess
+
+        with contextlib.suppress(subprocess.CalledProcessError):
+            self.stop()
+        shutil.rmtree(self.directory, ignore_errors=True)

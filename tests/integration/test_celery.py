@@ -219,9 +219,7 @@ def test_sigterm_gives_a_running_job_to_another_worker(workers: Cluster) -> None
     started = time.monotonic()
     first.signal(signal.SIGTERM, group=False)  # NB: as a node going away signals its pods
     first.process.wait(30)
-    assert time.monotonic() - started < 8, (
-        "the worker waited for its job instead of giving it back"
-    )
+    assert time.monotonic() - started < 8, "the worker waited for its job instead of giving it back"
     status = workers.api.wait(job_id, TERMINAL, timeout=90)
     assert status["state"] == "COMPLETE", status
     assert status["attempts"] == 1  # NB: a preemption does not use up an attempt

@@ -24,6 +24,9 @@ import threading
 import time
 from datetime import datetime
 
+from sqlalchemy.exc import SQLAlchemyError
+
+from precise_mrd.service.db.engine import describe_database_error
 from precise_mrd.service.jobs.model import JobState
 from precise_mrd.service.jobs.process import JobProcess
 from precise_mrd.service.jobs.service import SqlJobService, this_host
@@ -106,9 +109,19 @@ class LocalExecutor:
         return self._thread is not None and self._thread.is_alive()
 
     def _loop(self) -> None:
+        outage: str | None = None
         while not self._stop.is_set():
             try:
                 self.run_once()
+                if outage is not None:
+                    logger.warning("executor: the database is back")
+                    outage = None
+            except SQLAlchemyError as error:
+                # NB: an outage is one line when it starts, not a traceback every poll
+                message = describe_database_error(self.settings.database_url, error)
+                if message != outage:
+                    logger.warning("executor: %s; retrying", message)
+                    outage = message
             except Exception:
                 logger.exception("executor iteration failed; retrying")
             self._wake.wait(self.settings.executor_poll_seconds)
