@@ -24,8 +24,14 @@ $(STAMP): pyproject.toml requirements.lock
 
 venv: $(STAMP)  ## create .venv and install the locked dependencies
 
-test-tools:  ## install the system tools the tests drive (Debian packages) when missing
+AZURITE := $(VENV)/azurite/node_modules/.bin/azurite-blob
+AZURITE_VERSION := 3.37.0
+
+test-tools: $(AZURITE)  ## install the system tools the tests drive (Debian packages, Azurite) when missing
 	@scripts/ensure-debian-tools.sh $(TEST_TOOLS)
+
+$(AZURITE):  # the Azure Blob emulator the storage tests start (npm; Node.js is on the machine)
+	npm install --silent --no-audit --no-fund --prefix $(VENV)/azurite azurite@$(AZURITE_VERSION)
 
 test: $(STAMP) test-tools  ## run the whole test suite (unit, integration, slow statistical tests)
 	$(BIN)/pytest -n 2 --dist loadgroup $(PYTEST_ARGS)

@@ -46,7 +46,7 @@ from precise_mrd.service.observability import (
     get_logger,
 )
 from precise_mrd.service.settings import Settings
-from precise_mrd.service.storage import ArtifactStore, LocalArtifactStore
+from precise_mrd.service.storage import ArtifactStore, store_from_settings
 
 DESCRIPTION = """\
 Tumour-informed MRD detection as a job service. Submit a run (`POST /submit`), follow it
@@ -88,7 +88,7 @@ def create_app(
     start_executor: bool = True,
 ) -> FastAPI:
     """The API over ``settings``; pass ``job_service``/``store`` to replace the embedded ones."""
-    store = store if store is not None else LocalArtifactStore(settings.artifact_dir)
+    store = store if store is not None else store_from_settings(settings)
     engines: list[Any] = []
     owns_database = job_service is None
     if job_service is None:
@@ -145,7 +145,7 @@ def create_app(
             read_database=display_url(settings.database_read_url)
             if settings.database_read_url
             else None,
-            artifact_root=str(settings.artifact_dir),
+            artifact_store=repr(store),
             executor=settings.executor if executor is not None else "none",
             max_concurrent_jobs=settings.max_concurrent_jobs,
             enable_ml_calling=settings.enable_ml_calling,

@@ -118,6 +118,14 @@ class Settings(BaseSettings):
         True,
         validation_alias=_env("PRECISE_MRD_DATABASE_MIGRATE_ON_START", "database_migrate_on_start"),
     )
+    #: where artifacts live: a path, s3://bucket/prefix, gs://bucket/prefix or az://container/prefix
+    storage_url: str = Field("", validation_alias=_env("PRECISE_MRD_STORAGE_URL", "storage_url"))
+    download_url_seconds: int = Field(
+        300,
+        ge=10,
+        le=7 * 24 * 3600,
+        validation_alias=_env("PRECISE_MRD_DOWNLOAD_URL_SECONDS", "download_url_seconds"),
+    )
     artifact_root: Path | None = Field(
         None, validation_alias=_env("PRECISE_MRD_ARTIFACT_ROOT", "artifact_root")
     )

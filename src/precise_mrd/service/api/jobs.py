@@ -38,10 +38,13 @@ import dataclasses
 import inspect
 import json
 import re
+import shutil
+import uuid
+from collections.abc import Iterator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, File, Form, Query, Request, Response, UploadFile
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, RedirectResponse, StreamingResponse
 from pydantic import ValidationError
 
 from precise_mrd.core.errors import ConfigError
@@ -86,7 +89,8 @@ from precise_mrd.service.errors import (
 from precise_mrd.service.jobs.model import JobService, JobSpec, JobState, JobView
 from precise_mrd.service.jobs.worker import DEFAULT_READ_STRUCTURES, parse_config
 from precise_mrd.service.settings import Settings
-from precise_mrd.service.storage import ArtifactStore
+from precise_mrd.service.storage import ArtifactStore, ArtifactStoreError, LocalArtifactStore
+from precise_mrd.service.storage.base import CHUNK_BYTES
 
 router = APIRouter(tags=["jobs"])
 
@@ -201,6 +205,12 @@ def _upload_files(
     prefix: str,
     read_structures: str | None,
 ) -> dict[str, StoredUpload]:
+    """Stream, sniff and validate the uploads, then keep them under ``prefix``. An object store
+    gets them only once they are valid: they are checked in a local staging directory first
+    (the readers need files) and then streamed to the store; nothing is left on any failure."""
+    staged = store.local_path(prefix + "probe") is None
+    staging_root = settings.work_dir / "staging" / uuid.uuid4().hex
+    target: ArtifactStore = LocalArtifactStore(staging_root) if staged else store
     uploads: dict[str, StoredUpload] = {}
     try:
         for field in UPLOAD_FIELDS:
@@ -208,7 +218,7 @@ def _upload_files(
             if upload is None or (not upload.filename and upload.size == 0):
                 continue
             uploads[field] = store_upload(
-                store,
+                target,
                 field=field,
                 client_name=upload.filename,
                 stream=upload.file,
@@ -217,10 +227,18 @@ def _upload_files(
             )
         check_combination(uploads)
         check_read_structures(uploads, read_structures)
-        validate_uploads(store, uploads, read_structures=read_structures or DEFAULT_READ_STRUCTURES)
+        validate_uploads(
+            target, uploads, read_structures=read_structures or DEFAULT_READ_STRUCTURES
+        )
+        if staged:
+            for stored in uploads.values():
+                store.put_file(stored.key, target.path_for(stored.key))
     except BaseException:
         store.delete_prefix(prefix)
         raise
+    finally:
+        if staged:
+            shutil.rmtree(staging_root, ignore_errors=True)
     return uploads
 
 
@@ -377,11 +395,14 @@ def _summary(result: Any) -> SampleCallSummary | None:
     return SampleCallSummary(**{key: value for key, value in result.items() if key in allowed})
 
 
-def _key_metrics(service: JobService, job: JobView) -> dict[str, Any]:
+def _key_metrics(store: ArtifactStore, job: JobView) -> dict[str, Any]:
+    key = job.artifacts.get("metrics")
+    if key is None:
+        return {}
     try:
-        path = service.artifact_path(job.job_id, "metrics", tenant_id=job.spec.tenant_id)
-        summary = json.loads(path.read_text(encoding="utf-8")).get("summary", {})
-    except (LookupError, OSError, ValueError):
+        with store.open(key) as stream:
+            summary = json.loads(stream.read().decode("utf-8")).get("summary", {})
+    except (LookupError, OSError, ValueError, ArtifactStoreError):
         return {}
     return {key: summary[key] for key in KEY_METRICS if key in summary}
 
@@ -396,6 +417,7 @@ def job_results(
     job_id: str,
     request: Request,
     service: JobServiceDep,
+    store: StoreDep,
     principal: CurrentPrincipal,
     metrics: MetricsDep,
 ) -> JobResult:
@@ -429,7 +451,7 @@ def job_results(
         reason=job.reason,
         sample_call=_summary(job.result) if is_sample_result else None,
         validation=dict(job.result) if is_validation_result and job.result else None,
-        metrics=_key_metrics(service, job) if job.state == JobState.COMPLETE else {},
+        metrics=_key_metrics(store, job) if job.state == JobState.COMPLETE else {},
         downloads=downloads,
         finished_at=job.finished_at,
     )
@@ -453,11 +475,18 @@ def _download_name(run_id: str, kind: str) -> str:
     },
 )
 def download(
-    job_id: str, artifact_type: str, service: JobServiceDep, principal: CurrentPrincipal
-) -> FileResponse:
+    job_id: str,
+    artifact_type: str,
+    service: JobServiceDep,
+    store: StoreDep,
+    settings: SettingsDep,
+    principal: CurrentPrincipal,
+) -> Response:
     """``artifact_type`` is one of report, calls, calls_parquet, sample_call, consensus_bam,
-    metrics, config, log. 404 for an unknown job or type, 409
-    before the job is COMPLETE."""
+    metrics, config, log. 404 for an unknown job or type, 409 before the job is COMPLETE. From
+    a local store the file streams in the response; from an object store the answer is a 307
+    redirect to a presigned URL (valid ``PRECISE_MRD_DOWNLOAD_URL_SECONDS``), or the object
+    streams through the API when the store's credentials cannot sign."""
     if artifact_type not in DOWNLOAD_TYPES:
         raise NotFoundError(
             f"unknown download type {artifact_type!r}",
@@ -473,17 +502,35 @@ def download(
             fix=f"poll GET /status/{job_id}",
             extra={"state": job.state.value},
         )
-    path = service.artifact_path(job_id, artifact_type, tenant_id=principal.tenant_id)
-    if not path.is_file():
-        raise NotFoundError(
-            f"job {job_id} has no {artifact_type} file (it may have been cleaned up)",
-            code="artifact_not_found",
-        )
-    return FileResponse(
-        path,
-        media_type=MEDIA_TYPES[artifact_type],
-        filename=_download_name(job.spec.run_id, artifact_type),
+    missing = NotFoundError(
+        f"job {job_id} has no {artifact_type} file (it may have been cleaned up)",
+        code="artifact_not_found",
     )
+    key = job.artifacts.get(artifact_type)
+    if key is None:
+        raise missing
+    filename = _download_name(job.spec.run_id, artifact_type)
+    local = store.local_path(key)
+    if local is not None:
+        if not local.is_file():
+            raise missing
+        return FileResponse(local, media_type=MEDIA_TYPES[artifact_type], filename=filename)
+    if not store.exists(key):
+        raise missing
+    url = store.presigned_url(key, expires_seconds=settings.download_url_seconds)
+    if url is not None:
+        return RedirectResponse(url, status_code=307)
+    return StreamingResponse(
+        _chunks(store, key),
+        media_type=MEDIA_TYPES[artifact_type],
+        headers={"Content-Disposition": f'attachment; filename="{filename}"'},
+    )
+
+
+def _chunks(store: ArtifactStore, key: str) -> Iterator[bytes]:
+    with store.open(key) as stream:
+        while chunk := stream.read(CHUNK_BYTES):
+            yield chunk
 
 
 @router.post(

@@ -45,7 +45,7 @@ from precise_mrd.service.jobs.process import JobProcess
 from precise_mrd.service.jobs.service import SqlJobService, now_utc, this_host
 from precise_mrd.service.jobs.supervision import check_running, give_back, is_orphan, recover
 from precise_mrd.service.settings import Settings
-from precise_mrd.service.storage.local import LocalArtifactStore
+from precise_mrd.service.storage import store_from_settings
 
 logger = logging.getLogger("precise_mrd.service.worker")
 
@@ -152,9 +152,7 @@ def build_runner(settings: Settings, *, concurrency: int) -> tuple[JobRunner, An
     engine = create_engine_for_url(
         settings.database_url, PoolLimits(size=concurrency + 1, max_overflow=2)
     )
-    service = SqlJobService(
-        make_session_factory(engine), LocalArtifactStore(settings.artifact_dir), settings
-    )
+    service = SqlJobService(make_session_factory(engine), store_from_settings(settings), settings)
     return JobRunner(service, settings, make_celery(settings)), engine
 
 

@@ -59,7 +59,7 @@ from precise_mrd.service.db.engine import PoolLimits, create_engine_for_url, mak
 from precise_mrd.service.jobs.model import JobSpec, JobState, JobView
 from precise_mrd.service.jobs.service import SqlJobService
 from precise_mrd.service.settings import Settings
-from precise_mrd.service.storage.local import LocalArtifactStore
+from precise_mrd.service.storage import ArtifactStore, store_from_settings
 
 #: least time between two progress writes within one stage
 PROGRESS_INTERVAL_SECONDS = 0.5
@@ -204,7 +204,7 @@ def unsupported_reason(error: ConfigError) -> str:
 
 
 def materialize_inputs(
-    job: JobView, store: LocalArtifactStore, inputs_dir: Path, knobs: DebugKnobs
+    job: JobView, store: ArtifactStore, inputs_dir: Path, knobs: DebugKnobs
 ) -> tuple[RunInputs, str]:
     """Copy the uploads into ``inputs_dir`` (or simulate a sample); return inputs and a name."""
     inputs_dir.mkdir(parents=True, exist_ok=True)
@@ -370,7 +370,6 @@ def run_job(service: SqlJobService, job_id: str, work_dir: Path, settings: Setti
         logger.info("job is %s, not INITIALIZING; nothing to do", job.state)
         return job.state
     store = service.store
-    assert isinstance(store, LocalArtifactStore)
     live = (JobState.INITIALIZING, JobState.RUNNING)
     try:
         check_supported(job.spec)
@@ -491,9 +490,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     # NB: one job, one thread: two connections cover a progress write beside a transition
     engine = create_engine_for_url(settings.database_url, PoolLimits(size=2, max_overflow=2))
-    service = SqlJobService(
-        make_session_factory(engine), LocalArtifactStore(settings.artifact_dir), settings
-    )
+    service = SqlJobService(make_session_factory(engine), store_from_settings(settings), settings)
     work_dir = settings.work_dir / args.job_id
     work_dir.mkdir(parents=True, exist_ok=True)
     log_path = work_dir / WORKER_LOG

@@ -95,7 +95,9 @@ def validate_prefix(prefix: str) -> str:
 
 class ArtifactStore(Protocol):
     """Where uploads and job outputs live. Implementations: :class:`LocalArtifactStore` (a
-    directory); object stores (S3, GCS, Azure) come later behind the same methods."""
+    directory), :class:`~precise_mrd.service.storage.objects.ObjectArtifactStore` (S3, Azure
+    Blob) and :class:`~precise_mrd.service.storage.gcs.GcsArtifactStore` (Cloud Storage); see
+    :func:`~precise_mrd.service.storage.factory.open_store`."""
 
     def put_stream(self, key: str, stream: BinaryIO, *, max_bytes: int | None = None) -> int:
         """Store the stream under ``key`` (replacing it atomically); return its size. Past
@@ -111,7 +113,19 @@ class ArtifactStore(Protocol):
         ...
 
     def path_for(self, key: str) -> Path:
-        """A local file path holding the artifact (for streaming responses and the pipeline)."""
+        """A local file path holding the artifact (local stores only)."""
+        ...
+
+    def local_path(self, key: str) -> Path | None:
+        """The artifact's local file when the store is a directory, else None."""
+        ...
+
+    def get_file(self, key: str, path: Path) -> int:
+        """Stream the artifact into the local file ``path``; return its size."""
+        ...
+
+    def presigned_url(self, key: str, *, expires_seconds: int) -> str | None:
+        """A URL downloading the artifact without credentials, or None (stream it instead)."""
         ...
 
     def exists(self, key: str) -> bool:

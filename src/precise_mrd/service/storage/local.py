@@ -77,6 +77,22 @@ class LocalArtifactStore:
         with open(path, "rb") as stream:
             return self.put_stream(key, stream)
 
+    def local_path(self, key: str) -> Path | None:
+        """The artifact's file (a local store serves it directly)."""
+        return self.path_for(key)
+
+    def get_file(self, key: str, path: Path) -> int:
+        """Copy the artifact into a local file; return its size."""
+        try:
+            shutil.copyfile(self.path_for(key), path)
+        except (FileNotFoundError, IsADirectoryError):
+            raise ArtifactNotFoundError(key) from None
+        return Path(path).stat().st_size
+
+    def presigned_url(self, key: str, *, expires_seconds: int) -> str | None:
+        """None: a local store has no URLs; the API streams the file."""
+        return None
+
     def open(self, key: str) -> BinaryIO:
         try:
             return open(self.path_for(key), "rb")  # NB: the caller closes it
