@@ -23,7 +23,7 @@ from objectstores import KINDS, ObjectServer, start
 from precise_mrd.service.storage import ArtifactNotFoundError, ArtifactTooLargeError
 from precise_mrd.service.storage.factory import StorageUrlError, open_store
 from precise_mrd.service.storage.objects import ObjectStoreError
-from servers import TERMINAL, TINY, Server
+from servers import TERMINAL, Server
 
 pytestmark = pytest.mark.s3
 
@@ -130,8 +130,21 @@ def test_credentials_in_the_url_are_refused() -> None:
         open_store("ftp://host/x", default_root=Path("/nowhere"))
 
 
-def test_a_job_runs_from_and_to_the_store(server: ObjectServer, tmp_path: Path) -> None:
-    """The API and its worker use only the store: the data directory holds no artifact."""
+@pytest.fixture(scope="module")
+def sample(tmp_path_factory: pytest.TempPathFactory) -> object:
+    """A tiny simulated sample: a BAM, its reference and the tumour variants, to upload."""
+    from precise_mrd.core.simulate import SimulationParams
+    from precise_mrd.pipeline.simulation import simulate_sample
+
+    params = SimulationParams.preset("smoke", seed=3, n_variants=2, molecules_per_locus=20)
+    return simulate_sample(tmp_path_factory.mktemp("store_sample"), params)
+
+
+def test_a_job_runs_from_and_to_the_store(
+    server: ObjectServer, sample: object, tmp_path: Path
+) -> None:
+    """Uploads go to the store once valid; the worker reads them from there and writes its
+    outputs there; the data directory keeps no upload and no artifact."""
     variables = server.env(f"e2e-{os.urandom(4).hex()}")
     api = Server(
         tmp_path / "data",
@@ -142,11 +155,21 @@ def test_a_job_runs_from_and_to_the_store(server: ObjectServer, tmp_path: Path) 
     try:
         health = requests.get(api.url + "/health", timeout=30).json()
         assert health["checks"]["artifact_store"]["ok"], health
-        response = requests.post(
-            api.url + "/submit",
-            data={"run_id": "store-e2e", "seed": 3, "config_yaml": TINY},
-            timeout=30,
-        )
+        with (
+            open(sample.bam_path, "rb") as reads,  # type: ignore[attr-defined]
+            open(sample.reference_path, "rb") as reference,  # type: ignore[attr-defined]
+            open(sample.vcf_path, "rb") as variants,  # type: ignore[attr-defined]
+        ):
+            response = requests.post(
+                api.url + "/submit",
+                data={"run_id": "store-e2e", "seed": 3},
+                files={
+                    "reads": ("s.bam", reads),
+                    "reference": ("r.fa", reference),
+                    "variants": ("v.vcf", variants),
+                },
+                timeout=60,
+            )
         assert response.status_code == 202, response.text
         job_id = response.json()["job_id"]
         status = api.wait(job_id, TERMINAL, timeout=180)
@@ -164,7 +187,14 @@ def test_a_job_runs_from_and_to_the_store(server: ObjectServer, tmp_path: Path) 
         assert b"<html" in body[:2000].lower()
         results = requests.get(f"{api.url}/results/{job_id}", timeout=30).json()
         assert results["metrics"], results  # NB: read back from the store
-        artifacts = tmp_path / "data" / "artifacts"
-        assert not artifacts.exists() or not any(artifacts.rglob("*.html"))
+        work = tmp_path / "data" / "work"  # NB: the running job's scratch space, not kept
+        leftovers = [
+            path.name
+            for path in (tmp_path / "data").rglob("*")
+            if path.is_file()
+            and not path.is_relative_to(work)
+            and path.suffix in {".bam", ".fa", ".vcf", ".html", ".json"}
+        ]
+        assert leftovers == [], leftovers
     finally:
         api.stop()
