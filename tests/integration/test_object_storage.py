@@ -54,7 +54,7 @@ def _store(environment: dict[str, str], url: str | None = None) -> object:
 
 def test_stream_write_read_and_delete(environment: dict[str, str], tmp_path: Path) -> None:
     store = _store(environment)
-    payload = os.urandom(3 * 1024 * 1024 + 17)  # NB: more than one read chunk
+    payload = os.urandom(9 * 1024 * 1024 + 17)  # NB: a multipart upload (8 MiB parts)
     assert store.put_stream("jobs/a/in.bin", io.BytesIO(payload)) == len(payload)  # type: ignore[attr-defined]
     assert store.exists("jobs/a/in.bin") and store.size("jobs/a/in.bin") == len(payload)  # type: ignore[attr-defined]
     with store.open("jobs/a/in.bin") as stream:  # type: ignore[attr-defined]
@@ -76,7 +76,7 @@ def test_stream_write_read_and_delete(environment: dict[str, str], tmp_path: Pat
 def test_an_upload_past_its_limit_leaves_nothing(environment: dict[str, str]) -> None:
     store = _store(environment)
     with pytest.raises(ArtifactTooLargeError):
-        store.put_stream("jobs/b/big.bin", io.BytesIO(b"x" * 3_000_000), max_bytes=2_000_000)  # type: ignore[attr-defined]
+        store.put_stream("jobs/b/big.bin", io.BytesIO(b"x" * 10_000_000), max_bytes=9_000_000)  # type: ignore[attr-defined]
     assert not store.exists("jobs/b/big.bin")  # type: ignore[attr-defined]
 
 
@@ -198,3 +198,62 @@ def test_a_job_runs_from_and_to_the_store(
         assert leftovers == [], leftovers
     finally:
         api.stop()
+
+
+def test_the_service_guide_object_storage_example(tmp_path: Path) -> None:
+    """docs/service.md's object-storage block as written, on ports of the test's own: SeaweedFS
+    starts, the API uses it, and /health finds the store answering."""
+    import json
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from servers import free_port
+
+    guide = (Path(__file__).resolve().parents[2] / "docs" / "service.md").read_text()
+    block = guide.split("## Object storage", 1)[1].split("```bash\n", 1)[1].split("```", 1)[0]
+    s3_port, api_port = str(free_port()), str(free_port())
+    script = (
+        block.replace("8333", s3_port)
+        .replace("python -m precise_mrd.api", f"python -m precise_mrd.api --port {api_port}")
+        .replace("127.0.0.1:8000", f"127.0.0.1:{api_port}")
+    )
+    assert script.count(s3_port) == 3 and script.count(api_port) == 3
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("PRECISE_MRD_", "AWS_"))
+    }
+    env.update(
+        PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        PRECISE_MRD_DATA_DIR=str(tmp_path / "data"),
+        PRECISE_MRD_WARM_KERNELS_ON_START="false",
+    )
+    shell = subprocess.Popen(
+        # NB: bounded: a step that never ends fails the test instead of hanging it
+        ["timeout", "150", "bash", "-c", "set -e\n" + script + "echo\nwait"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        assert shell.stdout is not None
+        health = None
+        deadline = time.monotonic() + 120
+        while health is None and time.monotonic() < deadline:
+            line = shell.stdout.readline()
+            if line.startswith("{"):
+                health = json.loads(line)
+            elif not line and shell.poll() is not None:
+                break
+        assert health is not None, (tmp_path / "api.log").read_text()[-3000:]
+        assert health["checks"]["artifact_store"]["ok"], health
+    finally:
+        os.killpg(shell.pid, signal.SIGTERM)
+        shell.wait(60)
+        assert shell.stdout is not None
+        shell.stdout.close()

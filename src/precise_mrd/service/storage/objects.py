@@ -14,6 +14,7 @@ an unreachable endpoint are :class:`ObjectStoreError` with the URL and the varia
 from __future__ import annotations
 
 import io
+import itertools
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -100,11 +101,20 @@ class ObjectArtifactStore:
 
     def put_stream(self, key: str, stream: BinaryIO, *, max_bytes: int | None = None) -> int:
         validate_key(key)
-        counter = [0]
+        head = stream.read(PART_BYTES)
+        if max_bytes is not None and len(head) > max_bytes:
+            raise ArtifactTooLargeError(key, max_bytes)
+        if len(head) < PART_BYTES:
+            # NB: a small object is one PUT, not a multipart upload of one part
+            try:
+                obstore.put(self.store, key, head, use_multipart=False)
+            except Exception as error:
+                raise self._fail(key, error) from None
+            return len(head)
+        counter = [len(head)]
+        parts = itertools.chain([head], _limited(stream, max_bytes, counter))
         try:
-            obstore.put(
-                self.store, key, _limited(stream, max_bytes, counter), chunk_size=PART_BYTES
-            )
+            obstore.put(self.store, key, parts, chunk_size=PART_BYTES)
         except _TooLarge:
             raise ArtifactTooLargeError(key, max_bytes or 0) from None
         except Exception as error:
