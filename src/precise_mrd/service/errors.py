@@ -241,6 +241,8 @@ def error_response(exc: BaseException, *, request_id: str | None) -> JSONRespons
     error = _describe(exc)
     if error.status_code == 503:
         logger.warning("backend unavailable: %s (%s)", error.message, type(exc).__name__)
+    elif error.status_code >= 500 and isinstance(exc, ServiceError):
+        logger.error("%s: %s", error.code, error.message)  # NB: raised on purpose: no traceback
     elif error.status_code >= 500:
         logger.error("unhandled error", exc_info=exc)
     headers = dict(error.headers)

@@ -34,13 +34,14 @@ reason (and no call) when it failed or was canceled.
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import inspect
 import json
 import re
 import shutil
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Annotated, Any
 
 from fastapi import APIRouter, File, Form, Query, Request, Response, UploadFile
@@ -77,12 +78,14 @@ from precise_mrd.service.api.uploads import (
     check_combination,
     check_read_structures,
     store_upload,
+    upload_checksums,
     validate_uploads,
 )
 from precise_mrd.service.errors import (
     ConflictError,
     FeatureDisabledError,
     NotFoundError,
+    ServiceError,
     UnprocessableError,
     responses,
 )
@@ -91,6 +94,11 @@ from precise_mrd.service.jobs.worker import DEFAULT_READ_STRUCTURES, parse_confi
 from precise_mrd.service.settings import Settings
 from precise_mrd.service.storage import ArtifactStore, ArtifactStoreError, LocalArtifactStore
 from precise_mrd.service.storage.base import CHUNK_BYTES
+from precise_mrd.service.storage.integrity import (
+    ArtifactCorruptedError,
+    Checksum,
+    verify_stored,
+)
 
 router = APIRouter(tags=["jobs"])
 
@@ -352,7 +360,9 @@ def submit_job(
     uploads = _upload_files(
         store, settings, files, f"jobs/{job_id}/inputs/", create.read_structures
     )
-    spec = dataclasses.replace(spec, inputs=canonical_keys(uploads))
+    spec = dataclasses.replace(
+        spec, inputs=canonical_keys(uploads), checksums=upload_checksums(uploads)
+    )
     try:
         job = _submit(service, spec, job_id)
     except BaseException:
@@ -510,21 +520,59 @@ def download(
     if key is None:
         raise missing
     filename = _download_name(job.spec.run_id, artifact_type)
+    expected = job.checksums.get(key)
+    headers = {"Repr-Digest": _digest_header(expected)} if expected else {}
     local = store.local_path(key)
-    if local is not None:
-        if not local.is_file():
-            raise missing
-        return FileResponse(local, media_type=MEDIA_TYPES[artifact_type], filename=filename)
-    if not store.exists(key):
+    if local is not None and not local.is_file():
         raise missing
-    url = store.presigned_url(key, expires_seconds=settings.download_url_seconds)
+    if local is None and not store.exists(key):
+        raise missing
+    url = None if local is not None else _presigned(store, key, settings)
+    try:
+        if url is not None:
+            # NB: the bytes go straight from the store; its size is checked here and the
+            # client can check the digest in Repr-Digest
+            _check_size(store, key, expected)
+        else:
+            verify_stored(store, key, expected)
+    except ArtifactCorruptedError as error:
+        raise ServiceError(
+            f"job {job_id}'s {artifact_type} file is corrupted in the artifact store; it is not "
+            f"served: {error}",
+            code="artifact_corrupted",
+            fix="run the job again (POST /submit with its config); tell the operator, who can "
+            "restore the store from a backup",
+        ) from None
     if url is not None:
-        return RedirectResponse(url, status_code=307)
+        return RedirectResponse(url, status_code=307, headers=headers)
+    if local is not None:
+        return FileResponse(
+            local, media_type=MEDIA_TYPES[artifact_type], filename=filename, headers=headers
+        )
     return StreamingResponse(
         _chunks(store, key),
         media_type=MEDIA_TYPES[artifact_type],
-        headers={"Content-Disposition": f'attachment; filename="{filename}"'},
+        headers={"Content-Disposition": f'attachment; filename="{filename}"', **headers},
     )
+
+
+def _presigned(store: ArtifactStore, key: str, settings: Settings) -> str | None:
+    return store.presigned_url(key, expires_seconds=settings.download_url_seconds)
+
+
+def _check_size(store: ArtifactStore, key: str, expected: Mapping[str, Any] | None) -> None:
+    if not expected:
+        return
+    recorded = Checksum.from_mapping(expected)
+    size = store.size(key)
+    if size != recorded.size:
+        raise ArtifactCorruptedError(key, recorded, Checksum("(not read)", size))
+
+
+def _digest_header(checksum: Mapping[str, Any]) -> str:
+    """RFC 9530 ``Repr-Digest``: ``sha-256=:<base64>:``."""
+    raw = bytes.fromhex(str(checksum["sha256"]))
+    return f"sha-256=:{base64.b64encode(raw).decode()}:"
 
 
 def _chunks(store: ArtifactStore, key: str) -> Iterator[bytes]:

@@ -36,13 +36,14 @@ import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from precise_mrd.core.errors import InputError
 from precise_mrd.service.errors import PayloadTooLargeError, UploadInvalidError, error_response
 from precise_mrd.service.storage import ArtifactStore, ArtifactTooLargeError
+from precise_mrd.service.storage.integrity import HashingReader
 
 #: form fields that take a file, in the order they are processed
 UPLOAD_FIELDS = ("reads", "reads_r2", "reference", "variants", "targets")
@@ -204,6 +205,7 @@ class StoredUpload:
     key: str
     client_name: str
     size: int
+    sha256: str = ""
 
 
 class _Prefixed:
@@ -237,15 +239,23 @@ def store_upload(
     head = stream.read(SNIFF_BYTES)
     kind = sniff(field, head)
     key = prefix + _CANONICAL[(field, kind)]
+    reader = HashingReader(_Prefixed(head, stream))  # type: ignore[arg-type]
     try:
-        size = store.put_stream(key, _Prefixed(head, stream), max_bytes=max_bytes)  # type: ignore[arg-type]
+        size = store.put_stream(key, reader, max_bytes=max_bytes)  # type: ignore[arg-type]
     except ArtifactTooLargeError:
         raise PayloadTooLargeError(
             f"{field}: {name} is larger than the upload limit of {max_bytes} bytes",
             field=field,
             fix="send a smaller file, or raise PRECISE_MRD_MAX_UPLOAD_BYTES on the server",
         ) from None
-    return StoredUpload(field=field, kind=kind, key=key, client_name=name, size=size)
+    return StoredUpload(
+        field=field,
+        kind=kind,
+        key=key,
+        client_name=name,
+        size=size,
+        sha256=reader.checksum().sha256,
+    )
 
 
 def check_combination(uploads: Mapping[str, StoredUpload]) -> None:
@@ -361,6 +371,13 @@ def validate_uploads(
 def canonical_keys(uploads: Mapping[str, StoredUpload]) -> dict[str, str]:
     """The ``JobSpec.inputs`` mapping: input kind -> store key."""
     return {field: upload.key for field, upload in uploads.items()}
+
+
+def upload_checksums(uploads: Mapping[str, StoredUpload]) -> dict[str, dict[str, Any]]:
+    """The ``JobSpec.checksums`` mapping: store key -> SHA-256 and size as uploaded."""
+    return {
+        upload.key: {"sha256": upload.sha256, "size": upload.size} for upload in uploads.values()
+    }
 
 
 def upload_paths(store: ArtifactStore, uploads: Mapping[str, StoredUpload]) -> dict[str, Path]:

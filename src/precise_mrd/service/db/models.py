@@ -75,6 +75,8 @@ class JobRecord(Base):
     spec: Mapped[dict[str, Any]] = mapped_column(JSON)
     result: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     artifacts: Mapped[dict[str, str] | None] = mapped_column(JSON)
+    #: artifact key -> {"sha256", "size"} of every output, written with the artifacts
+    checksums: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     worker_pid: Mapped[int | None] = mapped_column(Integer)
     worker_host: Mapped[str | None] = mapped_column(String(255))

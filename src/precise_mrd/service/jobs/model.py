@@ -59,6 +59,8 @@ class JobSpec:
     inputs: Mapping[str, str] = field(default_factory=dict)
     request_id: str | None = None
     read_structures: str | None = None  # for FASTQ input, e.g. "8M142T 8M142T"
+    #: input key -> {"sha256", "size"}, recorded as the upload streamed into the store
+    checksums: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -77,6 +79,8 @@ class JobView:
     attempts: int
     result: Mapping[str, Any] | None  # the sample call summary once COMPLETE
     artifacts: Mapping[str, str]  # download type -> key in the artifact store
+    #: artifact key -> {"sha256", "size"}, recorded by the worker that wrote it
+    checksums: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
 
 class JobNotFoundError(LookupError):

@@ -180,6 +180,7 @@ def to_view(record: JobRecord) -> JobView:
         attempts=record.attempts,
         result=record.result,
         artifacts=dict(record.artifacts or {}),
+        checksums=dict(record.checksums or {}),
     )
 
 

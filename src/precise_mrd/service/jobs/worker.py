@@ -40,7 +40,6 @@ import argparse
 import json
 import logging
 import os
-import shutil
 import sys
 import time
 from collections.abc import Mapping
@@ -60,6 +59,7 @@ from precise_mrd.service.jobs.model import JobSpec, JobState, JobView
 from precise_mrd.service.jobs.service import SqlJobService
 from precise_mrd.service.settings import Settings
 from precise_mrd.service.storage import ArtifactStore, store_from_settings
+from precise_mrd.service.storage.integrity import checksum_file, verify_file
 
 #: least time between two progress writes within one stage
 PROGRESS_INTERVAL_SECONDS = 0.5
@@ -235,8 +235,9 @@ def materialize_inputs(
     paths: dict[str, Path] = {}
     for kind, key in keys.items():
         target = inputs_dir / f"{kind}-{key.rsplit('/', 1)[-1]}"
-        with store.open(key) as source, open(target, "wb") as out:
-            shutil.copyfileobj(source, out, length=1024 * 1024)
+        store.get_file(key, target)
+        # NB: what the API recorded as the upload streamed in; a corrupted object stops here
+        verify_file(key, target, job.spec.checksums.get(key))
         paths[kind] = target
     reads = paths["reads"]
     if "reads_r2" in paths:
@@ -331,19 +332,36 @@ def _run_validation_job(
     )
     # NB: the job's own config download, as a sample job has: submitted again, it runs this job.
     (result.out_dir / ARTIFACTS["config"]).write_text(params.to_yaml(), encoding="utf-8")
-    artifacts: dict[str, str] = {}
-    for kind, name in {**VALIDATION_ARTIFACTS, "config": ARTIFACTS["config"]}.items():
-        path = result.out_dir / name
-        if path.is_file():
-            key = f"jobs/{job.job_id}/{name}"
-            service.store.put_file(key, path)
-            artifacts[kind] = key
+    names = {**VALIDATION_ARTIFACTS, "config": ARTIFACTS["config"]}
+    outputs = store_outputs(service.store, job.job_id, result.out_dir, names)
     summary = {key: result.summary[key] for key in VALIDATION_SUMMARY_KEYS if key in result.summary}
-    return _finish(service, job.job_id, result=summary, artifacts=artifacts)
+    return _finish(service, job.job_id, result=summary, outputs=outputs)
+
+
+@dataclass(frozen=True)
+class StoredOutputs:
+    artifacts: dict[str, str]  # download type -> key
+    checksums: dict[str, dict[str, Any]]  # key -> {"sha256", "size"}
+
+
+def store_outputs(
+    store: ArtifactStore, job_id: str, out_dir: Path, names: Mapping[str, str]
+) -> StoredOutputs:
+    """Store each output file that exists, recording its SHA-256 and size as written."""
+    artifacts: dict[str, str] = {}
+    checksums: dict[str, dict[str, Any]] = {}
+    for kind, name in names.items():
+        path = out_dir / name
+        if path.is_file():
+            key = f"jobs/{job_id}/{name}"
+            checksums[key] = checksum_file(path).as_dict()
+            store.put_file(key, path)
+            artifacts[kind] = key
+    return StoredOutputs(artifacts, checksums)
 
 
 def _finish(
-    service: SqlJobService, job_id: str, *, result: dict[str, Any], artifacts: dict[str, str]
+    service: SqlJobService, job_id: str, *, result: dict[str, Any], outputs: StoredOutputs
 ) -> JobState:
     """RUNNING -> COMPLETE with the result summary; the job's state if it was canceled meanwhile."""
     done = service.transition(
@@ -351,7 +369,8 @@ def _finish(
         from_states=[JobState.RUNNING],
         to_state=JobState.COMPLETE,
         result=result,
-        artifacts=artifacts,
+        artifacts=outputs.artifacts,
+        checksums=outputs.checksums,
         progress=1.0,
         stage="done",
     )
@@ -404,7 +423,7 @@ def run_job(service: SqlJobService, job_id: str, work_dir: Path, settings: Setti
             time.sleep(knobs.sleep_seconds)
             child.wait()
         if knobs.no_pipeline:
-            return _finish(service, job_id, result={}, artifacts={})
+            return _finish(service, job_id, result={}, outputs=StoredOutputs({}, {}))
         _note_cold_cache(settings)
         if is_validation_job(params):
             return _run_validation_job(service, job, params, work_dir)
@@ -417,16 +436,8 @@ def run_job(service: SqlJobService, job_id: str, work_dir: Path, settings: Setti
             progress=ProgressWriter(service, job_id),
             sample_name=sample_name,
         )
-        artifacts: dict[str, str] = {}
-        for kind, name in ARTIFACTS.items():
-            path = result.out_dir / name
-            if path.is_file():
-                key = f"jobs/{job_id}/{name}"
-                store.put_file(key, path)
-                artifacts[kind] = key
-        return _finish(
-            service, job_id, result=summarize_call(result.sample_call), artifacts=artifacts
-        )
+        outputs = store_outputs(store, job_id, result.out_dir, ARTIFACTS)
+        return _finish(service, job_id, result=summarize_call(result.sample_call), outputs=outputs)
     except JobLeftRunningError:
         state = service.load(job_id).state
         logger.info("stopped: the job is %s", state.value, extra={"state": state.value})
