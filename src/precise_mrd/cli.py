@@ -304,6 +304,7 @@ def demo(
 
 
 def _register_command_groups() -> None:
+    from precise_mrd.cli_admin import register as register_admin
     from precise_mrd.cli_config import register as register_config
     from precise_mrd.cli_db import register as register_db
     from precise_mrd.cli_ml import register as register_ml
@@ -317,6 +318,7 @@ def _register_command_groups() -> None:
     register_config(app)
     register_db(app)
     register_worker(app)
+    register_admin(app)
 
 
 _register_command_groups()

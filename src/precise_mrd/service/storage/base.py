@@ -136,6 +136,10 @@ class ArtifactStore(Protocol):
         """The artifact's size in bytes."""
         ...
 
+    def list_keys(self, prefix: str) -> list[str]:
+        """Every key under ``prefix`` (ending in ``/``), sorted."""
+        ...
+
     def delete_prefix(self, prefix: str) -> int:
         """Delete every artifact whose key starts with ``prefix`` (ending in ``/``); return
         how many were deleted."""

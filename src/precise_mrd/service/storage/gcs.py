@@ -153,6 +153,17 @@ class GcsArtifactStore:
             raise self._fail(key, error) from None
         return True
 
+    def list_keys(self, prefix: str) -> list[str]:
+        validate_prefix(prefix)
+        try:
+            names = [
+                blob.name
+                for blob in self.client.list_blobs(self.bucket, prefix=self.prefix + prefix)
+            ]
+        except Exception as error:
+            raise self._fail(prefix, error) from None
+        return sorted(name[len(self.prefix) :] for name in names)
+
     def delete_prefix(self, prefix: str) -> int:
         validate_prefix(prefix)
         deleted = 0

@@ -115,6 +115,16 @@ class LocalArtifactStore:
         path.unlink(missing_ok=True)
         return True
 
+    def list_keys(self, prefix: str) -> list[str]:
+        directory = self.root.joinpath(*validate_prefix(prefix)[:-1].split("/"))
+        if not directory.is_dir() or directory.is_symlink():
+            return []
+        return sorted(
+            path.relative_to(self.root).as_posix()
+            for path in directory.rglob("*")
+            if path.is_file() and not path.name.startswith(".")
+        )
+
     def delete_prefix(self, prefix: str) -> int:
         directory = self.root.joinpath(*validate_prefix(prefix)[:-1].split("/"))
         if not directory.is_dir() or directory.is_symlink():

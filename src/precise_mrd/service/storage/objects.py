@@ -183,6 +183,15 @@ class ObjectArtifactStore:
             raise self._fail(key, error) from None
         return True
 
+    def list_keys(self, prefix: str) -> list[str]:
+        validate_prefix(prefix)
+        try:
+            return sorted(
+                str(meta["path"]) for batch in obstore.list(self.store, prefix) for meta in batch
+            )
+        except Exception as error:
+            raise self._fail(prefix, error) from None
+
     def delete_prefix(self, prefix: str) -> int:
         validate_prefix(prefix)
         try:
