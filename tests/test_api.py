@@ -632,7 +632,7 @@ def test_templates_and_config_from_template(client: TestClient) -> None:
 def test_health(client: TestClient) -> None:
     body = client.get("/health").json()
     assert body["status"] == "ok"
-    assert set(body["checks"]) == {"database", "artifact_store", "executor"}
+    assert set(body["checks"]) == {"database", "artifact_store", "executor", "cache"}
     assert all(check["duration_ms"] >= 0 for check in body["checks"].values())
     assert client.get("/health/live").json() == {"status": "alive"}
     assert client.get("/health/ready").status_code == 200

@@ -94,6 +94,9 @@ def create_app(
     if job_service is None:
         job_service, engines = _build_sql_service(settings, store)
     metrics = ServiceMetrics(job_service)
+    from precise_mrd.service.cache import cache_from_settings
+
+    cache = cache_from_settings(settings.redis_url, settings.cache_prefix)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -173,6 +176,7 @@ def create_app(
     app.state.job_service = job_service
     app.state.store = store
     app.state.metrics = metrics
+    app.state.cache = cache
     app.state.executor = None
     install_error_handlers(app)
     app.include_router(jobs.router)

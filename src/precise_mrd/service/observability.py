@@ -224,7 +224,16 @@ class ServiceMetrics:
             ["decision"],
             registry=self.registry,
         )
+        self.cache_requests = Counter(
+            "precise_mrd_cache_requests",
+            "Cache lookups by cache (local, redis), what was looked up and outcome (hit, miss)",
+            ["cache", "kind", "outcome"],
+            registry=self.registry,
+        )
         self.registry.register(_JobStateCollector(self))
+
+    def observe_cache(self, cache: str, kind: str, *, hit: bool) -> None:
+        self.cache_requests.labels(cache, kind, "hit" if hit else "miss").inc()
 
     def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
         self.requests.labels(method, route, str(status)).inc()

@@ -152,6 +152,15 @@ class Settings(BaseSettings):
         False, validation_alias=_env("PRECISE_MRD_AUTH_ENABLED", "auth_enabled")
     )
 
+    # --- cache and shared counters -----------------------------------------------------------
+    redis_url: str = Field("", validation_alias=_env("PRECISE_MRD_REDIS_URL", "redis_url"))
+    cache_prefix: str = Field(
+        "precise-mrd:", validation_alias=_env("PRECISE_MRD_CACHE_PREFIX", "cache_prefix")
+    )
+    cache_ttl_seconds: float = Field(
+        300, gt=0, validation_alias=_env("PRECISE_MRD_CACHE_TTL_SECONDS", "cache_ttl_seconds")
+    )
+
     # --- execution: the local executor or Celery workers ------------------------------------
     executor: Literal["local", "celery"] = Field(
         "local", validation_alias=_env("PRECISE_MRD_EXECUTOR", "executor")

@@ -25,6 +25,7 @@ from fastapi.routing import APIRoute
 from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 
+from precise_mrd import __version__
 from precise_mrd.core.errors import ConfigError
 from precise_mrd.pipeline.params import (
     CONFIG_FIX,
@@ -33,7 +34,7 @@ from precise_mrd.pipeline.params import (
     ValidationSection,
     check_config_size,
 )
-from precise_mrd.service.api.deps import SettingsDep
+from precise_mrd.service.api.deps import CacheDep, MetricsDep, SettingsDep
 from precise_mrd.service.api.schemas import (
     ConfigFromTemplate,
     ConfigFromTemplateRead,
@@ -373,9 +374,16 @@ def _template_read(name: str) -> TemplateRead:
 
 
 @router.get("/config-templates", response_model=TemplateList, summary="List config templates")
-def list_templates() -> TemplateList:
+def list_templates(cache: CacheDep, metrics: MetricsDep) -> TemplateList:
     """Named starting configs, each with a description and its YAML."""
-    return TemplateList(templates=[_template_read(name) for name in TEMPLATES])
+    key = f"templates:{__version__}"
+    cached = cache.get_json(key)
+    metrics.observe_cache(cache.name, "templates", hit=cached is not None)
+    if cached is not None:
+        return TemplateList.model_validate(cached)
+    templates = TemplateList(templates=[_template_read(name) for name in TEMPLATES])
+    cache.set_json(key, templates.model_dump(mode="json"), ttl_seconds=3600)
+    return templates
 
 
 def config_from_template(body: ConfigFromTemplate) -> ConfigFromTemplateRead:

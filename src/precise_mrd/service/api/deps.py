@@ -68,6 +68,11 @@ def get_metrics(request: Request) -> ServiceMetrics:
     return metrics
 
 
+def get_cache(request: Request) -> Any:
+    """The app's cache (in-process, or Redis with PRECISE_MRD_REDIS_URL)."""
+    return _state(request, "cache")
+
+
 def get_request_id(request: Request) -> str | None:
     request_id: str | None = getattr(request.state, "request_id", None)
     return request_id
@@ -83,4 +88,5 @@ JobServiceDep = Annotated[JobService, Depends(get_job_service)]
 StoreDep = Annotated[ArtifactStore, Depends(get_store)]
 MetricsDep = Annotated[ServiceMetrics, Depends(get_metrics)]
 RequestIdDep = Annotated[str | None, Depends(get_request_id)]
+CacheDep = Annotated[Any, Depends(get_cache)]
 CurrentPrincipal = Annotated[Principal, Depends(get_principal)]

@@ -6,7 +6,8 @@
 * ``GET /metrics``: Prometheus text format from the app's own registry.
 
 Checks: ``database`` counts jobs by state; ``artifact_store`` writes, reads back and deletes a
-probe; ``executor`` asks the executor whether its loop is alive (when this process runs one)
+probe; ``cache`` pings Redis (optional: while it is down the status is ``degraded`` but the answer
+is 200, the service serving uncached); ``executor`` asks the executor whether its loop is alive (when this process runs one)
 and, for the Celery executor, whether the broker answers.
 """
 
@@ -26,6 +27,8 @@ from precise_mrd.service.api.schemas import CheckRead, HealthRead, LiveRead
 from precise_mrd.service.observability import ServiceMetrics, timed
 
 router = APIRouter(tags=["health"])
+#: checks whose failure leaves the service serving (``degraded``, HTTP 200)
+OPTIONAL = frozenset({"cache"})
 
 
 def _check_store(store: Any) -> None:
@@ -58,10 +61,12 @@ def run_checks(request: Request) -> HealthRead:
     """Run every backend check; ``status`` is ``degraded`` when one fails."""
     state = request.app.state
     checks: dict[str, CheckRead] = {}
+    cache = getattr(state, "cache", None)
     for name, check in (
         ("database", lambda: state.job_service.counts_by_state()),
         ("artifact_store", lambda: _check_store(state.store)),
         ("executor", lambda: _check_executor(getattr(state, "executor", None))),
+        ("cache", lambda: cache.check() if cache is not None else None),
     ):
         ok, milliseconds, error = timed(check)
         detail = error
@@ -70,6 +75,12 @@ def run_checks(request: Request) -> HealthRead:
         checks[name] = CheckRead(ok=ok, duration_ms=milliseconds, detail=detail)
     status = "ok" if all(check.ok for check in checks.values()) else "degraded"
     return HealthRead(status=status, version=__version__, checks=checks)
+
+
+def serving(report: HealthRead) -> bool:
+    """True while every backend a request needs answers (the cache is not one: without it the
+    service serves everything uncached, so its failure is ``degraded`` with HTTP 200)."""
+    return all(check.ok for name, check in report.checks.items() if name not in OPTIONAL)
 
 
 _HEALTH_RESPONSES: dict[int | str, dict[str, Any]] = {
@@ -83,7 +94,7 @@ _HEALTH_RESPONSES: dict[int | str, dict[str, Any]] = {
 def health(request: Request) -> Any:
     """Database, artifact store and executor, each with its time in milliseconds."""
     report = run_checks(request)
-    if report.status != "ok":
+    if not serving(report):
         return JSONResponse(report.model_dump(mode="json"), status_code=503)
     return report
 

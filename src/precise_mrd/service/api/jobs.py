@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import hashlib
 import inspect
 import json
 import re
@@ -53,6 +54,7 @@ from precise_mrd.pipeline.artifacts import DOWNLOAD_TYPES, MEDIA_TYPES
 from precise_mrd.pipeline.params import PipelineParams
 from precise_mrd.service.api.configs import read_config_text, resolve_config
 from precise_mrd.service.api.deps import (
+    CacheDep,
     CurrentPrincipal,
     JobServiceDep,
     MetricsDep,
@@ -91,6 +93,7 @@ from precise_mrd.service.errors import (
 )
 from precise_mrd.service.jobs.model import JobService, JobSpec, JobState, JobView
 from precise_mrd.service.jobs.worker import DEFAULT_READ_STRUCTURES, parse_config
+from precise_mrd.service.observability import ServiceMetrics
 from precise_mrd.service.settings import Settings
 from precise_mrd.service.storage import ArtifactStore, ArtifactStoreError, LocalArtifactStore
 from precise_mrd.service.storage.base import CHUNK_BYTES
@@ -417,6 +420,20 @@ def _key_metrics(store: ArtifactStore, job: JobView) -> dict[str, Any]:
     return {key: summary[key] for key in KEY_METRICS if key in summary}
 
 
+def _cached_key_metrics(
+    store: ArtifactStore, cache: Any, settings: Settings, metrics: ServiceMetrics, job: JobView
+) -> dict[str, Any]:
+    """The key metrics of a finished job: it never changes, so its id and end time key it."""
+    key = f"results:{job.job_id}:{job.finished_at.isoformat() if job.finished_at else ''}"
+    cached = cache.get_json(key)
+    metrics.observe_cache(cache.name, "results", hit=cached is not None)
+    if cached is not None:
+        return dict(cached)
+    value = _key_metrics(store, job)
+    cache.set_json(key, value, ttl_seconds=settings.cache_ttl_seconds)
+    return value
+
+
 @router.get(
     "/results/{job_id}",
     response_model=JobResult,
@@ -428,6 +445,8 @@ def job_results(
     request: Request,
     service: JobServiceDep,
     store: StoreDep,
+    cache: CacheDep,
+    settings: SettingsDep,
     principal: CurrentPrincipal,
     metrics: MetricsDep,
 ) -> JobResult:
@@ -461,7 +480,9 @@ def job_results(
         reason=job.reason,
         sample_call=_summary(job.result) if is_sample_result else None,
         validation=dict(job.result) if is_validation_result and job.result else None,
-        metrics=_key_metrics(store, job) if job.state == JobState.COMPLETE else {},
+        metrics=_cached_key_metrics(store, cache, settings, metrics, job)
+        if job.state == JobState.COMPLETE
+        else {},
         downloads=downloads,
         finished_at=job.finished_at,
     )
@@ -604,6 +625,7 @@ def cancel_job(
 def list_jobs(
     service: JobServiceDep,
     settings: SettingsDep,
+    cache: CacheDep,
     principal: CurrentPrincipal,
     metrics: MetricsDep,
     state: Annotated[JobState | None, Query(description="Only jobs in this state")] = None,
@@ -613,6 +635,17 @@ def list_jobs(
 ) -> JobList:
     """Cursor-paginated, newest first; filters combine."""
     limit = min(limit, settings.max_page_size)
+    generation = getattr(service, "generation", None)
+    cache_key = None
+    if generation is not None:
+        # NB: the tenant's generation changes in the same transaction as any of its jobs
+        query = json.dumps([state.value if state else None, run_id, cursor, limit])
+        digest = hashlib.sha256(query.encode()).hexdigest()[:32]
+        cache_key = f"jobs:{principal.tenant_id}:{generation(principal.tenant_id)}:{digest}"
+        cached = cache.get_json(cache_key)
+        metrics.observe_cache(cache.name, "jobs", hit=cached is not None)
+        if cached is not None:
+            return JobList.model_validate(cached)
     try:
         jobs, next_cursor = service.list_jobs(
             tenant_id=principal.tenant_id, state=state, run_id=run_id, cursor=cursor, limit=limit
@@ -626,4 +659,9 @@ def list_jobs(
         ) from None
     for job in jobs:
         metrics.observe_job(job)
-    return JobList(jobs=[job_read(job) for job in jobs], next_cursor=next_cursor, limit=limit)
+    page = JobList(jobs=[job_read(job) for job in jobs], next_cursor=next_cursor, limit=limit)
+    if cache_key is not None:
+        cache.set_json(
+            cache_key, page.model_dump(mode="json"), ttl_seconds=settings.cache_ttl_seconds
+        )
+    return page

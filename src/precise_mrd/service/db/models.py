@@ -10,7 +10,7 @@ Indexes follow the queries: the newest-first page of a tenant ``(tenant_id, crea
 the executor's scans by ``state`` and the ``run_id`` filter ``(tenant_id, run_id)``.
 
 >>> sorted(Base.metadata.tables)
-['job_events', 'jobs']
+['job_events', 'jobs', 'tenant_generations']
 """
 
 from __future__ import annotations
@@ -94,6 +94,16 @@ class JobRecord(Base):
         Index("ix_jobs_state", "state"),
         Index("ix_jobs_run_id", "run_id"),
     )
+
+
+class TenantGenerationRecord(Base):
+    """A counter per tenant, raised in the same transaction as every change to its jobs (submit,
+    state, progress, delete): a cached listing keyed by it can never be stale."""
+
+    __tablename__ = "tenant_generations"
+
+    tenant_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    generation: Mapped[int] = mapped_column(Integer, default=0)
 
 
 class JobEventRecord(Base):

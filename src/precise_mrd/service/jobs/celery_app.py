@@ -39,6 +39,7 @@ from celery import Celery
 from kombu.entity import Queue
 
 from precise_mrd.service.settings import Settings
+from precise_mrd.service.urls import display_broker
 
 logger = logging.getLogger("precise_mrd.service.celery")
 
@@ -151,17 +152,3 @@ def check_broker(app: Celery, *, timeout: float = 2.0) -> None:
         raise RuntimeError(
             f"broker {display_broker(app.conf.broker_url)} is unreachable: {error}"
         ) from None
-
-
-def display_broker(url: str) -> str:
-    """The broker URL without its password.
-
-    >>> display_broker("amqp://guest:secret@127.0.0.1:5672//")
-    'amqp://guest:***@127.0.0.1:5672//'
-    """
-    scheme, sep, rest = url.partition("://")
-    if not sep or "@" not in rest:
-        return url
-    credentials, _, location = rest.rpartition("@")
-    user, colon, _password = credentials.partition(":")
-    return f"{scheme}://{user}{':***' if colon else ''}@{location}"

@@ -39,13 +39,14 @@ from precise_mrd.service.db.engine import (
     describe_database_error,
     make_session_factory,
 )
-from precise_mrd.service.jobs.celery_app import TASK_NAME, display_broker, make_celery, send_jobs
+from precise_mrd.service.jobs.celery_app import TASK_NAME, make_celery, send_jobs
 from precise_mrd.service.jobs.model import JobState
 from precise_mrd.service.jobs.process import JobProcess
 from precise_mrd.service.jobs.service import SqlJobService, now_utc, this_host
 from precise_mrd.service.jobs.supervision import check_running, give_back, is_orphan, recover
 from precise_mrd.service.settings import Settings
 from precise_mrd.service.storage import store_from_settings
+from precise_mrd.service.urls import display_broker
 
 logger = logging.getLogger("precise_mrd.service.worker")
 

@@ -54,7 +54,7 @@ from sqlalchemy import CursorResult, and_, delete, func, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from precise_mrd.pipeline.artifacts import DOWNLOAD_TYPES
-from precise_mrd.service.db.models import JobEventRecord, JobRecord
+from precise_mrd.service.db.models import JobEventRecord, JobRecord, TenantGenerationRecord
 from precise_mrd.service.jobs.model import (
     TERMINAL_STATES,
     JobNotFoundError,
@@ -231,7 +231,18 @@ class SqlJobService:
                     job_id=record.id, from_state=None, to_state=S.QUEUED.value, created_at=now
                 )
             )
+            _bump_generation(session, spec.tenant_id, create=True)
         return to_view(record)
+
+    def generation(self, tenant_id: str) -> int:
+        """The tenant's change counter (raised with every change to its jobs; 0 before any)."""
+        with self._reads() as session:
+            value = session.scalar(
+                select(TenantGenerationRecord.generation).where(
+                    TenantGenerationRecord.tenant_id == tenant_id
+                )
+            )
+        return int(value or 0)
 
     def get(self, job_id: str, *, tenant_id: str) -> JobView:
         record = self._record(self._reads, job_id)
@@ -366,9 +377,12 @@ class SqlJobService:
         if to_state in TERMINAL_STATES:
             values.setdefault("finished_at", now)
         with self._sessions.begin() as session:
-            previous = session.scalar(select(JobRecord.state).where(JobRecord.id == job_id))
-            if previous is None or JobState(previous) not in sources:
+            row = session.execute(
+                select(JobRecord.state, JobRecord.tenant_id).where(JobRecord.id == job_id)
+            ).one_or_none()
+            if row is None or JobState(row[0]) not in sources:
                 return False
+            previous, tenant_id = row
             statement = (
                 update(JobRecord)
                 .where(JobRecord.id == job_id, JobRecord.state == previous)
@@ -387,6 +401,7 @@ class SqlJobService:
                     created_at=now,
                 )
             )
+            _bump_generation(session, tenant_id)
         return True
 
     def claim_next(self, *, worker_host: str | None = None) -> JobView | None:
@@ -480,20 +495,21 @@ class SqlJobService:
         the supervising executor beats, so a worker that lost its executor is found."""
         now = now_utc()
         with self._sessions.begin() as session:
-            result = cast(
-                CursorResult[Any],
-                session.execute(
-                    update(JobRecord)
-                    .where(JobRecord.id == job_id, JobRecord.state == S.RUNNING.value)
-                    .values(
-                        progress=min(max(float(progress), 0.0), 1.0),
-                        stage=stage,
-                        updated_at=now,
-                    )
-                    .execution_options(synchronize_session=False)
-                ),
-            )
-            return result.rowcount == 1
+            tenants = session.execute(
+                update(JobRecord)
+                .where(JobRecord.id == job_id, JobRecord.state == S.RUNNING.value)
+                .values(
+                    progress=min(max(float(progress), 0.0), 1.0),
+                    stage=stage,
+                    updated_at=now,
+                )
+                .returning(JobRecord.tenant_id)
+                .execution_options(synchronize_session=False)
+            ).all()
+            if len(tenants) != 1:
+                return False
+            _bump_generation(session, tenants[0][0])
+            return True
 
     def active_leases(self, job_id: str | None = None) -> list[JobLease]:
         """Every INITIALIZING, RUNNING or CANCELING job (or just ``job_id``) with its worker."""
@@ -551,6 +567,7 @@ class SqlJobService:
         for key in job.artifacts.values():
             self.store.delete(key)
         with self._sessions.begin() as session:
+            _bump_generation(session, job.spec.tenant_id)
             session.execute(delete(JobEventRecord).where(JobEventRecord.job_id == job_id))
             result = cast(
                 CursorResult[Any],
@@ -584,6 +601,26 @@ class SqlJobService:
                 .values(updated_at=now_utc(), **values)
                 .execution_options(synchronize_session=False)
             )
+
+
+def _bump_generation(session: Session, tenant_id: str, *, create: bool = False) -> None:
+    """Raise the tenant's change counter inside the caller's transaction."""
+    if create:
+        from sqlalchemy.dialects import postgresql, sqlite
+
+        dialect = session.get_bind().dialect.name
+        insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+        session.execute(
+            insert(TenantGenerationRecord)
+            .values(tenant_id=tenant_id, generation=0)
+            .on_conflict_do_nothing(index_elements=["tenant_id"])
+        )
+    session.execute(
+        update(TenantGenerationRecord)
+        .where(TenantGenerationRecord.tenant_id == tenant_id)
+        .values(generation=TenantGenerationRecord.generation + 1)
+        .execution_options(synchronize_session=False)
+    )
 
 
 def this_host() -> str:
