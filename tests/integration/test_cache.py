@@ -118,3 +118,34 @@ def test_redis_down_costs_speed_never_a_request(tmp_path: Path) -> None:
         if server is not None:
             server.stop()
         own.stop()
+
+
+def test_the_service_guide_redis_example(prefix: str, tmp_path: Path) -> None:
+    """docs/service.md's Redis block as written (its own port and key prefix): /health finds the
+    cache answering."""
+    import sys
+
+    from guides import start_block, stop
+    from servers import free_port
+
+    port = str(free_port())
+    env = {key: value for key, value in os.environ.items() if not key.startswith("PRECISE_MRD_")}
+    env.update(
+        PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        PRECISE_MRD_DATA_DIR=str(tmp_path / "data"),
+        PRECISE_MRD_CACHE_PREFIX=prefix,
+        PRECISE_MRD_WARM_KERNELS_ON_START="false",
+    )
+    health, shell = start_block(
+        "Redis cache",
+        {
+            "python -m precise_mrd.api": f"python -m precise_mrd.api --port {port}",
+            "127.0.0.1:8000": f"127.0.0.1:{port}",
+        },
+        cwd=tmp_path,
+        env=env,
+    )
+    try:
+        assert health["status"] == "ok" and health["checks"]["cache"]["ok"], health
+    finally:
+        stop(shell)

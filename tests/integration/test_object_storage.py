@@ -203,23 +203,12 @@ def test_a_job_runs_from_and_to_the_store(
 def test_the_service_guide_object_storage_example(tmp_path: Path) -> None:
     """docs/service.md's object-storage block as written, on ports of the test's own: SeaweedFS
     starts, the API uses it, and /health finds the store answering."""
-    import json
-    import signal
-    import subprocess
     import sys
-    import time
 
+    from guides import start_block, stop
     from servers import free_port
 
-    guide = (Path(__file__).resolve().parents[2] / "docs" / "service.md").read_text()
-    block = guide.split("## Object storage", 1)[1].split("```bash\n", 1)[1].split("```", 1)[0]
     s3_port, api_port = str(free_port()), str(free_port())
-    script = (
-        block.replace("8333", s3_port)
-        .replace("python -m precise_mrd.api", f"python -m precise_mrd.api --port {api_port}")
-        .replace("127.0.0.1:8000", f"127.0.0.1:{api_port}")
-    )
-    assert script.count(s3_port) == 3 and script.count(api_port) == 3
     env = {
         key: value
         for key, value in os.environ.items()
@@ -230,30 +219,17 @@ def test_the_service_guide_object_storage_example(tmp_path: Path) -> None:
         PRECISE_MRD_DATA_DIR=str(tmp_path / "data"),
         PRECISE_MRD_WARM_KERNELS_ON_START="false",
     )
-    shell = subprocess.Popen(
-        # NB: bounded: a step that never ends fails the test instead of hanging it
-        ["timeout", "150", "bash", "-c", "set -e\n" + script + "echo\nwait"],
+    health, shell = start_block(
+        "Object storage",
+        {
+            "8333": s3_port,
+            "python -m precise_mrd.api": f"python -m precise_mrd.api --port {api_port}",
+            "127.0.0.1:8000": f"127.0.0.1:{api_port}",
+        },
         cwd=tmp_path,
         env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
     )
     try:
-        assert shell.stdout is not None
-        health = None
-        deadline = time.monotonic() + 120
-        while health is None and time.monotonic() < deadline:
-            line = shell.stdout.readline()
-            if line.startswith("{"):
-                health = json.loads(line)
-            elif not line and shell.poll() is not None:
-                break
-        assert health is not None, (tmp_path / "api.log").read_text()[-3000:]
         assert health["checks"]["artifact_store"]["ok"], health
     finally:
-        os.killpg(shell.pid, signal.SIGTERM)
-        shell.wait(60)
-        assert shell.stdout is not None
-        shell.stdout.close()
+        stop(shell)
