@@ -54,6 +54,13 @@ def register(app: typer.Typer) -> None:
         hostname: Annotated[
             str | None, typer.Option(help="Celery node name (precise-mrd@<host>).")
         ] = None,
+        metrics_port: Annotated[
+            int | None,
+            typer.Option(min=1, max=65535, help="Serve Prometheus metrics on this port."),
+        ] = None,
+        metrics_host: Annotated[
+            str, typer.Option(help="Address of the metrics server (0.0.0.0 in a pod).")
+        ] = "127.0.0.1",
     ) -> None:
         """Run jobs from the broker (PRECISE_MRD_BROKER_URL) until stopped."""
         from precise_mrd.service.observability import configure_logging
@@ -75,6 +82,8 @@ def register(app: typer.Typer) -> None:
                 concurrency=concurrency or settings.max_concurrent_jobs,
                 queues=names,
                 hostname=hostname,
+                metrics_port=metrics_port,
+                metrics_host=metrics_host,
             )
         except RuntimeError as error:
             typer.echo(f"error: {error}", err=True)

@@ -63,7 +63,7 @@ class Cluster:
         self.api = Server(directory / "data", **self.env)
         self.workers: list[Background] = []
 
-    def start_worker(self, concurrency: int = 1) -> Background:
+    def start_worker(self, concurrency: int = 1, *extra: str) -> Background:
         name = f"w{len(self.workers)}"
         worker = Background(
             [
@@ -75,6 +75,7 @@ class Cluster:
                 str(concurrency),
                 "--hostname",
                 f"{name}@%h",
+                *extra,
             ],
             self.directory / f"worker-{name}.log",
             env={**_clean_environment(), **self.env},
@@ -161,7 +162,8 @@ def _sleepers(seconds: int) -> list[psutil.Process]:
 
 
 def test_a_job_runs_on_a_worker_and_carries_its_request_id(workers: Cluster) -> None:
-    worker = workers.start_worker(concurrency=2)
+    metrics_port = free_port()
+    worker = workers.start_worker(2, "--metrics-port", str(metrics_port))
     health = requests.get(workers.api.url + "/health", timeout=10).json()
     assert health["status"] == "ok", health
     response = requests.post(
@@ -183,6 +185,21 @@ def test_a_job_runs_on_a_worker_and_carries_its_request_id(workers: Cluster) -> 
     assert 'precise_mrd_queue_length{executor="celery"} 0.0' in metrics
     queue = workers.env["PRECISE_MRD_CELERY_QUEUE"]
     assert f'precise_mrd_broker_messages{{queue="{queue}"}} 0.0' in metrics
+    for stage in ("validate", "consensus", "evidence", "calling", "report"):
+        assert f'precise_mrd_stage_duration_seconds_count{{stage="{stage}"}} 1.0' in metrics
+    assert 'precise_mrd_sample_molecules_count{kind="informative"} 1.0' in metrics
+    assert "precise_mrd_variant_detection_rate_count 1.0" in metrics
+    assert "process_resident_memory_bytes" in metrics and "process_open_fds" in metrics
+    counted = 'precise_mrd_worker_jobs_total{outcome="COMPLETE"} 1.0'
+    deadline = time.monotonic() + 10  # NB: the task ends a poll after the job's COMPLETE
+    while True:
+        exported = requests.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).text
+        if counted in exported or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert counted in exported
+    assert "precise_mrd_worker_running_jobs 0.0" in exported
+    assert "process_open_fds" in exported
     transitions = [(old, new) for old, new, _ in workers.events(job_id)]
     assert transitions == [
         (None, "QUEUED"),

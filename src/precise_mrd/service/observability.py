@@ -33,7 +33,14 @@ from datetime import datetime
 from typing import Any
 
 import structlog
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    GCCollector,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+)
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -224,6 +231,26 @@ class ServiceMetrics:
             ["decision"],
             registry=self.registry,
         )
+        self.stage_duration = Histogram(
+            "precise_mrd_stage_duration_seconds",
+            "Time per pipeline stage of completed jobs",
+            ["stage"],
+            buckets=JOB_DURATION_BUCKETS,
+            registry=self.registry,
+        )
+        self.sample_molecules = Histogram(
+            "precise_mrd_sample_molecules",
+            "Molecules (UMI families) per completed sample, by kind (all, informative)",
+            ["kind"],
+            buckets=(100, 300, 1e3, 3e3, 1e4, 3e4, 1e5, 3e5, 1e6, 3e6, 1e7),
+            registry=self.registry,
+        )
+        self.detection_rate = Histogram(
+            "precise_mrd_variant_detection_rate",
+            "Fraction of a sample's tumour variants with alt-supporting molecules",
+            buckets=(0.0, 0.01, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9, 1.0),
+            registry=self.registry,
+        )
         self.cache_requests = Counter(
             "precise_mrd_cache_requests",
             "Cache lookups by cache (local, redis), what was looked up and outcome (hit, miss)",
@@ -231,6 +258,10 @@ class ServiceMetrics:
             registry=self.registry,
         )
         self.registry.register(_JobStateCollector(self))
+        # NB: CPU, memory, open files and the interpreter of this process
+        ProcessCollector(registry=self.registry)
+        PlatformCollector(registry=self.registry)
+        GCCollector(registry=self.registry)
 
     def observe_cache(self, cache: str, kind: str, *, hit: bool) -> None:
         self.cache_requests.labels(cache, kind, "hit" if hit else "miss").inc()
@@ -263,8 +294,19 @@ class ServiceMetrics:
             max(0.0, (finished - started).total_seconds())
         )
         if job.state == JobState.COMPLETE and job.result:
-            decision = str(job.result.get("decision", "unknown"))
-            self.detections.labels(decision).inc()
+            self._observe_result(job.result)
+
+    def _observe_result(self, result: Any) -> None:
+        if "decision" in result:
+            self.detections.labels(str(result["decision"])).inc()
+        for stage, seconds in (result.get("timings_seconds") or {}).items():
+            self.stage_duration.labels(str(stage)).observe(float(seconds))
+        for kind, key in (("all", "molecules"), ("informative", "informative_molecules")):
+            if result.get(key) is not None:
+                self.sample_molecules.labels(kind).observe(float(result[key]))
+        variants = result.get("n_variants")
+        if variants:
+            self.detection_rate.observe(float(result.get("n_variants_with_alt", 0)) / variants)
 
     def scan_finished_jobs(self, *, page_size: int = 100) -> None:
         """Observe recently finished jobs (newest first, one page per terminal state and tenant)."""

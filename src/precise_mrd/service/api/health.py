@@ -7,8 +7,8 @@
 
 Checks: ``database`` counts jobs by state; ``artifact_store`` writes, reads back and deletes a
 probe; ``cache`` pings Redis (optional: while it is down the status is ``degraded`` but the answer
-is 200, the service serving uncached); ``executor`` asks the executor whether its loop is alive (when this process runs one)
-and, for the Celery executor, whether the broker answers.
+is 200, the service serving uncached); ``executor`` asks the executor whether its loop is alive
+(when this process runs one) and, for the Celery executor, whether the broker answers.
 """
 
 from __future__ import annotations

@@ -64,6 +64,8 @@ class JobRunner:
         self.preempting = threading.Event()
         self._lock = threading.Lock()
         self.running: dict[str, JobProcess] = {}
+        #: a Prometheus counter of outcomes, when the worker exports metrics
+        self.outcomes: Any = None
 
     def run(self, job_id: str, request_id: str | None = None) -> str:
         """Claim and run one job to its end; return what happened."""
@@ -162,14 +164,54 @@ def register_task(runner: JobRunner) -> None:
 
     @runner.app.task(name=TASK_NAME, acks_late=True, reject_on_worker_lost=True)  # type: ignore[untyped-decorator]
     def run_job(job_id: str, request_id: str | None = None) -> str:
-        return runner.run(job_id, request_id)
+        outcome = runner.run(job_id, request_id)
+        if runner.outcomes is not None:
+            runner.outcomes.labels(outcome).inc()
+        return outcome
+
+
+def serve_worker_metrics(runner: JobRunner, host: str, port: int) -> None:
+    """Prometheus on ``host:port``: the worker process's CPU, memory and open files, its running
+    jobs and the outcomes of the jobs it ran (for autoscaling and alerts per worker)."""
+    from prometheus_client import (
+        CollectorRegistry,
+        Counter,
+        Gauge,
+        PlatformCollector,
+        ProcessCollector,
+        start_http_server,
+    )
+
+    registry = CollectorRegistry()
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    running = Gauge(
+        "precise_mrd_worker_running_jobs", "Jobs this worker runs now", registry=registry
+    )
+    running.set_function(lambda: len(runner.running))
+    runner.outcomes = Counter(
+        "precise_mrd_worker_jobs",
+        "Jobs this worker ran to an end, by outcome (a final state, preempted, skipped)",
+        ["outcome"],
+        registry=registry,
+    )
+    start_http_server(port, addr=host, registry=registry)
+    logger.info("worker metrics on http://%s:%d/metrics", host, port)
 
 
 def run_worker(
-    settings: Settings, *, concurrency: int, queues: list[str], hostname: str | None = None
+    settings: Settings,
+    *,
+    concurrency: int,
+    queues: list[str],
+    hostname: str | None = None,
+    metrics_port: int | None = None,
+    metrics_host: str = "127.0.0.1",
 ) -> int:
     """Run a Celery worker in this process until it is stopped; return its exit code."""
     runner, engine = build_runner(settings, concurrency=concurrency)
+    if metrics_port is not None:
+        serve_worker_metrics(runner, metrics_host, metrics_port)
     try:
         runner.service.counts_by_state()
     except SQLAlchemyError as error:

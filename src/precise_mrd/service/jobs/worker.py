@@ -437,7 +437,8 @@ def run_job(service: SqlJobService, job_id: str, work_dir: Path, settings: Setti
             sample_name=sample_name,
         )
         outputs = store_outputs(store, job_id, result.out_dir, ARTIFACTS)
-        return _finish(service, job_id, result=summarize_call(result.sample_call), outputs=outputs)
+        summary = {**summarize_call(result.sample_call), **_run_figures(result.out_dir)}
+        return _finish(service, job_id, result=summary, outputs=outputs)
     except JobLeftRunningError:
         state = service.load(job_id).state
         logger.info("stopped: the job is %s", state.value, extra={"state": state.value})
@@ -454,6 +455,19 @@ def run_job(service: SqlJobService, job_id: str, work_dir: Path, settings: Setti
         logger.exception("failed: %s", reason, extra={"reason": reason})
         service.transition(job_id, from_states=live, to_state=JobState.SYSTEM_ERROR, reason=reason)
         return JobState.SYSTEM_ERROR
+
+
+def _run_figures(out_dir: Path) -> dict[str, Any]:
+    """Stage timings and molecule counts from metrics.json, kept with the result for /metrics."""
+    try:
+        metrics = json.loads((out_dir / ARTIFACTS["metrics"]).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    figures: dict[str, Any] = {"timings_seconds": metrics.get("timings_seconds", {})}
+    molecules = (metrics.get("summary") or {}).get("molecules")
+    if molecules is not None:
+        figures["molecules"] = molecules
+    return figures
 
 
 def _note_cold_cache(settings: Settings) -> None:
