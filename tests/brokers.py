@@ -17,7 +17,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -205,14 +204,3 @@ class OwnRabbit:
     def stop(self) -> None:
         if self.process is not None:
             self.process.stop(timeout=60)
-
-
-def worker_command(concurrency: int = 1) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "precise_mrd.cli",
-        "worker",
-        "--concurrency",
-        str(concurrency),
-    ]

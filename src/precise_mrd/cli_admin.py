@@ -9,6 +9,8 @@ service's settings: ``PRECISE_MRD_DATABASE_URL`` (or ``--database-url``) and
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -52,9 +54,25 @@ def _open(database_url: str | None, storage_url: str | None) -> tuple[Any, Any, 
     )
 
 
-def _fail(message: str) -> typer.Exit:
-    typer.echo(f"error: {message}", err=True)
-    return typer.Exit(EXIT_USER_ERROR)
+@contextlib.contextmanager
+def _operator_errors(engine: Any, url: str) -> Iterator[None]:
+    """One line and exit 2 for what an operator can fix; the engine is closed either way."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from precise_mrd.service.backup import BackupError
+    from precise_mrd.service.db.engine import describe_database_error
+    from precise_mrd.service.storage import ArtifactStoreError
+
+    try:
+        yield
+    except SQLAlchemyError as error:
+        typer.echo(f"error: {describe_database_error(url, error)}", err=True)
+        raise typer.Exit(EXIT_USER_ERROR) from None
+    except (BackupError, ArtifactStoreError, OSError) as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(EXIT_USER_ERROR) from None
+    finally:
+        engine.dispose()
 
 
 @admin_app.command()
@@ -64,22 +82,11 @@ def backup(
     storage_url: StorageUrl = None,
 ) -> None:
     """Back up every job, its events and its stored files into OUT."""
-    from sqlalchemy.exc import SQLAlchemyError
-
-    from precise_mrd.service.backup import BackupError
     from precise_mrd.service.backup import backup as run_backup
-    from precise_mrd.service.db.engine import describe_database_error
-    from precise_mrd.service.storage import ArtifactStoreError
 
     engine, store, url = _open(database_url, storage_url)
-    try:
+    with _operator_errors(engine, url):
         manifest = run_backup(engine, store, out)
-    except SQLAlchemyError as error:
-        raise _fail(describe_database_error(url, error)) from None
-    except (BackupError, ArtifactStoreError, OSError) as error:
-        raise _fail(str(error)) from None
-    finally:
-        engine.dispose()
     typer.echo(
         f"backed up {manifest['jobs']} jobs, {manifest['events']} events and "
         f"{manifest['objects']} files to {out}"
@@ -93,24 +100,13 @@ def restore(
     storage_url: StorageUrl = None,
 ) -> None:
     """Restore a backup into an empty job database and the artifact store."""
-    from sqlalchemy.exc import SQLAlchemyError
-
-    from precise_mrd.service.backup import BackupError
     from precise_mrd.service.backup import restore as run_restore
-    from precise_mrd.service.db.engine import describe_database_error
     from precise_mrd.service.db.migrate import upgrade_database
-    from precise_mrd.service.storage import ArtifactStoreError
 
     engine, store, url = _open(database_url, storage_url)
-    try:
+    with _operator_errors(engine, url):
         upgrade_database(url)
         counts = run_restore(engine, store, source)
-    except SQLAlchemyError as error:
-        raise _fail(describe_database_error(url, error)) from None
-    except (BackupError, ArtifactStoreError, OSError) as error:
-        raise _fail(str(error)) from None
-    finally:
-        engine.dispose()
     typer.echo(
         f"restored {counts['jobs']} jobs, {counts['events']} events and {counts['objects']} files"
     )

@@ -9,7 +9,6 @@ what happened: every test reads the job's audited state changes.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import sys
@@ -362,21 +361,13 @@ def test_a_burst_of_500_jobs_on_two_workers_ends_each_job_exactly_once(
 def test_the_service_guide_celery_example(tmp_path: Path) -> None:
     """docs/service.md's Celery block as written, on a database, queue, port and data directory
     of the test's own; the job it submits completes on the worker it starts."""
-    import json
     import secrets
     import subprocess
 
-    guide = (Path(__file__).resolve().parents[2] / "docs" / "service.md").read_text()
-    block = guide.split("## Celery workers", 1)[1].split("```bash\n", 1)[1].split("```", 1)[0]
+    from guides import start_block, stop
+
     name = f"pmrd_guide_{secrets.token_hex(4)}"
     port = str(free_port())
-    script = (
-        block.replace("precise_mrd_celery", name)
-        .replace("python -m precise_mrd.api", f"python -m precise_mrd.api --port {port}")
-        .replace("127.0.0.1:8000", f"127.0.0.1:{port}")
-        .replace("$HOME/precise-mrd-data", str(tmp_path / "data"))
-    )
-    assert script.count(port) == 3 and name in script
     with shared_broker("redis") as (_, queue):
         env = {
             **_clean_environment(),
@@ -384,28 +375,20 @@ def test_the_service_guide_celery_example(tmp_path: Path) -> None:
             "PRECISE_MRD_CELERY_QUEUE": queue,
             "PRECISE_MRD_WARM_KERNELS_ON_START": "false",
         }
-        shell = subprocess.Popen(
-            # NB: curl prints the job without a newline; echo ends the line for readline
-            ["bash", "-c", "set -e\n" + script + "echo\nwait"],
+        job, shell = start_block(
+            "Celery workers",
+            {
+                "precise_mrd_celery": name,
+                "python -m precise_mrd.api": f"python -m precise_mrd.api --port {port}",
+                "127.0.0.1:8000": f"127.0.0.1:{port}",
+                "$HOME/precise-mrd-data": str(tmp_path / "data"),
+            },
             cwd=tmp_path,
             env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            start_new_session=True,
         )
         try:
-            assert shell.stdout is not None
-            job = None
-            deadline = time.monotonic() + 90
-            while job is None and time.monotonic() < deadline:
-                line = shell.stdout.readline()
-                if line.startswith("{"):
-                    job = json.loads(line)
-                elif not line and shell.poll() is not None:
-                    break
-            assert job is not None, (tmp_path / "api.log").read_text()[-3000:]
             url = f"http://127.0.0.1:{port}/status/{job['job_id']}"
+            deadline = time.monotonic() + 90
             while time.monotonic() < deadline:
                 state = requests.get(url, timeout=10).json()["state"]
                 if state in TERMINAL:
@@ -413,9 +396,5 @@ def test_the_service_guide_celery_example(tmp_path: Path) -> None:
                 time.sleep(0.5)
             assert state == "COMPLETE", (tmp_path / "worker.log").read_text()[-3000:]
         finally:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(shell.pid, signal.SIGTERM)
-            shell.wait(60)
-            assert shell.stdout is not None
-            shell.stdout.close()
+            stop(shell)
             subprocess.run(["dropdb", "-h", "127.0.0.1", "-U", "postgres", "--if-exists", name])
