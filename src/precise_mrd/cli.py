@@ -198,6 +198,10 @@ def run(
     ] = None,
     config: Annotated[Path | None, typer.Option(help="YAML config.")] = None,
     threads: Annotated[int | None, typer.Option(help="Worker threads.")] = None,
+    processes: Annotated[
+        int | None,
+        typer.Option(help="Processes that split the sample by genomic region (same results)."),
+    ] = None,
     seed: Annotated[int | None, typer.Option(help="Seed for the calibration draws.")] = None,
     ml_model: Annotated[
         MlModel | None,
@@ -241,7 +245,9 @@ def run(
             "(POST /submit) to run the series",
         )
     overrides: dict[str, object] = {
-        k: v for k, v in {"threads": threads, "seed": seed}.items() if v is not None
+        k: v
+        for k, v in {"threads": threads, "processes": processes, "seed": seed}.items()
+        if v is not None
     }
     if overrides:
         params = params.with_overrides(**overrides)

@@ -175,9 +175,10 @@ def test_submit_hash_is_the_hash_the_worker_runs_with(
             assert plain["config_hash"] != accepted["config_hash"], (case, config)
         elif case == "plain":
             assert plain["config_hash"] == accepted["config_hash"]
-        if "use_parallel" in flags:  # raises threads only where the config leaves them unset
+        if "use_parallel" in flags:  # threads and processes, only where the config has none
             cores = max(1, min(4, os.cpu_count() or 1))
             assert params.threads == (1 if "config_template" in config else cores)
+            assert params.processes == cores  # NB: no template sets processes
         if case.startswith("ml"):
             assert params.ml.use_ml_calling
         if case == "dl":

@@ -29,13 +29,16 @@ the result in threads: no pysam object is made per read.
 
 from __future__ import annotations
 
+import bisect
 import collections
 import contextlib
 import os
+import shutil
 import threading
 import zlib
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 from queue import Empty, Queue
 from typing import Any, Final, TypeVar, cast
@@ -244,14 +247,19 @@ def _inflate(block: memoryview) -> bytes:
     return isal_zlib.decompress(block, -15)
 
 
-def _iter_bgzf_payloads(path: Path, *, threads: int = 2) -> Iterator[bytes]:
-    """Inflate the BGZF blocks of ``path`` in order, ``threads`` blocks at a time.
+def _iter_bgzf_payloads(
+    path: Path, *, threads: int = 2, start: int = 0, offsets: list[int] | None = None
+) -> Iterator[bytes]:
+    """Inflate the BGZF blocks of ``path`` in order, ``threads`` blocks at a time, from the
+    block at file offset ``start``; ``offsets`` (if given) gets the file offset of each block
+    before its payload is yielded.
 
     Raises :class:`InputFileError` for a file that is cut short or corrupt.
     """
     name = str(path)
-    base = 0  # file offset of data[0]
+    base = start  # file offset of data[0]
     with open(path, "rb") as handle, ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
+        handle.seek(start)
         data = b""
         while True:
             more = handle.read(1 << 22)
@@ -276,6 +284,8 @@ def _iter_bgzf_payloads(path: Path, *, threads: int = 2) -> Iterator[bytes]:
                 if size - offset < total:
                     break
                 blocks.append(view[offset + 12 + xlen : offset + total - 8])
+                if offsets is not None:
+                    offsets.append(base + offset)
                 offset += total
             try:
                 if threads > 1:
@@ -358,18 +368,66 @@ def prefetch(items: Iterator[_T], *, depth: int = 2) -> Iterator[_T]:
         worker.join()
 
 
-def iter_record_chunks(path: Path) -> Iterator[npt.NDArray[np.uint8]]:
-    """The binary alignment records of a BAM (header skipped) in chunks of whole records."""
+def not_sorted_error(path: Path, record_number: int, contig: str) -> InputFileError:
+    """The error for a BAM whose record ``record_number`` (1-based) comes after a later one."""
+    return InputFileError(
+        str(path),
+        f"is not coordinate-sorted (record {record_number} at {contig} comes after an "
+        "earlier position)",
+        _SORT_FIX,
+    )
+
+
+@dataclass(frozen=True)
+class RecordRange:
+    """A run of consecutive records of a BAM: it starts at virtual offset (``block_offset``,
+    ``within``) and holds ``n_records`` records (``None``: every record to the end of the file)."""
+
+    block_offset: int
+    within: int
+    n_records: int | None
+
+
+@dataclass
+class StreamLog:
+    """Where the records of :func:`iter_record_chunks` came from, filled in while iterating:
+    the file offset of every BGZF block read, the offset in the inflated stream at which its
+    payload starts, and the stream offset of the first record of every chunk yielded."""
+
+    block_offsets: list[int] = field(default_factory=list)
+    block_starts: list[int] = field(default_factory=list)
+    chunk_starts: list[int] = field(default_factory=list)
+
+    def range_at(self, stream_offset: int, n_records: int | None) -> RecordRange:
+        """The :class:`RecordRange` of ``n_records`` records from ``stream_offset`` on."""
+        block = bisect.bisect_right(self.block_starts, stream_offset) - 1
+        return RecordRange(
+            self.block_offsets[block], stream_offset - self.block_starts[block], n_records
+        )
+
+
+def iter_record_chunks(
+    path: Path, part: RecordRange | None = None, *, log: StreamLog | None = None
+) -> Iterator[npt.NDArray[np.uint8]]:
+    """The binary alignment records of a BAM (header skipped) in chunks of whole records; only
+    those of ``part`` if given. ``log`` records where each block and chunk came from."""
+    if part is not None:
+        yield from _iter_part_chunks(path, part)
+        return
     name = str(path)
     parts: list[bytes] = []
     n_pending = 0
     header_done = False
+    offsets = log.block_offsets if log is not None else None
+    stream = 0  # stream offset of parts[0]
     # NB: payloads are joined once per ~4 MB chunk and the chunk is a view of the joined bytes;
     # only the cut-off tail record is copied again (a bytearray append/slice/copy per block
     # cost ~3 copies of every byte).
     # NB: inflated in this thread: with ISA-L a pool of inflate threads only added overhead
     # (the whole file: 0.84 s wall and CPU alone, 0.85 s wall and 1.33 s CPU with two threads)
-    for payload in _iter_bgzf_payloads(path, threads=1):
+    for payload in _iter_bgzf_payloads(path, threads=1, offsets=offsets):
+        if log is not None:
+            log.block_starts.append(stream + n_pending)
         parts.append(payload)
         n_pending += len(payload)
         if not header_done:
@@ -380,14 +438,18 @@ def iter_record_chunks(path: Path) -> Iterator[npt.NDArray[np.uint8]]:
                 continue
             parts = [joined[header_length:]]
             n_pending = len(parts[0])
+            stream += header_length
             header_done = True
         if n_pending >= _RECORD_CHUNK_BYTES:
             data = np.frombuffer(b"".join(parts), dtype=np.uint8)
             whole = int(_whole_records_length(data))
+            if log is not None:
+                log.chunk_starts.append(stream)
             yield data[:whole]
             tail = data[whole:].tobytes()
             parts = [tail]
             n_pending = len(tail)
+            stream += whole
     if not header_done:
         joined = b"".join(parts)
         if _bam_header_length(joined, name) is None and joined:
@@ -400,7 +462,51 @@ def iter_record_chunks(path: Path) -> Iterator[npt.NDArray[np.uint8]]:
             raise InputFileError(
                 name, "is truncated (its last record is cut short)", "re-create it"
             )
+        if log is not None:
+            log.chunk_starts.append(stream)
         yield data
+
+
+def _iter_part_chunks(path: Path, part: RecordRange) -> Iterator[npt.NDArray[np.uint8]]:
+    """The records of ``part`` in chunks of whole records (see :func:`iter_record_chunks`)."""
+    name = str(path)
+    remaining = part.n_records
+    parts: list[bytes] = []
+    n_pending = 0
+    first = True
+    for payload in _iter_bgzf_payloads(path, threads=1, start=part.block_offset):
+        if first:
+            payload = payload[part.within :]
+            first = False
+        parts.append(payload)
+        n_pending += len(payload)
+        if n_pending < _RECORD_CHUNK_BYTES:
+            continue
+        data = np.frombuffer(b"".join(parts), dtype=np.uint8)
+        whole = int(_whole_records_length(data))
+        if remaining is not None:
+            n_chunk = int(count_records(data[:whole]))
+            if n_chunk >= remaining:
+                yield data[: int(_records_prefix_length(data, remaining))]
+                return
+            remaining -= n_chunk
+        yield data[:whole]
+        tail = data[whole:].tobytes()
+        parts = [tail]
+        n_pending = len(tail)
+    data = np.frombuffer(b"".join(parts), dtype=np.uint8)
+    whole = int(_whole_records_length(data))
+    n_chunk = int(count_records(data[:whole]))
+    if whole != len(data) and (remaining is None or n_chunk < remaining):
+        raise InputFileError(name, "is truncated (its last record is cut short)", "re-create it")
+    if remaining is not None and n_chunk < remaining:
+        raise InputFileError(
+            name, "changed while it was being read (fewer records than planned)", "run again"
+        )
+    if remaining is not None:
+        whole = int(_records_prefix_length(data, remaining))
+    if whole:
+        yield data[:whole]
 
 
 @numba.njit(cache=True, nogil=True)
@@ -424,6 +530,17 @@ def _whole_records_length(buffer: npt.NDArray[np.uint8]) -> int:
         if offset + 4 + size > len(buffer):
             break
         offset += 4 + size
+    return offset
+
+
+@numba.njit(cache=True, nogil=True)
+def _records_prefix_length(buffer: npt.NDArray[np.uint8], n_records: int) -> int:
+    """Bytes taken by the first ``n_records`` whole records of ``buffer``."""
+    offset = 0
+    for _ in range(n_records):
+        if offset + 4 > len(buffer):
+            break
+        offset += 4 + int32_at(buffer, offset)
     return offset
 
 
@@ -781,8 +898,9 @@ def _bgzf_block(piece: bytes, level: int) -> bytes:
 class BgzfWriter:
     """Write bytes as BGZF (the BAM container), compressing blocks in ``threads`` threads."""
 
-    def __init__(self, path: Path, *, level: int = 6, threads: int = 2) -> None:
+    def __init__(self, path: Path, *, level: int = 6, threads: int = 2, eof: bool = True) -> None:
         self._handle = open(path, "wb")  # noqa: SIM115 - closed in close()
+        self._eof = eof  # NB: False for a piece of a file that others are appended to
         self._pending = bytearray()
         self._level = level
         self._pool = ThreadPoolExecutor(max_workers=max(1, threads))
@@ -804,11 +922,19 @@ class BgzfWriter:
         while self._queued and (final or len(self._queued) > 64 or self._queued[0].done()):
             self._handle.write(self._queued.popleft().result())
 
+    def append_blocks(self, path: Path) -> None:
+        """Write what is pending as whole blocks, then the BGZF blocks of ``path`` as they are
+        (a file of blocks without an end-of-file block, e.g. one from ``eof=False``)."""
+        self._flush(final=True)
+        with open(path, "rb") as blocks:
+            shutil.copyfileobj(blocks, self._handle, 1 << 22)
+
     def close(self) -> None:
-        """Flush, write the BGZF end-of-file block and close the file."""
+        """Flush, write the BGZF end-of-file block (unless ``eof=False``) and close the file."""
         try:
             self._flush(final=True)
-            self._handle.write(BGZF_EOF)
+            if self._eof:
+                self._handle.write(BGZF_EOF)
         finally:
             for future in self._queued:
                 future.cancel()

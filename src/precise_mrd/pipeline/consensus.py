@@ -56,7 +56,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -76,6 +76,7 @@ from precise_mrd.core.consensus_kernels import depth_tags, reconcile_pairs
 from precise_mrd.core.errors import InputDataError, InputFileError
 from precise_mrd.io.bam import (
     BgzfWriter,
+    RecordRange,
     bam_header_bytes,
     index_bam,
     iter_record_chunks,
@@ -90,13 +91,20 @@ from precise_mrd.io.bam_columns import (
     encode_consensus_records,
     gather_records,
 )
-from precise_mrd.pipeline.group import GroupStats, prepare_grouping
+from precise_mrd.io.bam_parts import consensus_sort_keys
+from precise_mrd.pipeline.group import GroupStats, PreparedGrouping, prepare_grouping
 
-__all__ = ["ConsensusStats", "call_consensus_bam", "group_and_call_consensus"]
+__all__ = [
+    "ConsensusStats",
+    "call_consensus_bam",
+    "call_consensus_part",
+    "group_and_call_consensus",
+    "join_consensus_parts",
+]
 
 I64Array = npt.NDArray[np.int64]
 _I64: Any = np.int64  # NB: typed Any so that compiled integer maths type-checks as int
-_BatchResult = tuple[I64Array, npt.NDArray[np.uint8], I64Array] | None
+_BatchResult = tuple[I64Array, I64Array, npt.NDArray[np.uint8], I64Array] | None
 _DecodedChunk = tuple[npt.NDArray[np.uint8], tuple[npt.NDArray[np.int8], ReadColumns]]
 
 _MIN_BATCH_READS = 10_000  # finished molecules are processed together once this many reads wait
@@ -365,13 +373,8 @@ def group_and_call_consensus(
         min_mapq=min_mapq,
     )
     counter = [0]
-    # NB: the molecule ids go to the decoder as arrays: tagging the records (a copy of the whole
-    # input) and parsing the tags back cost ~1.5 s of CPU on the standard sample
     consensus_stats = _write_consensus(
-        (
-            (chunk, decode_status(chunk, molecules=molecules, strands=strands))
-            for chunk, molecules, strands in prepared.molecule_chunks(counter)
-        ),
+        _decoded_molecules(prepared, counter),
         prepared.header(),
         consensus_bam_path,
         params=params,
@@ -379,6 +382,143 @@ def group_and_call_consensus(
         threads=threads,
     )
     return prepared.stats(counter[0]), consensus_stats
+
+
+def call_consensus_part(
+    prepared: PreparedGrouping,
+    out_path: Path,
+    *,
+    params: ConsensusParams,
+    threads: int = 1,
+) -> tuple[GroupStats, ConsensusStats]:
+    """The consensus records of one part of a grouped file (``prepared.part``) into
+    ``out_path`` as BGZF blocks of records only (no header, no end-of-file block, no index):
+    :func:`join_consensus_parts` puts the parts of a file together."""
+    counter = [0]
+    consensus_stats = _write_consensus(
+        _decoded_molecules(prepared, counter),
+        prepared.header(),
+        out_path,
+        params=params,
+        source=str(prepared.in_bam_path),
+        threads=threads,
+        records_only=True,
+    )
+    return prepared.stats(counter[0]), consensus_stats
+
+
+def join_consensus_parts(
+    header: dict[str, Any],
+    part_paths: Sequence[Path],
+    out_bam_path: Path,
+    *,
+    params: ConsensusParams,
+    part_starts: Sequence[int],
+    overruns: Sequence[bool],
+) -> None:
+    """The consensus BAM of a file from the records of its parts (written by
+    :func:`call_consensus_part`, in file order; ``part_starts`` the position key of each part's
+    first input record): the header, the parts, the end-of-file block; indexed.
+
+    BGZF blocks stand alone, so a part is copied as it is, except where records of earlier parts
+    must be merged into it, or where its own records run past the next part's start
+    (``overruns``: it read distant mates, see :mod:`precise_mrd.io.bam_parts`). Those records
+    are carried forward and merged where they belong, in the order the serial stage writes
+    (position, then molecule id)."""
+    out_bam_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp_path = out_bam_path.with_name(f".{out_bam_path.name}.{os.getpid()}.tmp")
+    index_path = out_bam_path.with_name(f".{out_bam_path.name}.{os.getpid()}.bai.tmp")
+    carry = _SortedRecords.empty()
+    try:
+        with BgzfWriter(tmp_path, level=CONSENSUS_BAM_COMPRESSION_LEVEL) as writer:
+            writer.write(bam_header_bytes(_consensus_header(header, params), out_bam_path.parent))
+            for k, part_path in enumerate(part_paths):
+                if not carry.n and not overruns[k]:
+                    writer.append_blocks(part_path)
+                    continue
+                records = carry.merged(_SortedRecords.read(part_path))
+                stop = part_starts[k + 1] if k + 1 < len(part_paths) else None
+                ready, carry = records.split(stop)
+                writer.write(ready)
+            writer.write(carry.split(None)[0])
+        index_bam(tmp_path, index_path)
+        os.replace(tmp_path, out_bam_path)
+        os.replace(index_path, Path(f"{out_bam_path}.bai"))
+    finally:
+        for path in (tmp_path, index_path):
+            path.unlink(missing_ok=True)
+
+
+@dataclass(frozen=True)
+class _SortedRecords:
+    """Consensus records in output order, with their position keys and molecule ids."""
+
+    data: npt.NDArray[np.uint8]
+    keys: I64Array
+    ties: I64Array
+    offsets: I64Array
+
+    @property
+    def n(self) -> int:
+        return len(self.keys)
+
+    @classmethod
+    def empty(cls) -> _SortedRecords:
+        none = np.zeros(0, dtype=np.int64)
+        return cls(np.zeros(0, dtype=np.uint8), none, none, np.zeros(1, dtype=np.int64))
+
+    @classmethod
+    def read(cls, path: Path) -> _SortedRecords:
+        """The records of a part's file (sorted as written)."""
+        chunks = list(iter_record_chunks(path, RecordRange(0, 0, None)))
+        data = np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.uint8)
+        keys, ties, offsets = consensus_sort_keys(data)
+        return cls(data, keys, ties, offsets)
+
+    def merged(self, later: _SortedRecords) -> _SortedRecords:
+        """These records and ``later``'s in output order (these first among equals)."""
+        if not self.n:
+            return later
+        data = np.concatenate((self.data, later.data))
+        offsets = np.concatenate((self.offsets[:-1], later.offsets + len(self.data)))
+        keys = np.concatenate((self.keys, later.keys))
+        ties = np.concatenate((self.ties, later.ties))
+        order = np.lexsort((ties, keys))  # NB: stable
+        return _SortedRecords(
+            gather_records(data, offsets, order),
+            keys[order],
+            ties[order],
+            np.concatenate(([0], np.cumsum(np.diff(offsets)[order]))).astype(np.int64),
+        )
+
+    def split(self, stop: int | None) -> tuple[npt.NDArray[np.uint8], _SortedRecords]:
+        """The bytes of the records before position key ``stop`` (all if None), and the rest."""
+        n_ready = self.n if stop is None else int(np.searchsorted(self.keys, stop))
+        cut = int(self.offsets[n_ready])
+        rest = _SortedRecords(
+            self.data[cut:].copy(),
+            self.keys[n_ready:],
+            self.ties[n_ready:],
+            self.offsets[n_ready:] - cut,
+        )
+        return self.data[:cut], rest
+
+
+def _decoded_molecules(prepared: PreparedGrouping, counter: list[int]) -> Iterator[_DecodedChunk]:
+    # NB: the molecule ids go to the decoder as arrays: tagging the records (a copy of the whole
+    # input) and parsing the tags back cost ~1.5 s of CPU on the standard sample
+    for chunk, molecules, strands in prepared.molecule_chunks(counter):
+        yield chunk, decode_status(chunk, molecules=molecules, strands=strands)
+
+
+def _consensus_header(header: dict[str, Any], params: ConsensusParams) -> dict[str, Any]:
+    header = dict(header)
+    header["HD"] = {**header.get("HD", {"VN": "1.6"}), "SO": "coordinate"}
+    header["PG"] = [
+        *header.get("PG", []),
+        {"ID": "precise_mrd.consensus", "PN": "precise_mrd", "CL": f"consensus {params}"},
+    ]
+    return header
 
 
 def _write_consensus(
@@ -389,17 +529,12 @@ def _write_consensus(
     params: ConsensusParams,
     source: str,
     threads: int,
+    records_only: bool = False,
 ) -> ConsensusStats:
     """Consensus records of the grouped records into a sorted, indexed BAM (``decoded_chunks``:
     each chunk of records with its :func:`decode_status`; a lazy iterator, run in a producer
-    thread)."""
+    thread); with ``records_only`` the BGZF blocks of the records alone (a part of a file)."""
     contig_names = [entry["SN"] for entry in header.get("SQ", [])]
-    header = dict(header)
-    header["HD"] = {**header.get("HD", {"VN": "1.6"}), "SO": "coordinate"}
-    header["PG"] = [
-        *header.get("PG", []),
-        {"ID": "precise_mrd.consensus", "PN": "precise_mrd", "CL": f"consensus {params}"},
-    ]
     out_bam_path.parent.mkdir(parents=True, exist_ok=True)
     tmp_path = out_bam_path.with_name(f".{out_bam_path.name}.{os.getpid()}.tmp")
     index_path = out_bam_path.with_name(f".{out_bam_path.name}.{os.getpid()}.bai.tmp")
@@ -407,11 +542,16 @@ def _write_consensus(
         with (
             ThreadPoolExecutor(max_workers=1, thread_name_prefix="consensus") as worker,
             BgzfWriter(
-                tmp_path, level=CONSENSUS_BAM_COMPRESSION_LEVEL, threads=max(2, threads)
+                tmp_path,
+                level=CONSENSUS_BAM_COMPRESSION_LEVEL,
+                threads=max(2, threads),
+                eof=not records_only,
             ) as writer,
         ):
             caller = _StreamingCaller(params, source, contig_names, worker=worker)
-            writer.write(bam_header_bytes(header, out_bam_path.parent))
+            if not records_only:
+                header_bytes = bam_header_bytes(_consensus_header(header, params), tmp_path.parent)
+                writer.write(header_bytes)
             # NB: the records are decoded in the producer thread, beside the inflate and the
             # tagging: the compiled decoder releases the GIL and the caller's thread is the
             # bottleneck of the stage.
@@ -420,9 +560,10 @@ def _write_consensus(
                     writer.write(records)
             for records in caller.finish():
                 writer.write(records)
-        index_bam(tmp_path, index_path)
+        if not records_only:
+            index_bam(tmp_path, index_path)
+            os.replace(index_path, Path(f"{out_bam_path}.bai"))
         os.replace(tmp_path, out_bam_path)
-        os.replace(index_path, Path(f"{out_bam_path}.bai"))
     finally:
         for path in (tmp_path, index_path):
             path.unlink(missing_ok=True)
@@ -466,6 +607,9 @@ class _StreamingCaller:
         self.last_key = -1
         self.n_records_seen = 0
         self.out_keys: list[npt.NDArray[np.int64]] = []
+        # NB: records at one position go out in the order of their molecule ids, so the output
+        # does not depend on how molecules fell into batches (or the file into parts)
+        self.out_ties: list[npt.NDArray[np.int64]] = []
         self.out_data: list[tuple[npt.NDArray[np.uint8], npt.NDArray[np.int64]]] = []
 
     def add_chunk(self, chunk: npt.NDArray[np.uint8]) -> Iterator[npt.NDArray[np.uint8]]:
@@ -556,8 +700,9 @@ class _StreamingCaller:
         self.in_flight = None
         result = future.result()
         if result is not None:
-            keys, data, offsets = result
+            keys, ties, data, offsets = result
             self.out_keys.append(keys)
+            self.out_ties.append(ties)
             self.out_data.append((data, offsets))
         yield from self._flush(bound=bound)
 
@@ -632,6 +777,7 @@ class _StreamingCaller:
         if not self.out_keys:
             return
         keys = np.concatenate(self.out_keys)
+        ties = np.concatenate(self.out_ties)
         sizes = [len(d) for d, _ in self.out_data]
         data = np.concatenate([d for d, _ in self.out_data])
         shifts = np.cumsum([0, *sizes[:-1]])
@@ -639,17 +785,18 @@ class _StreamingCaller:
             [o[:-1] + shift for (_, o), shift in zip(self.out_data, shifts, strict=True)]
             + [np.array([len(data)], dtype=np.int64)]
         )
-        order = np.argsort(keys, kind="stable")
+        order = np.lexsort((ties, keys))  # NB: stable: a molecule's records keep their order
         n_ready = len(order) if bound is None else int(np.searchsorted(keys[order], bound))
         if n_ready:
             yield gather_records(data, offsets, order[:n_ready])
         rest = order[n_ready:]
-        self.out_keys, self.out_data = [], []
+        self.out_keys, self.out_ties, self.out_data = [], [], []
         if len(rest):
             rest = np.sort(rest)
             kept = gather_records(data, offsets, rest)
             rest_offsets = np.concatenate(([0], np.cumsum(offsets[rest + 1] - offsets[rest])))
             self.out_keys.append(keys[rest])
+            self.out_ties.append(ties[rest])
             self.out_data.append((kept, rest_offsets.astype(np.int64)))
 
 
@@ -812,12 +959,13 @@ def _process_batch(
     params: ConsensusParams,
     cigars: _CigarArrays,
     counters: _Counters,
-) -> tuple[I64Array, npt.NDArray[np.uint8], I64Array] | None:
+) -> _BatchResult:
     """Consensus of a batch of finished molecules, vectorised across all of their families.
 
     ``reads`` holds the molecules' reads grouped by molecule (``mol`` = 0, 1, ...), each
     molecule's reads in file order, except ``bases``/``quals``, whose row for read ``i`` is
-    ``matrix_rows[i]``. Returns the sort keys, bytes and offsets of the records.
+    ``matrix_rows[i]``. Returns the sort keys (position), the tie-breaking keys (the molecule's
+    ``MI`` code), the bytes and the offsets of the records.
     """
     n_reads = len(reads)
     n_mol = int(mol[-1]) + 1
@@ -1000,7 +1148,7 @@ def _process_batch(
         is_duplex=is_duplex_mol[e_mol],
     )
     counters.n_records_out += n_records
-    return (e_tid << 32) | e_start, data, record_offsets
+    return (e_tid << 32) | e_start, reads.mi_codes[mol_first][e_mol], data, record_offsets
 
 
 def _count_sizes(counter: Counter[int], sizes: I64Array) -> None:

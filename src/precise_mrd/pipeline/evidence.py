@@ -34,7 +34,10 @@ from __future__ import annotations
 import contextlib
 from collections import defaultdict
 from collections.abc import Sequence
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
+from functools import partial
+from itertools import pairwise
 from pathlib import Path
 
 import numba
@@ -589,9 +592,15 @@ def collect_evidence(
     min_mapping_quality: int = 20,
     variant_exclusion_window: int = 5,
     flank: int = 100,
+    pool: Executor | None = None,
+    n_parts: int = 1,
 ) -> Evidence:
     """Count molecules at ``variants`` and background errors in ``regions`` (0-based half-open;
-    default each variant +/- ``flank``) of an indexed consensus BAM."""
+    default each variant +/- ``flank``) of an indexed consensus BAM.
+
+    With a process ``pool`` and ``n_parts`` > 1 the windows are counted in ``n_parts`` runs of
+    consecutive windows, one task each, and the counts added up in window order: the same
+    evidence as one run (each window is counted on its own)."""
     if not variants:
         raise InputDataError("variants", "no variants to track", "supply at least one variant")
     for path, kind in ((consensus_bam_path, "consensus BAM"), (reference_path, "reference FASTA")):
@@ -609,7 +618,7 @@ def collect_evidence(
         raise InputFileError(
             str(consensus_bam_path), f"cannot open as BAM ({exc})", "supply a BAM file"
         ) from exc
-    with fasta, bam, contextlib.ExitStack() as stack:
+    with fasta, bam:
         if not bam.has_index():
             raise InputFileError(
                 str(consensus_bam_path), "has no index", "run `samtools index` on it"
@@ -630,22 +639,62 @@ def collect_evidence(
                 f"contig of variants {', '.join(missing[:3])} is absent from the BAM header",
                 "align the reads to the same reference as the variants",
             )
-        records = IndexedRecordReader.open(Path(consensus_bam_path))
+    windows: list[_WindowSpec] = []
+    for chrom, s, e in merge_regions(clipped):
+        windows += [(chrom, w, min(e, w + _WINDOW), w == s) for w in range(s, e, _WINDOW)]
+    # variant positions outside every region still need their counts
+    for v in variants:
+        if not any(c == v.chrom and s <= v.start0 < e for c, s, e, _ in windows):
+            windows.append((v.chrom, v.start0, v.pos, True))
+    count = partial(
+        _count_windows,
+        Path(consensus_bam_path),
+        Path(reference_path),
+        tuple(variants),
+        min_base_quality=min_base_quality,
+        min_mapping_quality=min_mapping_quality,
+        exclusion=variant_exclusion_window,
+    )
+    n_parts = max(1, min(n_parts, len(windows)))
+    if pool is None or n_parts == 1:
+        acc = count(windows)
+    else:
+        bounds = [round(k * len(windows) / n_parts) for k in range(n_parts + 1)]
+        futures = [pool.submit(count, windows[lo:hi]) for lo, hi in pairwise(bounds)]
+        acc = _Accumulator()
+        for future in futures:
+            _add_into(acc, future.result())
+    return _evidence_of(acc, len(variants))
+
+
+_WindowSpec = tuple[str, int, int, bool]  # contig, start, end, first window of its region
+
+
+def _count_windows(
+    consensus_bam_path: Path,
+    reference_path: Path,
+    variants: tuple[Variant, ...],
+    windows: Sequence[_WindowSpec],
+    *,
+    min_base_quality: int,
+    min_mapping_quality: int,
+    exclusion: int,
+) -> _Accumulator:
+    """The counts of ``windows``, in order (a top-level function: a process pool runs it)."""
+    acc = _Accumulator()
+    by_chrom: dict[str, list[Variant]] = defaultdict(list)
+    for v in variants:
+        by_chrom[v.chrom].append(v)
+    variant_index = {v: i for i, v in enumerate(variants)}
+    with (
+        pysam.FastaFile(str(reference_path)) as fasta,
+        pysam.AlignmentFile(str(consensus_bam_path), "rb") as bam,
+        contextlib.ExitStack() as stack,
+    ):
+        records = IndexedRecordReader.open(consensus_bam_path)
         reader = None
         if records is not None:
             reader = _RawReader(stack.enter_context(records))
-        acc = _Accumulator()
-        by_chrom: dict[str, list[Variant]] = defaultdict(list)
-        for v in variants:
-            by_chrom[v.chrom].append(v)
-        variant_index = {v: i for i, v in enumerate(variants)}
-        windows = []
-        for chrom, s, e in merge_regions(clipped):
-            windows += [(chrom, w, min(e, w + _WINDOW), w == s) for w in range(s, e, _WINDOW)]
-        # variant positions outside every region still need their counts
-        for v in variants:
-            if not any(c == v.chrom and s <= v.start0 < e for c, s, e, _ in windows):
-                windows.append((v.chrom, v.start0, v.pos, True))
         for chrom, start, end, first_window in windows:
             _count_window(
                 bam,
@@ -658,10 +707,26 @@ def collect_evidence(
                 variant_index,
                 min_base_quality,
                 min_mapping_quality,
-                variant_exclusion_window,
+                exclusion,
                 acc,
                 first_window,
             )
+    return acc
+
+
+def _add_into(total: _Accumulator, part: _Accumulator) -> None:
+    """Add the counts of a later run of windows to ``total``."""
+    total.errors += part.errors
+    total.opportunities += part.opportunities
+    total.position_context += part.position_context
+    total.position_errors += part.position_errors
+    total.position_opportunities += part.position_opportunities
+    total.variant_counts.update(part.variant_counts)
+    total.n_records += part.n_records
+    total.n_skipped += part.n_skipped
+
+
+def _evidence_of(acc: _Accumulator, n_variants: int) -> Evidence:
     background = BackgroundCounts(
         errors=acc.errors.reshape(2, 2, N_CLASSES),
         opportunities=acc.opportunities.reshape(2, 2, 32),
@@ -671,7 +736,7 @@ def collect_evidence(
             acc.position_opportunities or [np.zeros((2, 0), np.int64)], axis=1
         ),
     )
-    counts = tuple(acc.variant_counts[i] for i in range(len(variants)))
+    counts = tuple(acc.variant_counts[i] for i in range(n_variants))
     return Evidence(
         variants=counts,
         background=background,

@@ -321,6 +321,14 @@ class PipelineParams(_Section):
     threads: int = Field(
         1, ge=1, le=256, description="Threads for alignment and the group/consensus stage."
     )
+    processes: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="Worker processes that split the sample by genomic region: grouping, "
+        "consensus and evidence run per region and are merged (same results as 1, the serial "
+        "run). The service's `use_parallel` sets it where the config does not.",
+    )
     umi: UmiSection = UmiSection()
     consensus: ConsensusSection = ConsensusSection()
     evidence: EvidenceSection = EvidenceSection()

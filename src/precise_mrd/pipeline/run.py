@@ -23,6 +23,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import Executor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -228,9 +229,9 @@ def run_pipeline(
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
     try:
-        with _run_log(staging / ARTIFACTS["log"]):
+        with _run_log(staging / ARTIFACTS["log"]), _stage_pool(params.processes) as pool:
             logger.info("precise-mrd %s; config hash %s", __version__, params.config_hash)
-            sample_call = _run_stages(inputs, params, staging, tracker, sample_name)
+            sample_call = _run_stages(inputs, params, staging, tracker, sample_name, pool)
         _publish(staging, out_dir, overwrite=overwrite)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -244,12 +245,25 @@ def run_pipeline(
     )
 
 
+@contextmanager
+def _stage_pool(processes: int) -> Iterator[Executor | None]:
+    """The process pool of a run split by region (``processes`` > 1), else None."""
+    if processes < 2:
+        yield None
+        return
+    from precise_mrd.pipeline.parallel import process_pool
+
+    with process_pool(processes) as pool:
+        yield pool
+
+
 def _run_stages(
     inputs: RunInputs,
     params: PipelineParams,
     staging: Path,
     tracker: _Progress,
     sample_name: str | None,
+    pool: Executor | None = None,
 ) -> dict[str, Any]:
     from precise_mrd.core.background import BackgroundModel
     from precise_mrd.core.calling import CallingParams, call_sample
@@ -290,20 +304,35 @@ def _run_stages(
     assert reads_bam is not None
 
     consensus_bam = staging / ARTIFACTS["consensus_bam"]
+    umi_options: dict[str, Any] = {
+        "strategy": params.umi.strategy,
+        "max_edits": params.umi.max_edits,
+        "umi_tag": params.umi.umi_tag,
+        "umi_from_read_name": params.umi.umi_from_read_name,
+        "umi_separator": params.umi.umi_separator,
+        "min_mapq": params.umi.min_mapping_quality,
+    }
     with tracker.stage("consensus"):
-        # NB: grouping and consensus run fused: MI-tagged records go straight into the caller.
-        group_stats, consensus_stats = group_and_call_consensus(
-            reads_bam,
-            consensus_bam,
-            params=consensus_params_from(params),
-            strategy=params.umi.strategy,
-            max_edits=params.umi.max_edits,
-            umi_tag=params.umi.umi_tag,
-            umi_from_read_name=params.umi.umi_from_read_name,
-            umi_separator=params.umi.umi_separator,
-            min_mapq=params.umi.min_mapping_quality,
-            threads=params.threads,
-        )
+        if pool is not None:
+            from precise_mrd.pipeline.parallel import group_and_call_consensus_in_parts
+
+            group_stats, consensus_stats = group_and_call_consensus_in_parts(
+                reads_bam,
+                consensus_bam,
+                pool=pool,
+                n_parts=params.processes,
+                params=consensus_params_from(params),
+                **umi_options,
+            )
+        else:
+            # NB: grouping and consensus run fused: MI-tagged records go straight into the caller
+            group_stats, consensus_stats = group_and_call_consensus(
+                reads_bam,
+                consensus_bam,
+                params=consensus_params_from(params),
+                threads=params.threads,
+                **umi_options,
+            )
     for leftover in (staging / "aligned.bam", staging / "aligned.bam.bai"):
         leftover.unlink(missing_ok=True)
 
@@ -318,6 +347,8 @@ def _run_stages(
             min_mapping_quality=params.evidence.min_mapping_quality,
             variant_exclusion_window=params.evidence.variant_exclusion_window,
             flank=params.evidence.flank,
+            pool=pool,
+            n_parts=params.processes,
         )
         filter_model = params.ml.filter_model
         if filter_model is not None:

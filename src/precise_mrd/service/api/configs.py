@@ -126,9 +126,10 @@ def resolve_config(
 
     The stored YAML is the user's config (or the template) with the form's ``seed`` written in
     (the form wins over the config); keys the user left out stay out, so the worker still
-    applies its own rules (``use_parallel`` raises ``threads`` only when the config does not set
-    it). The effective config of the job is :func:`~precise_mrd.service.jobs.worker.parse_config`
-    of the stored job spec, at submission (for the 202's ``config_hash``) as in the worker.
+    applies its own rules (``use_parallel`` sets ``threads`` and ``processes`` only when the
+    config does not set them). The effective config of the job is
+    :func:`~precise_mrd.service.jobs.worker.parse_config` of the stored job spec, at submission
+    (for the 202's ``config_hash``) as in the worker.
     """
     if config_yaml and config_template:
         raise UnprocessableError(

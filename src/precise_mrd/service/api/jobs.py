@@ -19,7 +19,8 @@ shipped ML artefact filter (``ml_model_type``); with it ``false`` it answers 422
 on by default) runs it with the shipped network (``dl_model_type`` ``cnn`` or ``cnn_lstm``)
 instead; when the server has no PyTorch (the ``[dl]`` extra) the submission is a 422 saying how to
 install it, and asking for both filters at once is a 422 too; ``use_parallel``
-(``ENABLE_PARALLEL_PROCESSING``, on by default) runs the pipeline with more threads.
+(``ENABLE_PARALLEL_PROCESSING``, on by default) splits the sample by genomic region over
+worker processes and uses more threads (``processes``/``threads`` where the config sets none).
 
 The ``config_hash`` of the 202 answer is the hash of the job's effective config, computed by the
 worker's own :func:`~precise_mrd.service.jobs.worker.parse_config` on the stored job spec: the
@@ -278,7 +279,11 @@ def submit_job(
     use_deep_learning: Annotated[bool, Form(description="Needs ENABLE_DEEP_LEARNING=true")] = False,
     dl_model_type: Annotated[DlModelType, Form()] = "cnn",
     use_parallel: Annotated[
-        bool, Form(description="Use more threads; needs ENABLE_PARALLEL_PROCESSING=true")
+        bool,
+        Form(
+            description="Split the sample by region over processes and use more threads; needs "
+            "ENABLE_PARALLEL_PROCESSING=true"
+        ),
     ] = False,
     config_yaml: Annotated[
         UploadFile | str | None,

@@ -8,7 +8,8 @@ worker and everything it started). The worker
 2. refuses what this worker cannot do: ``use_deep_learning`` without PyTorch installed, or with
    ``use_ml_calling`` as well, ends EXECUTOR_ERROR with the reason and the fix;
 3. parses the config (the job's seed seeds the run unless the config sets ``seed``;
-   ``use_parallel`` raises ``threads`` unless the config sets it);
+   ``use_parallel`` sets ``threads`` and ``processes``, splitting the sample by region, unless
+   the config sets them);
 4. materialises the inputs into ``<work-root>/<job_id>/inputs``: the uploads named in
    ``spec.inputs`` (``reads`` BAM, or ``reads`` + ``reads_r2`` FASTQ, ``reference``,
    ``variants``, ``targets``), or, with no reads, a ``smoke`` sample simulated from the job's seed;
@@ -144,7 +145,8 @@ def summarize_call(sample_call: Mapping[str, Any]) -> dict[str, Any]:
 
 def parse_config(spec: JobSpec, *, enable_debug_jobs: bool) -> tuple[PipelineParams, DebugKnobs]:
     """The effective config of a job: its config validated, then the request's flags applied
-    (the job's seed and ``use_parallel`` where the config leaves them unset, ``use_ml_calling`` /
+    (the job's seed, and ``threads``/``processes`` for ``use_parallel``, where the config leaves
+    them unset; ``use_ml_calling`` /
     ``use_deep_learning`` with their model types). ``POST /submit`` hashes this very result for
     its ``config_hash``, so the 202 and the run agree."""
     text = spec.config_yaml or ""
@@ -163,8 +165,12 @@ def parse_config(spec: JobSpec, *, enable_debug_jobs: bool) -> tuple[PipelinePar
     overrides: dict[str, Any] = {}
     if "seed" not in loaded:
         overrides["seed"] = spec.seed
-    if spec.use_parallel and "threads" not in loaded:
-        overrides["threads"] = max(1, min(4, os.cpu_count() or 1))
+    if spec.use_parallel:
+        cores = max(1, min(4, os.cpu_count() or 1))
+        if "threads" not in loaded:
+            overrides["threads"] = cores
+        if "processes" not in loaded:
+            overrides["processes"] = cores
     if spec.use_ml_calling:
         overrides["ml"] = {
             **params.ml.model_dump(),
