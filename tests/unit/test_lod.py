@@ -104,15 +104,40 @@ def test_parametric_multiplier_hand_values() -> None:
 
 
 def test_parametric_lob_by_hand_with_samples() -> None:
-    # two blank samples, 3 results each: sample a = 1, 2, 3 (SS 2), b = 4, 6, 8 (SS 8)
+    # two blank samples, 3 results each: sample a = 1, 2, 3, b = 4, 6, 8; mean 24/6 = 4
     values = [1.0, 2.0, 3.0, 4.0, 6.0, 8.0]
     samples = ["a", "a", "a", "b", "b", "b"]
-    sd, dof = pooled_sd(values, samples)
-    assert dof == 4 and sd == pytest.approx(math.sqrt(10 / 4))
+    # SD_B is the SD of all six results: squares about 4 are 9+4+1+0+4+16 = 34 -> sqrt(34/5);
+    # the within-sample pooled SD, sqrt((2 + 8) / 4), is SD_L's and not used here
+    assert pooled_sd(values, samples) == (pytest.approx(math.sqrt(2.5)), 4)
     lob = lob_parametric(values, samples=samples)
-    expected = 4.0 + 1.645 / (1 - 1 / 16) * math.sqrt(2.5)  # mean 24/6 = 4
-    assert lob.lob == pytest.approx(expected)
+    expected = 4.0 + 1.645 / (1 - 1 / (4 * (6 - 2))) * math.sqrt(34 / 5)  # c_p with B - K = 4
+    assert lob.lob == pytest.approx(expected, rel=1e-12)
     assert lob.method == "parametric"
+
+
+def test_parametric_lob_two_lots_by_hand() -> None:
+    """EP17-A2 5.3: per lot, mean and SD of all its blank results, c_p with B - K d.f.; 2 lots
+    are analysed apart and the larger LoB is reported. The samples' means differ, so the overall
+    SD and the within-sample SD differ: only the overall one is SD_B."""
+    # lot 1: samples p = (0, 1, 2), q = (3, 4, 5), r = (6, 7, 8): mean 4; squares about 4 sum
+    # to 16+9+4+1+0+1+4+9+16 = 60 -> SD_B = sqrt(60/8); within-sample SD = 1 (3 * 2 / 6)
+    lot1 = [0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0]
+    # lot 2: samples s = (1, 1, 4), t = (2, 2, 2): mean 2; squares 1+1+4+0+0+0 = 6 -> sqrt(6/5)
+    lot2 = [1.0, 1.0, 4.0, 2.0, 2.0, 2.0]
+    values = lot1 + lot2
+    samples = ["p"] * 3 + ["q"] * 3 + ["r"] * 3 + ["s"] * 3 + ["t"] * 3
+    lots = ["L1"] * 9 + ["L2"] * 6
+    lob = lob_parametric(values, lots=lots, samples=samples)
+    lot1_lob = 4.0 + 1.645 / (1 - 1 / (4 * (9 - 3))) * math.sqrt(60 / 8)
+    lot2_lob = 2.0 + 1.645 / (1 - 1 / (4 * (6 - 2))) * math.sqrt(6 / 5)
+    assert lob.lot_handling == "per-lot"
+    assert lob.per_lot["L1"] == pytest.approx(lot1_lob, rel=1e-12)
+    assert lob.per_lot["L2"] == pytest.approx(lot2_lob, rel=1e-12)
+    assert lob.lob == pytest.approx(max(lot1_lob, lot2_lob), rel=1e-12)
+    # the within-sample SD would have given a much smaller lot-1 LoB
+    assert pooled_sd(lot1, samples[:9])[0] == pytest.approx(1.0)
+    assert lob.per_lot["L1"] > 4.0 + 1.7 * 2.7
 
 
 def test_parametric_lob_matches_numpy_without_samples() -> None:

@@ -10,10 +10,12 @@ on a sample that contains no analyte.
   rank position ``0.5 + 0.95 * B`` (1-based), linearly interpolated between the two neighbouring
   ranks. With B = 60 the position is 57.5, so LoB = x(57) + 0.5 * (x(58) - x(57)). The position
   is inside the data only when B >= 10; EP17-A2 asks for >= 60 results per reagent lot.
-* *Parametric* (:func:`lob_parametric`): ``LoB = mean_B + c_p * SD_B`` where SD_B is the SD
-  pooled over the K blank samples (B - K degrees of freedom) and
-  ``c_p = 1.645 / (1 - 1 / (4 * (B - K)))`` corrects the normal 95th percentile for estimating
-  SD_B from a finite sample.
+* *Parametric* (:func:`lob_parametric`): ``LoB = mean_B + c_p * SD_B`` where mean_B and SD_B
+  are the mean and the standard deviation of all B blank results of the lot (not pooled within
+  blank samples: a lot whose samples differ in mean has that spread in its blank results too) and
+  ``c_p = 1.645 / (1 - 1 / (4 * (B - K)))``, K the number of blank samples, corrects the normal
+  95th percentile for estimating SD_B from a finite sample. Pooling within samples belongs to
+  SD_L of the classical LoD.
 * *Reagent lots*: with 2 or 3 lots each lot is analysed on its own and the **largest** lot LoB is
   reported; with 4 or more lots all results are pooled into one analysis.
 
@@ -243,7 +245,8 @@ def lob_nonparametric(values: ArrayLike, lots: Labels = None) -> LimitOfBlank:
 
 
 def lob_parametric(values: ArrayLike, lots: Labels = None, samples: Labels = None) -> LimitOfBlank:
-    """EP17-A2 parametric LoB: ``mean + c_p * SD`` per lot (or pooled), SD pooled over samples.
+    """EP17-A2 parametric LoB: ``mean_B + c_p * SD_B`` per lot (or pooled), SD_B the SD of all
+    the lot's blank results.
 
     ``samples`` names the blank sample of each result; K in ``c_p`` is the number of samples in
     the analysed set (1 when no sample labels are given, so c_p uses B - 1 degrees of freedom).
@@ -259,16 +262,15 @@ def lob_parametric(values: ArrayLike, lots: Labels = None, samples: Labels = Non
     per_lot: dict[str, float] = {}
     for lot, indices in plan.items():
         subset_samples = None if sample_labels is None else [sample_labels[i] for i in indices]
-        sd, dof = pooled_sd(array[indices], subset_samples)
+        n_samples = len(_groups(subset_samples, indices.size))
+        multiplier = parametric_multiplier(int(indices.size), n_samples)
+        sd = float(np.std(array[indices], ddof=1))
         if sd == 0.0:
             raise ValueError(
                 f"blank results in lot {lot!r} have no variation (SD = 0); the parametric LoB "
                 "needs spread; use the non-parametric LoB"
             )
-        n_samples = indices.size - dof
-        per_lot[lot] = (
-            float(array[indices].mean()) + parametric_multiplier(int(indices.size), n_samples) * sd
-        )
+        per_lot[lot] = float(array[indices].mean()) + multiplier * sd
     return LimitOfBlank(
         lob=max(per_lot.values()),
         per_lot=per_lot,
