@@ -42,6 +42,7 @@ class Preset(StrEnum):
 
 
 class Strategy(StrEnum):
+    auto = "auto"
     identity = "identity"
     edit = "edit"
     adjacency = "adjacency"
@@ -202,6 +203,36 @@ def run(
         int | None,
         typer.Option(help="Processes that split the sample by genomic region (same results)."),
     ] = None,
+    strategy: Annotated[
+        Strategy | None,
+        typer.Option(
+            help="UMI grouping (umi.strategy); default auto: paired for duplex A-B UMIs, "
+            "directional for single-strand ones."
+        ),
+    ] = None,
+    min_reads: Annotated[
+        list[int] | None,
+        typer.Option(
+            help="Minimum reads per molecule (consensus.min_reads): total [larger strand "
+            "[smaller strand]]; repeat the option for each value, e.g. --min-reads 2 "
+            "--min-reads 1."
+        ),
+    ] = None,
+    max_edits: Annotated[
+        int | None,
+        typer.Option(help="Mismatches allowed between UMIs of one molecule (umi.max_edits)."),
+    ] = None,
+    umi_tag: Annotated[
+        str | None, typer.Option(help="SAM tag holding the UMI (umi.umi_tag; default RX).")
+    ] = None,
+    umi_from_read_name: Annotated[
+        bool | None,
+        typer.Option(help="Take the UMI from the read name's end (umi.umi_from_read_name)."),
+    ] = None,
+    umi_separator: Annotated[
+        str | None,
+        typer.Option(help="Separator before the UMI in read names (umi.umi_separator)."),
+    ] = None,
     seed: Annotated[int | None, typer.Option(help="Seed for the calibration draws.")] = None,
     ml_model: Annotated[
         MlModel | None,
@@ -249,6 +280,21 @@ def run(
         for k, v in {"threads": threads, "processes": processes, "seed": seed}.items()
         if v is not None
     }
+    umi = {
+        k: v
+        for k, v in {
+            "strategy": strategy.value if strategy else None,
+            "max_edits": max_edits,
+            "umi_tag": umi_tag,
+            "umi_from_read_name": umi_from_read_name,
+            "umi_separator": umi_separator,
+        }.items()
+        if v is not None
+    }
+    if umi:
+        overrides["umi"] = {**params.umi.model_dump(), **umi}
+    if min_reads:
+        overrides["consensus"] = {**params.consensus.model_dump(), "min_reads": min_reads}
     if overrides:
         params = params.with_overrides(**overrides)
     params = with_artefact_filter(params, ml_model, dl_model)

@@ -13,37 +13,9 @@ from typing import Any
 
 import pysam
 import pytest
-from typer.testing import CliRunner
 
-from precise_mrd.cli import app
+from clitools import assert_fix_names_only_real_options, run_args, run_cli
 from precise_mrd.cli_support import EXIT_USER_ERROR
-
-runner = CliRunner()
-
-
-def _run_cli(args: list[str]) -> Any:
-    result = runner.invoke(app, args, catch_exceptions=False)
-    return result
-
-
-def _run_args(sample: Any, out: Path, **replace: Path) -> list[str]:
-    paths = {
-        "bam": sample.bam_path,
-        "reference": sample.reference_path,
-        "variants": sample.vcf_path,
-    }
-    paths.update(replace)
-    return [
-        "run",
-        "--bam",
-        str(paths["bam"]),
-        "--reference",
-        str(paths["reference"]),
-        "--variants",
-        str(paths["variants"]),
-        "--out",
-        str(out),
-    ]
 
 
 def _assert_clean_user_error(result: Any, *, names: str, out: Path) -> None:
@@ -54,6 +26,7 @@ def _assert_clean_user_error(result: Any, *, names: str, out: Path) -> None:
     assert "Traceback" not in result.output + result.stderr
     assert names in message, f"{names!r} not named in: {message}"
     assert "fix:" in message
+    assert_fix_names_only_real_options(result.cli_args[0], message)
     assert not out.exists() or not any(out.iterdir()), "partial output left behind"
     leftovers = [p.name for p in out.parent.iterdir() if ".partial-" in p.name]
     assert leftovers == []
@@ -78,35 +51,35 @@ def _write_bam_variant(
 
 def test_missing_reads_file(smoke_sample: Any, tmp_path: Path) -> None:
     missing = tmp_path / "nope.bam"
-    result = _run_cli(_run_args(smoke_sample, tmp_path / "out", bam=missing))
+    result = run_cli(run_args(smoke_sample, tmp_path / "out", bam=missing))
     _assert_clean_user_error(result, names="nope.bam", out=tmp_path / "out")
 
 
 def test_unreadable_reference_is_a_directory(smoke_sample: Any, tmp_path: Path) -> None:
     directory = tmp_path / "ref_dir.fa"
     directory.mkdir()
-    result = _run_cli(_run_args(smoke_sample, tmp_path / "out", reference=directory))
+    result = run_cli(run_args(smoke_sample, tmp_path / "out", reference=directory))
     _assert_clean_user_error(result, names="ref_dir.fa", out=tmp_path / "out")
 
 
 def test_file_that_is_not_a_bam(smoke_sample: Any, tmp_path: Path) -> None:
     fake = tmp_path / "fake.bam"
     fake.write_text("this is not a BAM file\n")
-    result = _run_cli(_run_args(smoke_sample, tmp_path / "out", bam=fake))
+    result = run_cli(run_args(smoke_sample, tmp_path / "out", bam=fake))
     _assert_clean_user_error(result, names="fake.bam", out=tmp_path / "out")
 
 
 def test_bam_without_umis(smoke_sample: Any, tmp_path: Path) -> None:
     bam = _write_bam_variant(smoke_sample.bam_path, tmp_path / "no_umi.bam", keep_tags=False)
     pysam.index(str(bam))
-    result = _run_cli(_run_args(smoke_sample, tmp_path / "out", bam=bam))
+    result = run_cli(run_args(smoke_sample, tmp_path / "out", bam=bam))
     _assert_clean_user_error(result, names="no_umi.bam", out=tmp_path / "out")
     assert "umi" in result.stderr.lower()
 
 
 def test_unsorted_bam(smoke_sample: Any, tmp_path: Path) -> None:
     bam = _write_bam_variant(smoke_sample.bam_path, tmp_path / "unsorted.bam", reverse=True)
-    result = _run_cli(_run_args(smoke_sample, tmp_path / "out", bam=bam))
+    result = run_cli(run_args(smoke_sample, tmp_path / "out", bam=bam))
     _assert_clean_user_error(result, names="unsorted.bam", out=tmp_path / "out")
     assert "sort" in result.stderr.lower()
 
@@ -115,7 +88,7 @@ def test_truncated_bam(smoke_sample: Any, tmp_path: Path) -> None:
     data = Path(smoke_sample.bam_path).read_bytes()
     truncated = tmp_path / "truncated.bam"
     truncated.write_bytes(data[: len(data) // 2])
-    result = _run_cli(_run_args(smoke_sample, tmp_path / "out", bam=truncated))
+    result = run_cli(run_args(smoke_sample, tmp_path / "out", bam=truncated))
     _assert_clean_user_error(result, names="truncated.bam", out=tmp_path / "out")
 
 
@@ -132,7 +105,7 @@ def test_vcf_contig_absent_from_reference(smoke_sample: Any, tmp_path: Path) -> 
         tmp_path / "other_contig.vcf",
         lambda line: "chrUnknown\t" + line.split("\t", 1)[1],
     )
-    result = _run_cli(_run_args(smoke_sample, tmp_path / "out", variants=vcf))
+    result = run_cli(run_args(smoke_sample, tmp_path / "out", variants=vcf))
     _assert_clean_user_error(result, names="other_contig.vcf", out=tmp_path / "out")
     assert "chrUnknown" in result.stderr
 
@@ -146,13 +119,13 @@ def test_vcf_ref_not_matching_reference(smoke_sample: Any, tmp_path: Path) -> No
         return "\t".join(fields)
 
     vcf = _rewrite_vcf(smoke_sample.vcf_path, tmp_path / "bad_ref.vcf", swap_ref)
-    result = _run_cli(_run_args(smoke_sample, tmp_path / "out", variants=vcf))
+    result = run_cli(run_args(smoke_sample, tmp_path / "out", variants=vcf))
     _assert_clean_user_error(result, names="bad_ref.vcf", out=tmp_path / "out")
 
 
 def test_empty_variant_list(smoke_sample: Any, tmp_path: Path) -> None:
     vcf = _rewrite_vcf(smoke_sample.vcf_path, tmp_path / "empty.vcf", lambda line: None)
-    result = _run_cli(_run_args(smoke_sample, tmp_path / "out", variants=vcf))
+    result = run_cli(run_args(smoke_sample, tmp_path / "out", variants=vcf))
     _assert_clean_user_error(result, names="empty.vcf", out=tmp_path / "out")
 
 
@@ -191,7 +164,7 @@ def test_fastq_pair_of_unequal_length(smoke_sample: Any, tmp_path: Path) -> None
         tmp_path / "out",
         _read_structure_of(smoke_sample),
     )
-    result = _run_cli(args)
+    result = run_cli(args)
     _assert_clean_user_error(result, names="short_R2.fastq.gz", out=tmp_path / "out")
 
 
@@ -200,7 +173,7 @@ def test_read_structure_that_does_not_fit_the_reads(smoke_sample: Any, tmp_path:
     shutil.copy(smoke_sample.fastq_r1_path, r1)
     shutil.copy(smoke_sample.fastq_r2_path, r2)
     args = _fastq_args(smoke_sample, r1, r2, tmp_path / "out", "8M500T 8M500T")
-    result = _run_cli(args)
+    result = run_cli(args)
     _assert_clean_user_error(result, names="r1.fastq.gz", out=tmp_path / "out")
 
 
@@ -213,7 +186,7 @@ def test_malformed_read_structure(smoke_sample: Any, tmp_path: Path, structure: 
         tmp_path / "out",
         structure,
     )
-    result = _run_cli(args)
+    result = run_cli(args)
     assert result.exit_code == EXIT_USER_ERROR
     assert "Traceback" not in result.output + result.stderr
     assert "read" in result.stderr.lower() and "fix:" in result.stderr
@@ -227,13 +200,13 @@ def test_out_holding_an_earlier_run_is_refused_then_replaced_with_force(
     earlier = {"report.html": "earlier run", "notes.txt": "the user's own notes"}
     for name, text in earlier.items():
         (out / name).write_text(text)
-    refused = _run_cli(_run_args(smoke_sample, out))
+    refused = run_cli(run_args(smoke_sample, out))
     assert refused.exit_code == EXIT_USER_ERROR, refused.output
     message = refused.stderr.strip()
     assert "\n" not in message and "Traceback" not in refused.output
     assert str(out) in message and "--force" in message and "not empty" in message
     assert {p.name: p.read_text() for p in out.iterdir()} == earlier  # nothing touched
-    replaced = _run_cli([*_run_args(smoke_sample, out), "--force"])
+    replaced = run_cli([*run_args(smoke_sample, out), "--force"])
     assert replaced.exit_code == 0, replaced.output
     names = {p.name for p in out.iterdir()}
     assert "notes.txt" not in names, "the earlier run is replaced whole, not merged"
@@ -245,7 +218,7 @@ def test_out_holding_an_earlier_run_is_refused_then_replaced_with_force(
 def test_an_empty_out_directory_is_used(smoke_sample: Any, tmp_path: Path) -> None:
     out = tmp_path / "empty"
     out.mkdir()
-    result = _run_cli(_run_args(smoke_sample, out))
+    result = run_cli(run_args(smoke_sample, out))
     assert result.exit_code == 0, result.output
     assert (out / "sample_call.json").is_file()
 
@@ -253,6 +226,6 @@ def test_an_empty_out_directory_is_used(smoke_sample: Any, tmp_path: Path) -> No
 def test_out_that_is_a_file(smoke_sample: Any, tmp_path: Path) -> None:
     out = tmp_path / "results"
     out.write_text("not a directory")
-    result = _run_cli([*_run_args(smoke_sample, out), "--force"])
+    result = run_cli([*run_args(smoke_sample, out), "--force"])
     _assert_clean_user_error(result, names=str(out), out=tmp_path / "never")
     assert out.read_text() == "not a directory"

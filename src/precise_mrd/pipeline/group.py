@@ -79,7 +79,9 @@ from precise_mrd.io.bam import (
 )
 from precise_mrd.io.bam_parts import FilePart, iter_part_records
 
-GROUP_STRATEGIES: Final[tuple[str, ...]] = (*STRATEGIES, "paired")
+GROUP_STRATEGIES: Final[tuple[str, ...]] = (*STRATEGIES, "paired", "auto")
+#: ``auto`` resolves to this for duplex UMIs (``A-B``) and to the other for single-strand ones
+AUTO_STRATEGIES: Final[dict[bool, str]] = {True: "paired", False: "directional"}
 GROUP_TSV_COLUMNS: Final[tuple[str, ...]] = (
     "read_id",
     "contig",
@@ -121,6 +123,7 @@ class GroupStats:
     n_bundles: int = 0
     n_molecules: int = 0
     family_size_histogram: dict[int, int] = field(default_factory=dict)
+    strategy: str = ""  # the strategy used (``auto`` resolved)
 
     def __post_init__(self) -> None:
         if self.n_reads_in < 0 or self.n_reads_out < 0:
@@ -549,7 +552,8 @@ def _duplex_tables(umis: list[str]) -> tuple[Int64Array, npt.NDArray[np.int8]]:
         raise InputDataError(
             "UMIs",
             f"UMI {umis[bad]!r} is not a duplex UMI 'A-B' but strategy 'paired' needs one",
-            "use a single-strand strategy (e.g. --strategy directional) or duplex UMIs",
+            "use a single-strand strategy (e.g. --strategy directional, or umi.strategy: "
+            "directional in a config), or --strategy auto to choose from the UMIs",
         )
     if status == 2:
         canonical_duplex_umi(umis[bad])  # raises the precise ValueError
@@ -710,6 +714,7 @@ class PreparedGrouping:
     slots: npt.NDArray[np.int32] | None = None
     grouping: _Grouping | None = None
     part: FilePart | None = None  # the records grouped: all of the file when None
+    strategy: str = ""  # the strategy used (``auto`` resolved); "" for a part with no UMIs
 
     def with_molecule_ids(self, ids: Int64Array) -> PreparedGrouping:
         """The same grouping with molecule ``i`` numbered ``ids[i]`` (a part's molecules get the
@@ -771,6 +776,7 @@ class PreparedGrouping:
             family_size_histogram={
                 int(s): int(c) for s, c in zip(sizes.tolist(), n_with_size.tolist(), strict=True)
             },
+            strategy=self.strategy,
         )
 
 
@@ -829,7 +835,9 @@ def prepare_grouping(
         min_mapq=min_mapq,
         part=part,
     )
-    grouping = _group(collected, strategy=strategy, max_edits=max_edits)
+    if strategy == "auto":
+        strategy = strategy_of_umis(collected.umis, in_bam_path)
+    grouping = _group(collected, strategy=strategy or "directional", max_edits=max_edits)
     slots = collected.slot_of_record
     n_records = collected.n_records
     skipped = dict(collected.skipped)
@@ -853,7 +861,38 @@ def prepare_grouping(
         slots=slots if keep_read_detail else None,
         grouping=grouping if keep_read_detail else None,
         part=part,
+        strategy=strategy,
     )
+
+
+def is_duplex_umi(umi: str) -> bool:
+    """Whether ``umi`` is a duplex UMI ``A-B`` (two non-empty halves).
+
+    >>> is_duplex_umi("ACG-TTA"), is_duplex_umi("ACGTTA"), is_duplex_umi("ACG-")
+    (True, False, False)
+    """
+    first, separator, second = umi.partition(DUPLEX_SEPARATOR)
+    return bool(separator and first and second and DUPLEX_SEPARATOR not in second)
+
+
+def strategy_of_umis(umis: list[str], path: Path) -> str:
+    """``auto``: ``paired`` when every distinct UMI of the reads is duplex (``A-B``),
+    ``directional`` when none is ("" when there are none); a mixture is an error."""
+    n_duplex = sum(map(is_duplex_umi, umis))
+    if n_duplex and n_duplex < len(umis):
+        duplex = next(u for u in umis if is_duplex_umi(u))
+        single = next(u for u in umis if not is_duplex_umi(u))
+        raise InputDataError(
+            str(path),
+            f"mixes duplex UMIs ('A-B', e.g. {duplex!r}) and single-strand UMIs (e.g. "
+            f"{single!r}): {n_duplex:,} of {len(umis):,} distinct UMIs are duplex, so the UMI "
+            "strategy cannot be chosen from the reads",
+            "tag every read's UMI the same way, or choose the strategy: --strategy paired "
+            "(duplex) or --strategy directional (umi.strategy in a config)",
+        )
+    if not umis:
+        return ""
+    return AUTO_STRATEGIES[n_duplex > 0]
 
 
 def _write(

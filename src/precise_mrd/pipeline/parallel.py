@@ -43,6 +43,7 @@ import numpy as np
 import numpy.typing as npt
 
 from precise_mrd.core.consensus import ConsensusParams
+from precise_mrd.core.errors import InputDataError
 from precise_mrd.io.bam import require_umis
 from precise_mrd.io.bam_parts import FilePart, plan_parts
 from precise_mrd.pipeline.consensus import (
@@ -187,6 +188,15 @@ def _sum_group_stats(parts: Sequence[GroupStats]) -> GroupStats:
         skipped.update(stats.n_reads_skipped_by_reason)
         sizes.update(stats.family_size_histogram)
     first = parts[0].n_reads_skipped_by_reason
+    strategies = sorted({stats.strategy for stats in parts} - {""})
+    if len(strategies) > 1:  # NB: `auto` chose per part; the whole file mixes the two kinds
+        raise InputDataError(
+            "UMIs",
+            "the reads mix duplex UMIs ('A-B') and single-strand UMIs (parts of the file chose "
+            f"{' and '.join(strategies)}), so the UMI strategy cannot be chosen from the reads",
+            "tag every read's UMI the same way, or choose the strategy: --strategy paired "
+            "(duplex) or --strategy directional (umi.strategy in a config)",
+        )
     return GroupStats(
         n_reads_in=sum(stats.n_reads_in for stats in parts),
         n_reads_out=sum(stats.n_reads_out for stats in parts),
@@ -194,6 +204,7 @@ def _sum_group_stats(parts: Sequence[GroupStats]) -> GroupStats:
         n_bundles=sum(stats.n_bundles for stats in parts),
         n_molecules=sum(stats.n_molecules for stats in parts),
         family_size_histogram=dict(sorted(sizes.items())),
+        strategy=strategies[0] if strategies else "",
     )
 
 

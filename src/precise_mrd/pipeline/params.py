@@ -41,7 +41,7 @@ from pydantic import (
 
 from precise_mrd.core.errors import ConfigError, InputFileError
 
-UmiStrategy = Literal["identity", "edit", "adjacency", "directional", "paired"]
+UmiStrategy = Literal["auto", "identity", "edit", "adjacency", "directional", "paired"]
 JobType = Literal["sample", "validation"]
 CONFIG_FIX = "see `precise-mrd run --help` and docs/configuration.md for allowed values"
 #: the largest config (YAML text, uploaded file or JSON overrides) any entry point accepts
@@ -83,11 +83,14 @@ class UmiSection(_Section):
     """How reads are grouped into molecules."""
 
     strategy: UmiStrategy = Field(
-        "paired",
+        "auto",
         description="How the UMIs of one template position are clustered into molecules: "
-        "`identity` (exact match), `edit` (single linkage within `max_edits` mismatches), "
-        "`adjacency` and `directional` (UMI-tools' network rules), `paired` (duplex: `A-B` "
-        "equals `B-A`, the two strands kept apart as `/A` and `/B`).",
+        "`auto` (chosen from the reads: `paired` when every UMI is duplex `A-B`, `directional` "
+        "when none is; a BAM mixing both is an error), `identity` (exact match), `edit` (single "
+        "linkage within `max_edits` mismatches), `adjacency` and `directional` (UMI-tools' "
+        "network rules), `paired` (duplex: `A-B` equals `B-A`, the two strands kept apart as "
+        "`/A` and `/B`). The strategy used is in metrics.json (`grouping.strategy`) and the "
+        "report.",
     )
     max_edits: int = Field(
         1, ge=0, le=3, description="Mismatches allowed between two UMIs of one molecule."
@@ -145,8 +148,15 @@ class ConsensusSection(_Section):
     @classmethod
     def _expand_min_reads(cls, value: Any) -> Any:
         # NB: fgbio accepts 1, 2 or 3 numbers: "2" means (2, 2, 2), "2 1" means (2, 1, 1).
+        if isinstance(value, str):  # NB: "3", "3 1" or "3,1,1" from a form or a CLI
+            value = [
+                int(part) if part.strip().isdigit() else part
+                for part in value.replace(",", " ").split()
+            ]
         if isinstance(value, int):
             return (value, value, value)
+        if isinstance(value, list | tuple) and len(value) == 1:
+            return (value[0], value[0], value[0])
         if isinstance(value, list | tuple) and len(value) == 2:
             return (value[0], value[1], value[1])
         return value

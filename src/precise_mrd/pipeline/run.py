@@ -432,6 +432,7 @@ def _summary_metrics(group_stats: Any, consensus_stats: Any, evidence: Any) -> d
     n_molecules = int(consensus_stats.n_molecules)
     n_out = int(consensus_stats.n_consensus_reads_out)
     return {
+        "umi_strategy": group_stats.strategy,
         "reads_in": int(group_stats.n_reads_in),
         "reads_grouped": int(group_stats.n_reads_out),
         "molecules": n_molecules,

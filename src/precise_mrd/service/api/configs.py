@@ -173,7 +173,7 @@ def review(params: PipelineParams) -> tuple[list[str], list[str]]:
     """Warnings (legal but probably unintended) and suggestions for a valid config."""
     warnings: list[str] = []
     suggestions: list[str] = []
-    if params.umi.strategy != "paired":
+    if params.umi.strategy not in ("paired", "auto"):  # NB: auto pairs duplex UMIs
         warnings.append(
             f"umi.strategy is {params.umi.strategy!r}: top and bottom strands are not paired, so "
             "no duplex consensus is made and the error rate is higher"
