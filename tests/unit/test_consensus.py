@@ -10,6 +10,7 @@ import pytest
 from precise_mrd.core.consensus import (
     NO_CALL,
     NO_CALL_QUALITY,
+    NOT_ENOUGH_READS_QUALITY,
     ConsensusParams,
     call_duplex,
     call_families,
@@ -95,14 +96,15 @@ def test_a_tie_is_a_no_call() -> None:
     assert result.depths[0, 0] == 2
 
 
-def test_low_quality_and_n_bases_are_ignored_and_no_coverage_is_n_q2() -> None:
+def test_low_quality_and_n_bases_are_ignored_and_no_coverage_is_n_q0() -> None:
+    # NB: fgbio masks a column below min_reads (here no coverage) with NotEnoughReadsQual, 0
     params = ConsensusParams(min_input_base_quality=20)
     bases, quals = _family([b"AN", b"TN", b"AA"], [[30, 30], [19, 40], [30, 5]])
     result = call_families(bases, quals, np.array([0]), params)
     assert decode_bases(result.bases[0]) == "AN"
     assert result.depths[0].tolist() == [2, 0]
     assert result.quals[0, 0] == _expected_quality([("A", 30)] * 2, "A", params)
-    assert result.quals[0, 1] == NO_CALL_QUALITY
+    assert result.quals[0, 1] == NOT_ENOUGH_READS_QUALITY
     assert result.errors[0].tolist() == [0, 0]
 
 

@@ -85,7 +85,9 @@ I64Array: TypeAlias = npt.NDArray[np.int64]
 NO_CALL: int = 4
 """Code of ``N`` (and of padding) in the 0..4 base coding."""
 NO_CALL_QUALITY: PhredScore = 2
-"""Quality given to every ``N`` consensus base (fgbio's ``NoCallQual``)."""
+"""Quality given to every ``N`` consensus base (fgbio's ``NoCallQual``)..."""
+NOT_ENOUGH_READS_QUALITY: PhredScore = 0
+"""...except one masked for too few raw bases (fgbio's ``NotEnoughReadsQual``)."""
 MAX_PHRED: PhredScore = 93
 """Largest quality a SAM/BAM record can carry as a printable character."""
 _COUNT_UNIT = float(2**20)
@@ -277,6 +279,7 @@ def call_families(
     *,
     rows: I64Array | None = None,
     width: int | None = None,
+    min_depth: int | I64Array = 1,
 ) -> FamilyConsensus:
     """Single-strand consensus of every family at once.
 
@@ -286,6 +289,17 @@ def call_families(
 
     With ``rows``, read ``k`` is row ``rows[k]`` of ``bases``/``quals`` instead (no copy of the
     matrices is made), and only the first ``width`` columns are called (default: all).
+
+    As fgbio's ``VanillaUmiConsensusCaller``:
+
+    * a column with fewer than ``min_depth`` usable raw bases (one value, or one per family; 1
+      by default, so a column without coverage) is a no-call, ``N`` with quality
+      :data:`NOT_ENOUGH_READS_QUALITY`, except in a one-read family;
+    * a one-read family keeps the read's bases, each quality combined as two trials with the
+      *worse* of the two error-rate priors alone (``min(error_rate_pre_umi,
+      error_rate_post_umi)``), depth 1 (0 where the base is ``N`` or below
+      ``min_input_base_quality``) and no errors;
+    * where two bases tie (a no-call), every raw base of the column counts as an error.
     """
     if quals.shape != bases.shape:
         raise ValueError(f"quals shape {quals.shape} differs from bases shape {bases.shape}")
@@ -323,7 +337,73 @@ def call_families(
     bases_out, quals_out = finish_columns(
         p_error, raw_bases, n_best, params.max_consensus_quality, params.min_consensus_base_quality
     )
+    _apply_fgbio_rules(
+        bases,
+        quals,
+        rows,
+        offsets,
+        sizes,
+        width,
+        params,
+        min_depth,
+        bases_out,
+        quals_out,
+        raw_bases,
+        n_best,
+        depths,
+        errors,
+    )
     return FamilyConsensus(bases_out, quals_out, raw_bases, counts, depths, errors)
+
+
+def _apply_fgbio_rules(
+    bases: U8Array,
+    quals: U8Array,
+    rows: I64Array,
+    offsets: I64Array,
+    sizes: I64Array,
+    width: int,
+    params: ConsensusParams,
+    min_depth: int | I64Array,
+    bases_out: U8Array,
+    quals_out: U8Array,
+    raw_bases: U8Array,
+    n_best: npt.NDArray[np.int8] | I64Array,
+    depths: I32Array,
+    errors: I32Array,
+) -> None:
+    """fgbio's rules on top of the likelihood call, in place (see :func:`call_families`): tie
+    errors, the one-read path and the ``min_depth`` mask."""
+    tied = (n_best > 1) & (depths > 0)
+    errors[tied] = depths[tied]
+    singles = np.flatnonzero(sizes == 1)
+    if len(singles):
+        read_rows = rows[offsets[singles]]
+        in_bases = bases[read_rows, :width]
+        in_quals = quals[read_rows, :width]
+        usable = (in_bases < NO_CALL) & (in_quals >= params.min_input_base_quality)
+        single_quals = _single_read_table(params)[in_quals]
+        called = usable & (single_quals >= params.min_consensus_base_quality)
+        bases_out[singles] = np.where(called, in_bases, NO_CALL)
+        quals_out[singles] = np.where(called, single_quals, NO_CALL_QUALITY)
+        raw_bases[singles] = np.where(usable, in_bases, NO_CALL)
+        depths[singles] = usable
+        errors[singles] = 0
+    # NB: fgbio's one-read path has no depth test (min_reads >= 2 never gets there)
+    too_shallow = depths < np.reshape(np.asarray(min_depth, dtype=np.int64), (-1, 1))
+    too_shallow[singles] = False
+    bases_out[too_shallow] = NO_CALL
+    quals_out[too_shallow] = NOT_ENOUGH_READS_QUALITY
+
+
+def _single_read_table(params: ConsensusParams) -> U8Array:
+    """``table[q]``: fgbio's consensus quality of a one-read family's base of quality ``q``."""
+    q = np.arange(256, dtype=np.float64)
+    worse_prior = min(params.error_rate_pre_umi, params.error_rate_post_umi)
+    p_error = probability_of_error_two_trials(
+        phred_to_probability(np.minimum(q, MAX_PHRED)), phred_to_probability(worse_prior)
+    )
+    return probability_to_phred(p_error, params.max_consensus_quality)
 
 
 def _call_families_numpy(
@@ -376,6 +456,22 @@ def _call_families_numpy(
     index = np.minimum(raw_bases, 3)[:, None, :].astype(np.intp)
     agree = np.take_along_axis(counts, index, axis=1)[:, 0]
     errors = np.where(raw_bases < NO_CALL, depths - agree, 0).astype(np.int32)
+    _apply_fgbio_rules(
+        bases,
+        quals,
+        np.arange(n_reads, dtype=np.int64),
+        offsets,
+        sizes,
+        width,
+        params,
+        1,
+        bases_out,
+        quals_out,
+        raw_bases,
+        n_best,
+        depths,
+        errors,
+    )
     return FamilyConsensus(bases_out, quals_out, raw_bases, counts, depths, errors)
 
 

@@ -1021,7 +1021,18 @@ def _process_batch(
     mol_paired[mol[is_paired]] = True
     has_end = fam_size.sum(axis=2) > 0
     complete = np.where(mol_paired, has_end.all(axis=1), has_end.any(axis=1))
-    passes = params.passes_min_reads(n_a, n_b, is_duplex_mol)
+    # NB: as fgbio, each end of a read pair (the R1 and the R2 consensus) must pass min_reads on
+    # its own; single-end reads: the better-covered end (each strand is its own end)
+    ends_pass = [
+        params.passes_min_reads(fam_size[:, e, 0], fam_size[:, e, 1], is_duplex_mol)
+        | ~has_end[:, e]
+        for e in (0, 1)
+    ]
+    passes = np.where(
+        mol_paired,
+        ends_pass[0] & ends_pass[1] & has_end.any(axis=1),
+        params.passes_min_reads(n_a, n_b, is_duplex_mol),
+    )
     emit = passes & complete
     counters.n_molecules += n_mol
     counters.n_filtered_min_reads += int((~passes).sum())
@@ -1052,8 +1063,17 @@ def _process_batch(
 
     # 3. matrices of the family reads, padded with N, and the consensus of every family
     width = int(reads.lengths[fam_order].max())
+    # NB: fgbio masks columns below min_reads in a simplex family; a duplex molecule's strands
+    # are called with min_reads 1 (the duplex filter above applies to the molecule)
+    min_depth = np.where(is_duplex_mol[f_mol], 1, params.min_reads[0])
     ss = call_families(
-        reads.bases, reads.quals, offsets, params, rows=matrix_rows[fam_order], width=width
+        reads.bases,
+        reads.quals,
+        offsets,
+        params,
+        rows=matrix_rows[fam_order],
+        width=width,
+        min_depth=min_depth,
     )
 
     # 4. one consensus per (molecule, end): duplex where both strands have a family
