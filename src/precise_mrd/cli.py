@@ -255,6 +255,7 @@ def run(
 ) -> None:
     """Run the whole pipeline: group, consensus, background, evidence, sample call, report."""
     from precise_mrd.pipeline.params import PipelineParams
+    from precise_mrd.pipeline.report import format_p_value
     from precise_mrd.pipeline.run import RunInputs, check_output_dir, run_pipeline
 
     check_output_dir(out, overwrite=force, fix=FORCE_FIX)
@@ -311,7 +312,7 @@ def run(
     typer.echo(
         f"{call['decision']}: tumour fraction {call['tumor_fraction']:.3g} "
         f"(95% CI {call['tumor_fraction_ci'][0]:.3g}-{call['tumor_fraction_ci'][1]:.3g}), "
-        f"p = {call['p_value']:.3g}; report: {result.out_dir / 'report.html'}"
+        f"{format_p_value(call)}; report: {result.out_dir / 'report.html'}"
     )
 
 

@@ -72,12 +72,28 @@ def format_scientific(value: Any) -> str:
     return f"{number:.3g}"
 
 
+def format_p_value(call: Mapping[str, Any]) -> str:
+    """The sample p-value as people should read it: at the bootstrap's resolution
+    ``1 / (n_bootstrap + 1)`` it is only a bound.
+
+    >>> format_p_value({"p_value": 1 / 2001, "n_bootstrap": 2000})
+    'p < 5.0e-04 (bootstrap floor)'
+    >>> format_p_value({"p_value": 0.0123, "n_bootstrap": 2000})
+    'p = 0.0123'
+    """
+    p_value = call.get("p_value")
+    n_bootstrap = int(call.get("n_bootstrap") or 0)
+    if p_value is not None and n_bootstrap > 0 and p_value <= 1.0 / (n_bootstrap + 1) * (1 + 1e-9):
+        return f"p < {1.0 / (n_bootstrap + 1):.1e} (bootstrap floor)"
+    return f"p = {format_scientific(p_value)}"
+
+
 def summary_sentence(call: Mapping[str, Any]) -> str:
     """One plain-words sentence stating the call and its evidence."""
     decision = call.get("decision", "undetermined")
     tf = format_scientific(call.get("tumor_fraction"))
     low, high = (format_scientific(v) for v in call.get("tumor_fraction_ci", (None, None)))
-    p_value = format_scientific(call.get("p_value"))
+    p_value = format_p_value(call)
     n_alt = call.get("n_variants_with_alt", 0)
     n_variants = call.get("n_variants", 0)
     molecules = f"{call.get('informative_molecules', 0):,}"
@@ -85,12 +101,12 @@ def summary_sentence(call: Mapping[str, Any]) -> str:
     if decision == "positive":
         return (
             f"Tumour DNA detected: estimated tumour fraction {tf} (95% CI {low}–{high}), "
-            f"p = {p_value}, with alt molecules at {n_alt} of {n_variants} tracked variants "
+            f"{p_value}, with alt molecules at {n_alt} of {n_variants} tracked variants "
             f"across {molecules} informative molecules."
         )
     if decision == "negative":
         return (
-            f"No tumour DNA detected (p = {p_value}) across {molecules} informative molecules at "
+            f"No tumour DNA detected ({p_value}) across {molecules} informative molecules at "
             f"{n_variants} variants. This sample would have detected a tumour fraction of {lod} "
             f"with 95% probability (personal LoD); the 95% upper bound on the tumour fraction "
             f"is {high}."
@@ -299,6 +315,7 @@ def render_report(
         call=sample_call,
         summary_sentence=summary_sentence(sample_call),
         fmt_sci=format_scientific,
+        p_text=format_p_value(sample_call),
         plots=[plot for plot in candidates if plot is not None],
         variant_columns=columns,
         variant_rows=rows,
