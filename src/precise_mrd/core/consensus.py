@@ -62,7 +62,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TypeAlias
+from typing import Any, TypeAlias
 
 import numpy as np
 import numpy.typing as npt
@@ -337,43 +337,30 @@ def call_families(
     bases_out, quals_out = finish_columns(
         p_error, raw_bases, n_best, params.max_consensus_quality, params.min_consensus_base_quality
     )
+    call = FamilyConsensus(bases_out, quals_out, raw_bases, counts, depths, errors)
     _apply_fgbio_rules(
-        bases,
-        quals,
-        rows,
-        offsets,
-        sizes,
-        width,
-        params,
-        min_depth,
-        bases_out,
-        quals_out,
-        raw_bases,
-        n_best,
-        depths,
-        errors,
+        call, n_best, bases, quals, rows, offsets, width, params, min_depth=min_depth
     )
-    return FamilyConsensus(bases_out, quals_out, raw_bases, counts, depths, errors)
+    return call
 
 
 def _apply_fgbio_rules(
+    call: FamilyConsensus,
+    n_best: npt.NDArray[np.integer[Any]],
     bases: U8Array,
     quals: U8Array,
     rows: I64Array,
     offsets: I64Array,
-    sizes: I64Array,
     width: int,
     params: ConsensusParams,
-    min_depth: int | I64Array,
-    bases_out: U8Array,
-    quals_out: U8Array,
-    raw_bases: U8Array,
-    n_best: npt.NDArray[np.int8] | I64Array,
-    depths: I32Array,
-    errors: I32Array,
+    *,
+    min_depth: int | I64Array = 1,
 ) -> None:
-    """fgbio's rules on top of the likelihood call, in place (see :func:`call_families`): tie
-    errors, the one-read path and the ``min_depth`` mask."""
+    """fgbio's rules on top of the likelihood call of ``call``, in place (see
+    :func:`call_families`): tie errors, the one-read path and the ``min_depth`` mask."""
+    bases_out, quals_out, raw_bases = call.bases, call.quals, call.raw_bases
+    depths, errors = call.depths, call.errors
+    sizes = np.diff(np.append(offsets, len(rows)))
     tied = (n_best > 1) & (depths > 0)
     errors[tied] = depths[tied]
     singles = np.flatnonzero(sizes == 1)
@@ -456,23 +443,11 @@ def _call_families_numpy(
     index = np.minimum(raw_bases, 3)[:, None, :].astype(np.intp)
     agree = np.take_along_axis(counts, index, axis=1)[:, 0]
     errors = np.where(raw_bases < NO_CALL, depths - agree, 0).astype(np.int32)
+    call = FamilyConsensus(bases_out, quals_out, raw_bases, counts, depths, errors)
     _apply_fgbio_rules(
-        bases,
-        quals,
-        np.arange(n_reads, dtype=np.int64),
-        offsets,
-        sizes,
-        width,
-        params,
-        1,
-        bases_out,
-        quals_out,
-        raw_bases,
-        n_best,
-        depths,
-        errors,
+        call, n_best, bases, quals, np.arange(n_reads, dtype=np.int64), offsets, width, params
     )
-    return FamilyConsensus(bases_out, quals_out, raw_bases, counts, depths, errors)
+    return call
 
 
 def _errors_against(counts: I32Array, depths: I32Array, reference: U8Array) -> I32Array:

@@ -372,16 +372,9 @@ def group_and_call_consensus(
         umi_separator=umi_separator,
         min_mapq=min_mapq,
     )
-    counter = [0]
-    consensus_stats = _write_consensus(
-        _decoded_molecules(prepared, counter),
-        prepared.header(),
-        consensus_bam_path,
-        params=params,
-        source=str(in_bam_path),
-        threads=threads,
+    return call_consensus_part(
+        prepared, consensus_bam_path, params=params, threads=threads, records_only=False
     )
-    return prepared.stats(counter[0]), consensus_stats
 
 
 def call_consensus_part(
@@ -390,10 +383,12 @@ def call_consensus_part(
     *,
     params: ConsensusParams,
     threads: int = 1,
+    records_only: bool = True,
 ) -> tuple[GroupStats, ConsensusStats]:
     """The consensus records of one part of a grouped file (``prepared.part``) into
     ``out_path`` as BGZF blocks of records only (no header, no end-of-file block, no index):
-    :func:`join_consensus_parts` puts the parts of a file together."""
+    :func:`join_consensus_parts` puts the parts of a file together. With ``records_only=False``
+    a whole, indexed consensus BAM (of the whole file when ``prepared.part`` is None)."""
     counter = [0]
     consensus_stats = _write_consensus(
         _decoded_molecules(prepared, counter),
@@ -402,7 +397,7 @@ def call_consensus_part(
         params=params,
         source=str(prepared.in_bam_path),
         threads=threads,
-        records_only=True,
+        records_only=records_only,
     )
     return prepared.stats(counter[0]), consensus_stats
 
