@@ -138,3 +138,38 @@ def test_delete_prefix(store: LocalArtifactStore) -> None:
     with pytest.raises(InvalidArtifactKeyError):
         store.delete_prefix("../")
     assert store.delete("jobs/j10/a.txt") is True
+
+
+def test_a_verified_local_artifact_is_not_hashed_again_until_it_changes(
+    store: LocalArtifactStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from precise_mrd.service.storage import integrity
+
+    data = os.urandom(100_000)
+    store.put_stream("jobs/j1/consensus.bam", io.BytesIO(data))
+    expected = integrity.checksum_stream(io.BytesIO(data)).as_dict()
+    hashed: list[Path] = []
+    real = integrity.checksum_file
+
+    def counting(path: Path) -> integrity.Checksum:
+        hashed.append(path)
+        return real(path)
+
+    monkeypatch.setattr(integrity, "checksum_file", counting)
+    for _ in range(3):
+        integrity.verify_stored(store, "jobs/j1/consensus.bam", expected)
+    assert len(hashed) == 1  # served three times, read through once
+    # a change of the file (same size, new bytes, new modification time) is read and refused
+    path = store.local_path("jobs/j1/consensus.bam")
+    assert path is not None
+    path.write_bytes(bytes(reversed(data)))
+    os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 1_000_000))
+    with pytest.raises(integrity.ArtifactCorruptedError, match=r"consensus\.bam is corrupted"):
+        integrity.verify_stored(store, "jobs/j1/consensus.bam", expected)
+    assert len(hashed) == 2
+    # past the window the unchanged file is read again
+    monkeypatch.setattr(integrity, "VERIFIED_FOR_SECONDS", 0.0)
+    path.write_bytes(data)
+    integrity.verify_stored(store, "jobs/j1/consensus.bam", expected)
+    integrity.verify_stored(store, "jobs/j1/consensus.bam", expected)
+    assert len(hashed) == 4

@@ -16,6 +16,9 @@ digests, never a silent wrong result.
 from __future__ import annotations
 
 import hashlib
+import threading
+import time
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -92,14 +95,54 @@ def verify_file(key: str, path: Path, expected: Mapping[str, Any] | None) -> Non
         raise ArtifactCorruptedError(key, recorded, actual)
 
 
+#: a local file that passed its check is not hashed again for this long while it stays the
+#: same file (size, modification time and inode unchanged)
+VERIFIED_FOR_SECONDS: float = 3600.0
+_VERIFIED_MAX = 4096
+
+
+class _VerifiedFiles:
+    """Local files that passed :func:`verify_file` lately, by key and ``stat`` identity, so that
+    serving a large artifact again does not hash it again (one process; thread-safe)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._seen: OrderedDict[tuple[str, str, int, int, int], float] = OrderedDict()
+
+    @staticmethod
+    def _identity(key: str, path: Path, sha256: str) -> tuple[str, str, int, int, int]:
+        info = path.stat()
+        return (key, sha256, info.st_size, info.st_mtime_ns, info.st_ino)
+
+    def verify(self, key: str, path: Path, expected: Mapping[str, Any]) -> None:
+        identity = self._identity(key, path, str(expected["sha256"]))
+        now = time.monotonic()
+        with self._lock:
+            verified_at = self._seen.get(identity)
+        if verified_at is not None and now - verified_at < VERIFIED_FOR_SECONDS:
+            return
+        verify_file(key, path, expected)
+        with self._lock:
+            self._seen[identity] = now
+            self._seen.move_to_end(identity)
+            while len(self._seen) > _VERIFIED_MAX:
+                self._seen.popitem(last=False)
+
+
+_verified_files = _VerifiedFiles()
+
+
 def verify_stored(store: ArtifactStore, key: str, expected: Mapping[str, Any] | None) -> None:
-    """Read the stored artifact through and compare it with ``expected``."""
+    """Compare the stored artifact with ``expected``: an object is read through; a local file is
+    hashed unless it passed in the last :data:`VERIFIED_FOR_SECONDS` and has not changed since
+    (same size, modification time and inode). NB: a bit flip in place that keeps all three is
+    caught only once that time has passed."""
     if not expected:
         return
     recorded = Checksum.from_mapping(expected)
     local = store.local_path(key)
     if local is not None:
-        verify_file(key, local, expected)
+        _verified_files.verify(key, local, expected)
         return
     with store.open(key) as stream:
         actual = checksum_stream(stream)
