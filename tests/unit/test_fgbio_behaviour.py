@@ -142,3 +142,25 @@ def test_duplex_min_reads_must_hold_at_both_ends(tmp_path: Path, n_b_r2: int, n_
     stats = call_consensus_bam(bam, tmp_path / "c.bam", params=ConsensusParams(min_reads=(2, 2, 2)))
     assert stats.n_consensus_reads_out == n_out
     assert stats.n_molecules_filtered_min_reads == (1 if n_out == 0 else 0)
+
+
+def test_single_end_reads_of_one_family_starting_apart_are_one_molecule(tmp_path: Path) -> None:
+    """fgbio calls one consensus per MI. Fragment reads of one family that share their unclipped
+    5' end but start 5 bases apart (a 5-base soft clip) are one molecule, not two with one MI."""
+    header = {"HD": {"VN": "1.6", "SO": "coordinate"}, "SQ": [{"SN": "c1", "LN": 1000}]}
+    path = tmp_path / "fragments.bam"
+    with pysam.AlignmentFile(str(path), "wb", header=header) as out:
+        for name, start, cigar in (("r1", 100, "20M"), ("r2", 100, "20M"), ("r3", 105, "5S15M")):
+            record = pysam.AlignedSegment(out.header)
+            record.query_name, record.flag = name, 0
+            record.reference_id, record.reference_start = 0, start
+            record.mapping_quality, record.cigarstring = 60, cigar
+            record.query_sequence = "ACGTACGTACGTACGTACGT"
+            record.query_qualities = pysam.qualitystring_to_array("?" * 20)
+            record.set_tag("MI", "7")
+            record.set_tag("RX", "AAACCC")
+            out.write(record)
+    stats = call_consensus_bam(path, tmp_path / "c.bam", params=ConsensusParams())
+    assert stats.n_molecules == 1
+    assert stats.n_consensus_reads_out == 1
+    assert stats.n_reads_filtered_alignment == 1  # the clipped read is not the common alignment

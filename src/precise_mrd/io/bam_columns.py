@@ -87,7 +87,8 @@ class ReadColumns:
     """Columns of the used records of a chunk, one row per record, in file order.
 
     ``keys`` is ``contig << 32 | start`` (0-based start); ``needed`` the larger of ``keys`` and
-    the mate's key (paired, mate mapped); ``mi_codes`` the molecule id without ``/A``/``/B``:
+    the mate's key (paired, mate mapped), else the key of the read's unclipped end (reads of
+    its molecule start no later); ``mi_codes`` the molecule id without ``/A``/``/B``:
     its value when it is a plain decimal number, otherwise a 63-bit hash with the top bit set;
     ``strand_b`` 1 for ``/B``; ``has_suffix`` whether the ``MI`` had ``/A`` or ``/B``;
     ``cigar_hashes`` a hash of the binary CIGAR; ``name_starts`` and ``cigar_starts`` the byte
@@ -381,6 +382,11 @@ def _decode_kernel(
             mate_key = (_I64(int32_at(buffer, record + 20)) << 32) | int32_at(buffer, record + 24)
             if mate_key > key:
                 need = mate_key
+        else:
+            # NB: an unpaired read's molecule may have reads that start up to a read length
+            # later (the same unclipped 5' end, clipped or trimmed differently): it stays open
+            # until the stream passes this read's unclipped end
+            need = (tid << 32) | _unclipped_end(buffer, record + 32 + l_name, n_cigar, pos)
         needed[i] = need
         mapqs[i] = mapq
         cigar_start = record + 32 + l_name
@@ -765,6 +771,25 @@ def _encode_kernel(
         _put32(out, start_o, o - start_o - 4)
         offsets[i + 1] = o
     return out[:o], offsets
+
+
+@numba.njit(cache=True, nogil=True)
+def _unclipped_end(buffer: npt.NDArray[np.uint8], cigar_start: int, n_cigar: int, pos: int) -> int:
+    """The 0-based position past a record's last reference base, trailing clips included."""
+    end = pos
+    trailing = 0
+    for k in range(n_cigar):
+        word = int32_at(buffer, cigar_start + 4 * k) & 0xFFFFFFFF
+        op = word & 0xF
+        length = word >> 4
+        if op == 4 or op == 5:
+            trailing += length
+        else:
+            trailing = 0
+            if op == 0 or op == 2 or op == 3 or op == 7 or op == 8:
+                end += length
+    result: int = end + trailing
+    return result
 
 
 @numba.njit(cache=True, nogil=True)
