@@ -321,7 +321,8 @@ def test_bad_inputs_raise_precise_errors(tmp_path: Path) -> None:
 
 
 def test_overlap_reconciliation_follows_the_cigar_through_deletions_and_insertions() -> None:
-    from precise_mrd.pipeline.consensus import _CigarTable, _reconcile_pairs
+    from precise_mrd.pipeline.consensus_batch import CigarTable as _CigarTable
+    from precise_mrd.pipeline.consensus_batch import _reconcile_pairs
 
     cigars = _CigarTable()
     # R1 50M at 100 covers 100..149; R2 at 130: 10M (130..139) 2D 5M (142..146) 3I 32M (147..178)

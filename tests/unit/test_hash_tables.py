@@ -5,7 +5,11 @@ from __future__ import annotations
 import numpy as np
 
 from precise_mrd.io.bam import MAX_UMI_LENGTH
-from precise_mrd.pipeline.consensus import _assign_instances, _complete_reads, _OpenMolecules
+from precise_mrd.pipeline.consensus_molecules import (
+    _assign_instances,
+    _complete_reads,
+    _OpenMolecules,
+)
 from precise_mrd.pipeline.group import _intern_umis, _UmiInterner
 
 
