@@ -32,8 +32,8 @@ from precise_mrd.core.background import BackgroundModel
 from precise_mrd.core.calling import CallingParams, Evidence, call_sample
 from precise_mrd.core.lod import lod_probit
 from precise_mrd.ml.scoring import apply_ml_filter
-from precise_mrd.ml.train import simulate_consensus_sample
 from precise_mrd.pipeline.evidence import collect_evidence
+from precise_mrd.training import simulate_consensus_sample
 
 
 def _call(evidence: Evidence, seed: int) -> dict[str, Any]:

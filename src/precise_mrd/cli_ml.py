@@ -36,7 +36,7 @@ def register(app: typer.Typer) -> None:
         seed: Annotated[int, typer.Option(help="Seed of the first sample.")] = 1,
     ) -> None:
         """Train an artefact classifier on simulated samples; print the model card."""
-        from precise_mrd.ml.train import TrainingConfig, train_models
+        from precise_mrd.training import TrainingConfig, train_models
 
         config = TrainingConfig(n_samples=n_samples, n_holdout=2, seed=seed)
         paths = train_models(out, model_types=model_type or ["ensemble"], config=config)

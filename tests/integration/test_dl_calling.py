@@ -24,12 +24,12 @@ from precise_mrd.ml.features import (
     extract_observations,
 )
 from precise_mrd.ml.scoring import apply_ml_filter
-from precise_mrd.ml.train import TrainingConfig, train_models
 from precise_mrd.pipeline.consensus import group_and_call_consensus
 from precise_mrd.pipeline.evidence import collect_evidence
 from precise_mrd.pipeline.params import PipelineParams
 from precise_mrd.pipeline.run import consensus_params_from
 from precise_mrd.pipeline.simulation import simulate_sample
+from precise_mrd.training import TrainingConfig, train_models
 
 WIDTH = 2 * WINDOW_FLANK + 1
 COL = {name: i for i, name in enumerate(FEATURE_NAMES)}

@@ -24,18 +24,18 @@ from precise_mrd.ml.ensemble import (
 )
 from precise_mrd.ml.features import FEATURE_NAMES
 from precise_mrd.ml.scoring import apply_ml_filter
-from precise_mrd.ml.train import (
+from precise_mrd.pipeline.consensus import group_and_call_consensus
+from precise_mrd.pipeline.evidence import collect_evidence
+from precise_mrd.pipeline.params import PipelineParams
+from precise_mrd.pipeline.run import consensus_params_from
+from precise_mrd.pipeline.simulation import simulate_sample
+from precise_mrd.training import (
     TrainingConfig,
     balanced_rows,
     choose_threshold,
     label_rows,
     train_model,
 )
-from precise_mrd.pipeline.consensus import group_and_call_consensus
-from precise_mrd.pipeline.evidence import collect_evidence
-from precise_mrd.pipeline.params import PipelineParams
-from precise_mrd.pipeline.run import consensus_params_from
-from precise_mrd.pipeline.simulation import simulate_sample
 
 COL = {name: i for i, name in enumerate(FEATURE_NAMES)}
 
