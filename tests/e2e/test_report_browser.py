@@ -91,3 +91,42 @@ def test_the_browser_check_catches_a_broken_page(tmp_path: Path) -> None:
     broken.write_text("<html><body><script>notDefined();</script></body></html>")
     messages = screenshot(broken, tmp_path / "broken.png", tmp_path / "profile")
     assert any("notDefined" in message for message in messages)
+
+
+def _layout_of(page: Path, profile: Path) -> dict[str, str]:
+    """Lay ``page`` out in headless Chromium (1200 px wide) and return what a probe script saw."""
+    probe = page.with_name("probe.html")
+    script = (
+        "<script>const t = document.querySelector('div.scroll table');"
+        "document.body.dataset.pageOverflow = String("
+        "document.documentElement.scrollWidth > window.innerWidth);"
+        "document.body.dataset.tableOverflow = String(t.scrollWidth > t.parentElement.clientWidth);"
+        "</script></body>"
+    )
+    probe.write_text(page.read_text().replace("</body>", script))
+    completed = subprocess.run(
+        [_chromium(), *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--dump-dom", probe.as_uri()],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    found = re.search(
+        r'<body data-page-overflow="(\w+)" data-table-overflow="(\w+)"', completed.stdout
+    )
+    assert found, completed.stdout[:500]
+    return {"page": found.group(1), "table": found.group(2)}
+
+
+@pytest.mark.browser
+def test_the_variant_table_fits_the_page_width(report_path: Path, tmp_path: Path) -> None:
+    page = tmp_path / "report.html"
+    page.write_text(report_path.read_text())
+    assert _layout_of(page, tmp_path / "profile") == {"page": "false", "table": "false"}
+
+
+def test_the_background_plot_says_which_rates_are_the_prior(report_path: Path) -> None:
+    html = report_path.read_text()
+    assert "classes with fewer than one error expected, whose rate is the prior" in html
+    assert re.search(r"duplex: \d+ of 96 classes measured, \d+ from the prior", html)

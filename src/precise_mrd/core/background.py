@@ -225,6 +225,7 @@ class BackgroundModel:
     prior_strength: FloatArray
     locus_concentration: FloatArray
     rate_floor: float
+    prior_rate: FloatArray | None = None  # (2, 96): the mean each class was shrunk towards
 
     def __post_init__(self) -> None:
         for name in ("alpha", "beta", "jeffreys_low", "jeffreys_high", "errors", "opportunities"):
@@ -256,6 +257,7 @@ class BackgroundModel:
         strength = np.empty(2)
         alpha = np.empty((2, N_CLASSES))
         beta = np.empty((2, N_CLASSES))
+        targets = np.empty((2, N_CLASSES))
         for m in range(N_MOLECULE_TYPES):
             total_opp = counts.opportunities[m].sum()
             if total_opp > 0:
@@ -270,6 +272,7 @@ class BackgroundModel:
             else:
                 target = np.full(N_CLASSES, pooled[m])
             target = np.clip(target, rate_floor, 0.5)
+            targets[m] = target
             strength[m] = _eb_strength(x_all[m], n_all[m], target)
             alpha[m] = strength[m] * target + x_all[m]
             beta[m] = strength[m] * (1.0 - target) + n_all[m] - x_all[m]
@@ -300,6 +303,7 @@ class BackgroundModel:
             prior_strength=strength,
             locus_concentration=tau,
             rate_floor=rate_floor,
+            prior_rate=targets,
         )
 
     @property
@@ -373,8 +377,14 @@ class BackgroundModel:
         return np.asarray((x + 0.5) / (n + 1.0), dtype=np.float64)
 
     def class_table(self) -> list[dict[str, object]]:
-        """One row per (molecule type, class) for reports."""
+        """One row per (molecule type, class) for reports: the model's ``rate``, the observed
+        ``errors``/``opportunities`` with their Jeffreys interval, the ``prior_rate`` the class
+        was shrunk towards and ``from_prior``: fewer than one error was expected there at the
+        pooled rate, so the rate is the prior's, not a measurement (the classes the calibrated
+        test also takes from the shrunk posterior, see :meth:`calibration_beta`)."""
         rates = self.class_rates
+        prior = self.prior_rate if self.prior_rate is not None else rates
+        from_prior = self.opportunities * self.pooled_rate[:, None] < 1.0
         rows: list[dict[str, object]] = []
         for m in MoleculeType:
             for c in range(N_CLASSES):
@@ -387,6 +397,8 @@ class BackgroundModel:
                         "rate": float(rates[m, c]),
                         "ci_low": float(self.jeffreys_low[m, c]),
                         "ci_high": float(self.jeffreys_high[m, c]),
+                        "prior_rate": float(prior[m, c]),
+                        "from_prior": bool(from_prior[m, c]),
                     }
                 )
         return rows

@@ -19,6 +19,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+import numpy as np
 from jinja2 import Environment, select_autoescape
 
 from precise_mrd import __version__
@@ -50,6 +51,7 @@ class Plot:
     title: str
     caption: str
     png_base64: str
+    wide: bool = False  # spans the page rather than one column
 
 
 @dataclass(frozen=True)
@@ -147,34 +149,96 @@ def _positive(rate: float, floor: float = 1e-9) -> float:
 
 
 def _background_plot(background: Sequence[Mapping[str, Any]]) -> Plot | None:
-    """``background``: rows with molecule_type, sbs_class, rate (as BackgroundModel.class_table)."""
+    """``background``: the rows of ``BackgroundModel.class_table`` (model rate, observed errors
+    and opportunities, the prior each class was shrunk to and whether its rate is the prior's)."""
     if not background:
         return None
     labels = list(dict.fromkeys(str(row["sbs_class"]) for row in background))
-    figure, axis = plt.subplots(figsize=(10.5, 3.4))
-    positions = range(len(labels))
+    figure, axes = plt.subplots(2, 1, figsize=(10.5, 5.6), sharex=True)
+    positions = np.arange(len(labels))
     plotted: list[float] = []
-    for molecule_type, colour in (("simplex", "#d98c3f"), ("duplex", "#3b6ea8")):
-        rates = {
-            str(r["sbs_class"]): float(r["rate"])
-            for r in background
-            if r["molecule_type"] == molecule_type
-        }
-        values = [_positive(rates.get(label, 0.0)) for label in labels]
-        plotted.extend(values)
-        axis.scatter(positions, values, s=9, color=colour, label=molecule_type)
-    # NB: fixed limits before the log scale: with every rate at one value (all at the floor after
-    # an artefact filter) autoscaling would give a singular axis and a warning
-    axis.set_ylim(min(plotted) / 3, max(plotted) * 3)
-    axis.set_yscale("log")
-    axis.set_xticks(list(positions)[::8], labels[::8], rotation=90, fontsize=6)
-    axis.set_ylabel("error rate per molecule")
-    axis.set_title("Background error by trinucleotide context (96 classes)")
-    axis.legend(fontsize=8)
+    notes: list[str] = []
+    for axis, molecule_type, colour in zip(
+        axes, ("simplex", "duplex"), ("#d98c3f", "#3b6ea8"), strict=True
+    ):
+        rows = {str(r["sbs_class"]): r for r in background if r["molecule_type"] == molecule_type}
+        model = np.array([_positive(float(rows[k]["rate"])) for k in labels])
+        prior = np.array(
+            [_positive(float(rows[k].get("prior_rate", rows[k]["rate"]))) for k in labels]
+        )
+        from_prior = np.array([bool(rows[k].get("from_prior", False)) for k in labels])
+        errors = np.array([int(rows[k].get("errors", 0)) for k in labels])
+        measured = ~from_prior
+        observed = np.array(
+            [
+                _positive(int(rows[k]["errors"]) / int(rows[k]["opportunities"]))
+                if int(rows[k].get("opportunities", 0)) and int(rows[k].get("errors", 0))
+                else 0.0
+                for k in labels
+            ]
+        )
+        axis.scatter(
+            positions[measured],
+            model[measured],
+            s=12,
+            color=colour,
+            label=f"{molecule_type}: model rate (measured)",
+        )
+        axis.scatter(
+            positions[from_prior],
+            model[from_prior],
+            s=12,
+            facecolors="none",
+            edgecolors=colour,
+            label=f"{molecule_type}: too few observations, prior",
+        )
+        seen = observed > 0
+        axis.scatter(
+            positions[seen],
+            observed[seen],
+            s=7,
+            marker="x",
+            color="#333",
+            label="observed errors / opportunities",
+        )
+        axis.step(
+            positions,
+            prior,
+            where="mid",
+            color="#999",
+            linewidth=0.8,
+            linestyle="--",
+            label="prior (shrinkage target)",
+        )
+        plotted += [*model, *prior, *observed[seen]]
+        axis.set_yscale("log")
+        axis.set_ylabel(f"{molecule_type} error rate", fontsize=8)
+        axis.legend(fontsize=6.5, loc="upper left", ncol=2)
+        for group in range(1, len(labels) // 16):
+            axis.axvline(group * 16 - 0.5, color="#ddd", linewidth=0.6)
+        n_prior = int(from_prior.sum())
+        notes.append(
+            f"{molecule_type}: {len(labels) - n_prior} of {len(labels)} classes measured, "
+            f"{n_prior} from the prior ({int(errors.sum()):,} errors observed in all)"
+        )
+    low, high = min(plotted), max(plotted)
+    for axis in axes:
+        axis.set_ylim(low / 3, high * 3)  # NB: fixed: a flat series would give a singular axis
+    groups = [label[2:5] for label in labels[::16]]
+    axes[1].set_xticks(positions[8::16], groups, fontsize=9)
+    axes[1].set_xticks(
+        positions, [label[0] + label[-1] for label in labels], minor=True, fontsize=5, rotation=90
+    )
+    axes[1].tick_params(axis="x", which="major", pad=14)
+    axes[0].set_title("Background error by trinucleotide context (96 classes, 5'/3' bases below)")
     return Plot(
         "Background",
-        "Consensus error rate per substitution class, measured at non-variant target positions.",
+        "Consensus error rate per substitution class at non-variant target positions. Filled "
+        "points: the rate measured there (shrunk a little towards the prior); open points: "
+        "classes with fewer than one error expected, whose rate is the prior's, not a "
+        "measurement; crosses: the raw observed rate. " + "; ".join(notes) + ".",
         _figure_to_base64(figure),
+        wide=True,
     )
 
 
