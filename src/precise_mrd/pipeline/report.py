@@ -210,7 +210,11 @@ def _background_plot(background: Sequence[Mapping[str, Any]]) -> Plot | None:
             linestyle="--",
             label="prior (shrinkage target)",
         )
-        plotted += [*model, *prior, *observed[seen]]
+        values = [*model, *prior, *observed[seen]]
+        plotted += values
+        # NB: limits before the log scale: a flat series (every rate at the floor after an
+        # artefact filter) would give a singular axis and a warning
+        axis.set_ylim(min(values) / 3, max(values) * 3)
         axis.set_yscale("log")
         axis.set_ylabel(f"{molecule_type} error rate", fontsize=8)
         axis.legend(fontsize=6.5, loc="upper left", ncol=2)
@@ -223,9 +227,10 @@ def _background_plot(background: Sequence[Mapping[str, Any]]) -> Plot | None:
         )
     low, high = min(plotted), max(plotted)
     for axis in axes:
-        axis.set_ylim(low / 3, high * 3)  # NB: fixed: a flat series would give a singular axis
+        axis.set_ylim(low / 3, high * 3)
     groups = [label[2:5] for label in labels[::16]]
-    axes[1].set_xticks(positions[8::16], groups, fontsize=9)
+    centres = np.minimum(positions[::16] + 7.5, len(labels) - 1)  # the 16 contexts of a group
+    axes[1].set_xticks(centres, groups, fontsize=9)
     axes[1].set_xticks(
         positions, [label[0] + label[-1] for label in labels], minor=True, fontsize=5, rotation=90
     )
