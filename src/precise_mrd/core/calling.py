@@ -70,10 +70,11 @@ class VariantCounts:
     """Molecule counts at one tracked variant (molecules, not reads; mates counted once).
 
     ``ref_context``: reference bases at ``pos-1, pos, pos+1``. ``n_*``: informative molecules (ref
-    or alt base passing quality), ``alt_*``: of which alt. Orientation counts are by template
-    orientation (read-1 strand). ``alt_read_end_distances``: for each alt molecule, the distance of
-    the base from the nearest end of its read. ``n_low_mapq``: molecules covering the locus whose
-    reads were dropped for low mapping quality.
+    or alt base passing quality), ``alt_*``: of which alt. Orientation counts are by the strand
+    the molecule came from (``forward`` top, ``reverse`` bottom; the consensus ``sO`` tag, else
+    the read-1 strand); a duplex molecule counts on both. ``alt_read_end_distances``: for each
+    alt molecule, the distance of the base from the nearest end of its read. ``n_low_mapq``:
+    molecules covering the locus whose reads were dropped for low mapping quality.
     """
 
     variant: Variant

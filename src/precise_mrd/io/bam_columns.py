@@ -613,12 +613,15 @@ def encode_consensus_records(
     duplex_int_tags: I64Array,
     duplex_float_tags: npt.NDArray[np.float64],
     is_duplex: npt.NDArray[np.bool_],
+    origins: I64Array | None = None,
 ) -> tuple[npt.NDArray[np.uint8], I64Array]:
     """Binary BAM records (with their ``block_size``) for consensus reads, one per row, and the
     offset of each record in the bytes (``n + 1`` offsets).
 
     The name is also the ``MI`` tag; tags follow in the order ``MI RX cD cM cE`` and, where
-    ``is_duplex``, ``aD bD aM bM aE bE``. ``int_tags`` holds ``cD cM``; ``float_tags`` ``cE``;
+    ``is_duplex``, ``aD bD aM bM aE bE`` and ``sO`` (``origins``: :data:`STRAND_A`,
+    :data:`STRAND_B` or :data:`STRAND_BOTH`; none where 0). ``int_tags`` holds ``cD cM``;
+    ``float_tags`` ``cE``;
     ``duplex_int_tags`` ``aD bD aM bM`` and ``duplex_float_tags`` ``aE bE``. ``cigar_words``
     ``[cigar_offsets[c]:cigar_offsets[c + 1]]`` is CIGAR ``c``. Float tags are stored as
     float32 of the value rounded to 6 significant digits (what ``%.6g`` SAM text would give).
@@ -647,6 +650,7 @@ def encode_consensus_records(
         np.asarray(duplex_int_tags, np.int64),
         _round_significant(np.asarray(duplex_float_tags, np.float64)),
         np.asarray(is_duplex, np.bool_),
+        np.zeros(len(flags), np.int64) if origins is None else np.asarray(origins, np.int64),
     )
 
 
@@ -677,6 +681,13 @@ def _round_significant(values: npt.NDArray[np.float64]) -> npt.NDArray[np.float3
     return out.reshape(np.shape(values))
 
 
+#: ``sO`` (strand of origin) of a duplex-grouped consensus record: the molecule was seen on its
+#: top strand only (``/A``: R1 at the fragment's left end), its bottom strand only (``/B``), or both
+STRAND_A: Final[int] = 1
+STRAND_B: Final[int] = 2
+STRAND_BOTH: Final[int] = 3
+
+
 @numba.njit(cache=True, nogil=True)
 def _encode_kernel(
     names: U8Matrix,
@@ -702,6 +713,7 @@ def _encode_kernel(
     duplex_int_tags: I64Array,
     duplex_float_tags: npt.NDArray[np.float32],
     is_duplex: npt.NDArray[np.bool_],
+    origins: I64Array,
 ) -> tuple[npt.NDArray[np.uint8], I64Array]:
     n = len(flags)
     offsets = np.zeros(n + 1, dtype=np.int64)
@@ -709,7 +721,7 @@ def _encode_kernel(
     for i in range(n):
         n_cig = cigar_offsets[cigar_ids[i] + 1] - cigar_offsets[cigar_ids[i]]
         total += 36 + 2 * name_lengths[i] + 1 + 4 * n_cig + (lengths[i] + 1) // 2 + lengths[i]
-        total += 3 + 1 + umi_lengths[i] + 3 * 7 + 7 + 4 * 7 + 2 * 7 + name_lengths[i] + 8
+        total += 3 + 1 + umi_lengths[i] + 3 * 7 + 7 + 4 * 7 + 2 * 7 + name_lengths[i] + 8 + 7
     out = np.zeros(total, dtype=np.uint8)
     scratch = np.zeros(1, dtype=np.float32)
     code_to_nibble = _CODE_TO_NIBBLE
@@ -768,6 +780,8 @@ def _encode_kernel(
             o = _put_int_tag(out, o, 98, 77, duplex_int_tags[i, 3])  # bM
             o = _put_float_tag(out, o, 97, 69, duplex_float_tags[i, 0], scratch)  # aE
             o = _put_float_tag(out, o, 98, 69, duplex_float_tags[i, 1], scratch)  # bE
+            if origins[i] > 0:
+                o = _put_int_tag(out, o, 115, 79, origins[i])  # sO
         _put32(out, start_o, o - start_o - 4)
         offsets[i + 1] = o
     return out[:o], offsets

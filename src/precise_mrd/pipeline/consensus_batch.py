@@ -24,6 +24,9 @@ from precise_mrd.core.consensus import (
 )
 from precise_mrd.core.consensus_kernels import depth_tags, reconcile_pairs
 from precise_mrd.io.bam_columns import (
+    STRAND_A,
+    STRAND_B,
+    STRAND_BOTH,
     ReadColumns,
     encode_consensus_records,
 )
@@ -270,7 +273,7 @@ def process_batch(
     fam_change[1:] = np.diff(fam_key) != 0
     offsets = np.flatnonzero(fam_change)
     first = fam_order[offsets]
-    f_mol, f_end = mol[first], end[first]
+    f_mol, f_end, f_strand = mol[first], end[first], strand[first]
     f_start, f_cigar, f_reverse, f_tid = start[first], cigar[first], is_reverse[first], tid[first]
     f_mapq = np.minimum.reduceat(mapq[fam_order], offsets)
 
@@ -379,6 +382,7 @@ def process_batch(
         duplex_int_tags=np.stack([a_tags[0], b_tags[0], a_tags[1], b_tags[1]], axis=1),
         duplex_float_tags=np.stack([a_tags[2], b_tags[2]], axis=1),
         is_duplex=is_duplex_mol[e_mol],
+        origins=np.where(has_two, STRAND_BOTH, np.where(f_strand[a_fam] == 1, STRAND_B, STRAND_A)),
     )
     counters.n_records_out += n_records
     return (e_tid << 32) | e_start, reads.mi_codes[mol_first][e_mol], data, record_offsets

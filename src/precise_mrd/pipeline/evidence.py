@@ -49,6 +49,7 @@ from precise_mrd.core.background import N_CLASSES, BackgroundCounts
 from precise_mrd.core.calling import Evidence, VariantCounts
 from precise_mrd.core.errors import InputDataError, InputFileError
 from precise_mrd.core.records import Variant, merge_regions
+from precise_mrd.io.bam_columns import STRAND_A, STRAND_B, STRAND_BOTH
 from precise_mrd.io.bam_regions import (
     RECORD_LOW_MAPQ,
     RECORD_NO_DATA,
@@ -111,12 +112,24 @@ class _Window:
     rel: IntArray  # position - window start
     base: IntArray
     duplex: IntArray
-    template: IntArray  # 0: read-1 strand is the + strand
+    template: IntArray  # 0: the molecule's top strand (see _orientation)
     distance: IntArray
     # records dropped for mapping quality: molecule (code per distinct MI), start, reference end
     low_mapq_molecule: IntArray
     low_mapq_start: IntArray
     low_mapq_end: IntArray
+    both_strands: IntArray | None = None  # 1: a duplex molecule (seen on both strands)
+
+
+def _orientation(flags: IntArray, origin: IntArray) -> IntArray:
+    """Per record, the strand its molecule came from: 0 top, 1 bottom. A duplex-grouped
+    consensus record says so in ``sO`` (its R1 is always oriented as the top strand's R1, so
+    its flags cannot tell); a duplex molecule (both strands) and a record without ``sO`` use the
+    orientation of read 1: reverse XOR read 2."""
+    from_flags = ((flags >> 4) ^ (flags >> 7)) & 1
+    return np.where(origin == STRAND_A, 0, np.where(origin == STRAND_B, 1, from_flags)).astype(
+        np.int64
+    )
 
 
 def _read_window(
@@ -154,8 +167,8 @@ def _read_window(
         min_mapping_quality=min_mapping_quality,
         min_base_quality=min_base_quality,
         key_tag=b"MI",
-        numeric_tags=(b"aD", b"bD"),
-        defaults=(0.0, 0.0),
+        numeric_tags=(b"aD", b"bD", b"sO"),
+        defaults=(0.0, 0.0, 0.0),
     )
     if aligned is None:
         return _read_window_pysam(bam, *args)
@@ -187,7 +200,8 @@ def _read_window(
     tags = aligned.tag_values
     flags = aligned.flags
     duplex = ((tags[:, 0] > 0) & (tags[:, 1] > 0)).astype(np.int64)
-    template = ((flags >> 4) ^ (flags >> 7)) & 1
+    origin = tags[:, 2].astype(np.int64)
+    template = _orientation(flags, origin)
     read_idx = rows[2, :n_out]
     return _Window(
         rel=rows[0, :n_out],
@@ -198,6 +212,7 @@ def _read_window(
         low_mapq_molecule=low_molecule,
         low_mapq_start=low_start,
         low_mapq_end=low_end,
+        both_strands=(origin == STRAND_BOTH).astype(np.int64)[read_idx],
     )
 
 
@@ -221,7 +236,8 @@ def _read_window_pysam(
     blk_read: list[int] = []
     read_mol: list[int] = []
     read_duplex: list[bool] = []
-    read_template: list[int] = []
+    read_flags: list[int] = []
+    read_origin: list[int] = []
     read_qlen: list[int] = []
     molecules: dict[str, int] = {}
     low_mapq: list[tuple[str, int, int]] = []
@@ -255,7 +271,8 @@ def _read_window_pysam(
         r_index = len(read_qlen)
         read_mol.append(molecules.setdefault(str(mi), len(molecules)))
         read_duplex.append(is_duplex)
-        read_template.append(((flag >> 4) ^ (flag >> 7)) & 1)  # reverse XOR read 2
+        read_flags.append(flag)
+        read_origin.append(int(read.get_tag("sO")) if read.has_tag("sO") else 0)
         qlen = len(seq)
         read_qlen.append(qlen)
         if len(cigar) == 1 and cigar[0][0] in _CIGAR_MATCH:
@@ -310,11 +327,16 @@ def _read_window_pysam(
         rel=rel,
         base=base,
         duplex=np.asarray(read_duplex, dtype=np.int64)[read_idx],
-        template=np.asarray(read_template, dtype=np.int64)[read_idx],
+        template=_orientation(
+            np.asarray(read_flags, dtype=np.int64), np.asarray(read_origin, dtype=np.int64)
+        )[read_idx],
         distance=distance,
         low_mapq_molecule=low_molecule,
         low_mapq_start=low_start,
         low_mapq_end=low_end,
+        both_strands=(np.asarray(read_origin, dtype=np.int64) == STRAND_BOTH)[read_idx].astype(
+            np.int64
+        ),
     )
 
 
@@ -775,6 +797,9 @@ def _count_window(
             continue
         at = win.rel == v_rel
         base, duplex, template = win.base[at], win.duplex[at], win.template[at]
+        # NB: a molecule seen on both strands is evidence on each of them
+        both = win.both_strands[at] == 1 if win.both_strands is not None else template < 0
+        top, bottom = (template == 0) | both, (template == 1) | both
         ref_code, alt_code = "ACGT".index(v.ref), "ACGT".index(v.alt)
         informative = (base == ref_code) | (base == alt_code)
         is_alt = base == alt_code
@@ -788,10 +813,10 @@ def _count_window(
             alt_simplex=int((is_alt & (duplex == 0)).sum()),
             n_duplex=int((informative & (duplex == 1)).sum()),
             alt_duplex=int((is_alt & (duplex == 1)).sum()),
-            n_forward=int((informative & (template == 0)).sum()),
-            n_reverse=int((informative & (template == 1)).sum()),
-            alt_forward=int((is_alt & (template == 0)).sum()),
-            alt_reverse=int((is_alt & (template == 1)).sum()),
+            n_forward=int((informative & top).sum()),
+            n_reverse=int((informative & bottom).sum()),
+            alt_forward=int((is_alt & top).sum()),
+            alt_reverse=int((is_alt & bottom).sum()),
             alt_read_end_distances=tuple(int(d) for d in win.distance[at][is_alt]),
             n_low_mapq=n_low,
         )
