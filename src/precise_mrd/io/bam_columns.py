@@ -688,6 +688,17 @@ STRAND_B: Final[int] = 2
 STRAND_BOTH: Final[int] = 3
 
 
+def strand_of_origin(flags: I64Array, origin: I64Array) -> I64Array:
+    """Per consensus record, the strand its molecule came from: 0 top, 1 bottom. A
+    duplex-grouped record says so in ``sO`` (``origin``; its R1 is always oriented as the top
+    strand's R1, so its flags cannot tell); one seen on both strands, or without ``sO``, takes
+    the orientation of read 1 (reverse XOR read 2)."""
+    from_flags = ((flags >> 4) ^ (flags >> 7)) & 1
+    return np.where(origin == STRAND_A, 0, np.where(origin == STRAND_B, 1, from_flags)).astype(
+        np.int64
+    )
+
+
 @numba.njit(cache=True, nogil=True)
 def _encode_kernel(
     names: U8Matrix,

@@ -58,6 +58,7 @@ import pysam
 from precise_mrd.core.background import sbs96_index
 from precise_mrd.core.errors import InputFileError
 from precise_mrd.core.records import Variant, merge_regions
+from precise_mrd.io.bam_columns import STRAND_BOTH, strand_of_origin
 from precise_mrd.io.bam_regions import (
     IndexedRecordReader,
     decode_aligned_bases,
@@ -155,6 +156,7 @@ class ObservationTable:
     read_end_distance: IntArray
     sbs_class: IntArray
     windows: npt.NDArray[np.uint8] | None = None
+    both_strands: IntArray | None = None  # 1: a molecule seen on both strands (``sO`` 3)
 
     def __post_init__(self) -> None:
         n = self.features.shape[0]
@@ -194,6 +196,7 @@ class ObservationTable:
             read_end_distance=self.read_end_distance[mask],
             sbs_class=self.sbs_class[mask],
             windows=None if self.windows is None else self.windows[mask],
+            both_strands=None if self.both_strands is None else self.both_strands[mask],
         )
 
     @staticmethod
@@ -213,6 +216,12 @@ class ObservationTable:
             read_end_distance=np.concatenate([t.read_end_distance for t in tables]),
             sbs_class=np.concatenate([t.sbs_class for t in tables]),
             windows=np.concatenate(windows) if len(windows) == len(tables) else None,
+            both_strands=np.concatenate(
+                [
+                    np.zeros(len(t), np.int64) if t.both_strands is None else t.both_strands
+                    for t in tables
+                ]
+            ),
         )
 
 
@@ -250,7 +259,9 @@ class _Reads:
     error_rate: FloatArray
     mapq: FloatArray
     fragment: FloatArray
-    template: IntArray
+    template: IntArray  # the read-1 orientation: the ``template_strand`` feature, as trained
+    strand: IntArray  # the strand of origin, as the evidence stage counts (``strand_of_origin``)
+    both: IntArray  # 1: seen on both strands
 
 
 def _tag(rec: pysam.AlignedSegment, name: str, default: float) -> float:
@@ -261,7 +272,7 @@ def _tag(rec: pysam.AlignedSegment, name: str, default: float) -> float:
         return default
 
 
-_NUMERIC_TAGS = (b"cD", b"aD", b"bD", b"cE")
+_NUMERIC_TAGS = (b"cD", b"aD", b"bD", b"cE", b"sO")
 _TAG_DEFAULTS = (1.0, 0.0, 0.0, 0.0)
 
 
@@ -318,6 +329,8 @@ def _read_window(
         mapq=aligned.mapqs.astype(np.float64),
         fragment=np.abs(aligned.template_lengths).astype(np.float64),
         template=((flags >> 4) ^ (flags >> 7)) & 1,
+        strand=strand_of_origin(flags, tags[:, 4].astype(np.int64)),
+        both=(tags[:, 4] == STRAND_BOTH).astype(np.int64),
     )
 
 
@@ -337,7 +350,7 @@ def _read_window_pysam(
     read_qlen: list[int] = []
     seqs: list[bytes] = []
     quals: list[bytes] = []
-    per_read: list[tuple[int, float, float, int, float, float, float, int]] = []
+    per_read: list[tuple[int, float, float, int, float, float, float, int, int, int]] = []
     molecules: dict[str, int] = {}
     for rec in bam.fetch(chrom, start, end):
         flag = rec.flag
@@ -362,6 +375,8 @@ def _read_window_pysam(
                 float(rec.mapping_quality),
                 float(abs(rec.template_length)),
                 ((flag >> 4) ^ (flag >> 7)) & 1,
+                flag,
+                int(_tag(rec, "sO", 0.0)),
             )
         )
         read_qlen.append(len(seq))
@@ -409,6 +424,8 @@ def _read_window_pysam(
         mapq=cols[:, 4],
         fragment=cols[:, 5],
         template=cols[:, 6].astype(np.int64),
+        strand=strand_of_origin(cols[:, 7].astype(np.int64), cols[:, 8].astype(np.int64)),
+        both=(cols[:, 8] == STRAND_BOTH).astype(np.int64),
     )
 
 
@@ -661,10 +678,11 @@ def _window_table(
         is_alt=is_alt,
         is_ref=~is_mismatch,
         duplex=reads.duplex[r_read],
-        template=reads.template[r_read],
+        template=reads.strand[r_read],
         read_end_distance=reads.dist[rows][all_rows],
         sbs_class=classes,
         windows=windows,
+        both_strands=reads.both[r_read],
     )
 
 

@@ -101,16 +101,23 @@ def filter_variant_counts(
     sel = (table.kind == KIND_VARIANT) & (table.variant_index == index) & passed
     alt = table.is_alt[sel]
     duplex, template = table.duplex[sel], table.template[sel]
+    # NB: as the evidence stage: a molecule seen on both strands counts on each
+    both = (
+        np.zeros(len(template), bool)
+        if table.both_strands is None
+        else table.both_strands[sel] == 1
+    )
+    top, bottom = (template == 0) | both, (template == 1) | both
     return replace(
         original,
         n_simplex=int((duplex == 0).sum()),
         alt_simplex=int((alt & (duplex == 0)).sum()),
         n_duplex=int((duplex == 1).sum()),
         alt_duplex=int((alt & (duplex == 1)).sum()),
-        n_forward=int((template == 0).sum()),
-        n_reverse=int((template == 1).sum()),
-        alt_forward=int((alt & (template == 0)).sum()),
-        alt_reverse=int((alt & (template == 1)).sum()),
+        n_forward=int(top.sum()),
+        n_reverse=int(bottom.sum()),
+        alt_forward=int((alt & top).sum()),
+        alt_reverse=int((alt & bottom).sum()),
         alt_read_end_distances=tuple(int(d) for d in table.read_end_distance[sel][alt]),
     )
 

@@ -49,7 +49,7 @@ from precise_mrd.core.background import N_CLASSES, BackgroundCounts
 from precise_mrd.core.calling import Evidence, VariantCounts
 from precise_mrd.core.errors import InputDataError, InputFileError
 from precise_mrd.core.records import Variant, merge_regions
-from precise_mrd.io.bam_columns import STRAND_A, STRAND_B, STRAND_BOTH
+from precise_mrd.io.bam_columns import STRAND_BOTH, strand_of_origin
 from precise_mrd.io.bam_regions import (
     RECORD_LOW_MAPQ,
     RECORD_NO_DATA,
@@ -121,17 +121,6 @@ class _Window:
     both_strands: IntArray | None = None  # 1: a duplex molecule (seen on both strands)
 
 
-def _orientation(flags: IntArray, origin: IntArray) -> IntArray:
-    """Per record, the strand its molecule came from: 0 top, 1 bottom. A duplex-grouped
-    consensus record says so in ``sO`` (its R1 is always oriented as the top strand's R1, so
-    its flags cannot tell); a duplex molecule (both strands) and a record without ``sO`` use the
-    orientation of read 1: reverse XOR read 2."""
-    from_flags = ((flags >> 4) ^ (flags >> 7)) & 1
-    return np.where(origin == STRAND_A, 0, np.where(origin == STRAND_B, 1, from_flags)).astype(
-        np.int64
-    )
-
-
 def _read_window(
     bam: pysam.AlignmentFile,
     reader: _RawReader | None,
@@ -201,7 +190,7 @@ def _read_window(
     flags = aligned.flags
     duplex = ((tags[:, 0] > 0) & (tags[:, 1] > 0)).astype(np.int64)
     origin = tags[:, 2].astype(np.int64)
-    template = _orientation(flags, origin)
+    template = strand_of_origin(flags, origin)
     read_idx = rows[2, :n_out]
     return _Window(
         rel=rows[0, :n_out],
@@ -327,7 +316,7 @@ def _read_window_pysam(
         rel=rel,
         base=base,
         duplex=np.asarray(read_duplex, dtype=np.int64)[read_idx],
-        template=_orientation(
+        template=strand_of_origin(
             np.asarray(read_flags, dtype=np.int64), np.asarray(read_origin, dtype=np.int64)
         )[read_idx],
         distance=distance,
