@@ -373,6 +373,8 @@ def test_molecule_rows_keep_the_first_concordant_row(sample: tuple[Path, Path, P
         mapq=np.full(n_reads, 60.0),
         fragment=np.full(n_reads, 150.0),
         template=np.zeros(n_reads, dtype=np.int64),
+        strand=np.zeros(n_reads, dtype=np.int64),
+        both=np.zeros(n_reads, dtype=np.int64),
     )
     for reads in (real, synthetic):
         expected = _molecule_rows_by_dict(reads)
