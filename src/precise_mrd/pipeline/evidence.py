@@ -118,7 +118,7 @@ class _Window:
     low_mapq_molecule: IntArray
     low_mapq_start: IntArray
     low_mapq_end: IntArray
-    both_strands: IntArray | None = None  # 1: a duplex molecule (seen on both strands)
+    both_strands: IntArray  # 1: a duplex molecule (seen on both strands)
 
 
 def _read_window(
@@ -172,7 +172,7 @@ def _read_window(
     empty = np.zeros(0, dtype=np.int64)
     n_rows = aligned.record.size
     if not n_rows:
-        return _Window(empty, empty, empty, empty, empty, low_molecule, low_start, low_end)
+        return _Window(empty, empty, empty, empty, empty, low_molecule, low_start, low_end, empty)
     molecules = first_seen_codes(aligned.key_text)
     rows = reader.rows_for(n_rows)
     n_out = _molecule_observations_of_rows(
@@ -294,7 +294,7 @@ def _read_window_pysam(
     low_end = np.array([e for _, _, e in low_mapq], dtype=np.int64)
     empty = np.zeros(0, dtype=np.int64)
     if not blk_len:
-        return _Window(empty, empty, empty, empty, empty, low_molecule, low_start, low_end)
+        return _Window(empty, empty, empty, empty, empty, low_molecule, low_start, low_end, empty)
     seq_codes = _BASE_CODE[np.frombuffer("".join(seqs).encode("ascii"), dtype=np.uint8)]
     qual_arr = np.frombuffer("".join(quals).encode("ascii"), dtype=np.uint8)
     _, rel, base, read_idx, distance = _molecule_observations(
@@ -787,7 +787,7 @@ def _count_window(
         at = win.rel == v_rel
         base, duplex, template = win.base[at], win.duplex[at], win.template[at]
         # NB: a molecule seen on both strands is evidence on each of them
-        both = win.both_strands[at] == 1 if win.both_strands is not None else template < 0
+        both = win.both_strands[at] == 1
         top, bottom = (template == 0) | both, (template == 1) | both
         ref_code, alt_code = "ACGT".index(v.ref), "ACGT".index(v.alt)
         informative = (base == ref_code) | (base == alt_code)
