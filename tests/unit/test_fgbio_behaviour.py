@@ -163,4 +163,129 @@ def test_single_end_reads_of_one_family_starting_apart_are_one_molecule(tmp_path
     stats = call_consensus_bam(path, tmp_path / "c.bam", params=ConsensusParams())
     assert stats.n_molecules == 1
     assert stats.n_consensus_reads_out == 1
-    assert stats.n_reads_filtered_alignment == 1  # the clipped read is not the common alignment
+    # fgbio simplifies 5S15M to 20M: the clipped read is compatible and used
+    assert stats.n_reads_filtered_alignment == 0
+    assert stats.family_size_histogram == {3: 1}
+
+
+_REFERENCE = "".join("ACGT"[(i * 7 + i // 3) % 4] for i in range(400))
+
+
+def _fragments(path: Path, reads: list[tuple[int, str, bool]], mi: str = "7") -> Path:
+    """Single-end reads of one family: (start, CIGAR, reverse), each read the reference's
+    bases at the positions its CIGAR aligns (soft-clipped and inserted bases: ``T``)."""
+    header = {"HD": {"VN": "1.6", "SO": "coordinate"}, "SQ": [{"SN": "c1", "LN": 400}]}
+    with pysam.AlignmentFile(str(path), "wb", header=header) as out:
+        for k, (start, cigar, reverse) in enumerate(sorted(reads)):
+            record = pysam.AlignedSegment(out.header)
+            record.query_name, record.flag = f"r{k}", 0x10 if reverse else 0
+            record.reference_id, record.reference_start = 0, start
+            record.mapping_quality, record.cigarstring = 60, cigar
+            record.query_sequence = _aligned_bases(start, record.cigartuples or [])
+            record.query_qualities = pysam.qualitystring_to_array("?" * record.query_length)
+            record.set_tag("MI", mi)
+            record.set_tag("RX", "AAACCC")
+            out.write(record)
+    return path
+
+
+def _aligned_bases(start: int, cigar: list[tuple[int, int]]) -> str:
+    bases, ref = [], start
+    for op, length in cigar:
+        if op in (0, 7, 8):
+            bases.append(_REFERENCE[ref : ref + length])
+        elif op in (1, 4):
+            bases.append("T" * length)
+        if op in (0, 2, 3, 7, 8):
+            ref += length
+    return "".join(bases)
+
+
+def _records(path: Path) -> list[pysam.AlignedSegment]:
+    with pysam.AlignmentFile(str(path)) as bam:
+        return list(bam)
+
+
+def test_most_common_alignment_keeps_every_compatible_read(tmp_path: Path) -> None:
+    """fgbio's unit test: of 17 reads, the 11 whose simplified CIGAR is 25M1D25M (or a prefix of
+    it) are kept: 5S20M1D25M (clip as M), 25M1D20M5S, and 25M1D20M5H (45 bases, a prefix); the
+    2-base deletion, the insertion and the second deletion are filtered. Here the clipped reads
+    start where their unclipped 5' end is the others' (as the group stage requires)."""
+    kept = [(100, "25M1D25M", False)] * 5 + [(105, "5S20M1D25M", False)] * 2
+    kept += [(100, "25M1D20M5S", False)] * 2 + [(100, "25M1D20M5H", False)] * 2
+    filtered = [(100, "25M2D25M", False)] * 2 + [(100, "25M1I24M", False)] * 2
+    filtered += [(100, "20M1D5M1D25M", False)] * 2
+    bam = _fragments(tmp_path / "in.bam", kept + filtered)
+    stats = call_consensus_bam(bam, tmp_path / "c.bam", params=ConsensusParams())
+    assert stats.n_reads_filtered_alignment == 6
+    assert stats.family_size_histogram == {11: 1}
+    (record,) = _records(tmp_path / "c.bam")
+    assert record.get_tag("cD") == 11
+
+
+@pytest.mark.parametrize(
+    ("min_reads", "length"),
+    [(1, 30), (3, 25), (5, 20)],
+)
+@pytest.mark.parametrize("reverse", [False, True])
+def test_reads_trimmed_to_different_lengths_lose_no_read(
+    tmp_path: Path, min_reads: int, length: int, reverse: bool
+) -> None:
+    """Reads of one family cut at their 3' end (lengths 30, 30, 25, 25, 20) are all used; the
+    consensus is as long as the ``min_reads``-th longest read (fgbio's consensusReadLength). A
+    reverse-strand read's 5' end is its right end: the shorter reads start later, and so does
+    a consensus cut to fewer bases."""
+    if reverse:  # 5' end at 130 for all
+        reads = [(130 - n, f"{n}M", True) for n in (30, 30, 25, 25, 20)]
+    else:
+        reads = [(100, f"{n}M", False) for n in (30, 30, 25, 25, 20)]
+    bam = _fragments(tmp_path / "in.bam", reads)
+    params = ConsensusParams(min_reads=(min_reads, min_reads, min_reads))
+    stats = call_consensus_bam(bam, tmp_path / "c.bam", params=params)
+    assert stats.n_reads_filtered_alignment == 0
+    assert stats.family_size_histogram == {5: 1}
+    (record,) = _records(tmp_path / "c.bam")
+    start = 130 - length if reverse else 100
+    assert (record.reference_start, record.cigarstring) == (start, f"{length}M")
+    assert record.is_reverse == reverse
+    assert record.query_sequence == _REFERENCE[start : start + length]
+    # depth: how many reads cover a column, 5 at the 5' end, fewest at the consensus's 3' end
+    assert (record.get_tag("cD"), record.get_tag("cM")) == (
+        5,
+        sum(n >= length for n in (30, 30, 25, 25, 20)),
+    )
+
+
+def test_strands_clipped_to_different_lengths_still_make_a_duplex(tmp_path: Path) -> None:
+    """A duplex molecule whose B reads were trimmed 5 bases shorter: fgbio keeps both strands
+    (the shorter alignment is a prefix) and calls a duplex as long as the shorter strand."""
+    header = {"HD": {"VN": "1.6", "SO": "coordinate"}, "SQ": [{"SN": "c1", "LN": 400}]}
+    rows = []
+    for k in range(3):  # A: R1 forward at 100 (20 bases), R2 reverse ending at 220
+        rows.append((f"a{k}", 0x1 | 0x2 | 0x40 | 0x20, 100, "20M", 200, "0/A"))
+        rows.append((f"a{k}", 0x1 | 0x2 | 0x80 | 0x10, 200, "20M", 100, "0/A"))
+    for k in range(3):  # B: 15 bases; R1 reverse ending at 220, R2 forward at 100
+        rows.append((f"b{k}", 0x1 | 0x2 | 0x40 | 0x10, 205, "15M", 100, "0/B"))
+        rows.append((f"b{k}", 0x1 | 0x2 | 0x80 | 0x20, 100, "15M", 205, "0/B"))
+    rows.sort(key=lambda row: row[2])
+    path = tmp_path / "duplex.bam"
+    with pysam.AlignmentFile(str(path), "wb", header=header) as out:
+        for name, flag, start, cigar, mate_start, mi in rows:
+            record = pysam.AlignedSegment(out.header)
+            record.query_name, record.flag = name, flag
+            record.reference_id, record.reference_start = 0, start
+            record.next_reference_id, record.next_reference_start = 0, mate_start
+            record.mapping_quality, record.cigarstring = 60, cigar
+            record.query_sequence = _aligned_bases(start, record.cigartuples or [])
+            record.query_qualities = pysam.qualitystring_to_array("?" * record.query_length)
+            record.set_tag("MI", mi)
+            record.set_tag("RX", "AAA-CCC" if mi.endswith("A") else "CCC-AAA")
+            out.write(record)
+    stats = call_consensus_bam(path, tmp_path / "c.bam", params=ConsensusParams())
+    assert stats.n_reads_filtered_alignment == 0
+    assert stats.n_duplex_molecules == 1
+    records = _records(tmp_path / "c.bam")
+    assert [(r.reference_start, r.cigarstring) for r in records] == [(100, "15M"), (205, "15M")]
+    for record in records:
+        assert record.get_tag("aD") == 3 and record.get_tag("bD") == 3
+        assert min(record.query_qualities) > 40  # duplex: both strands' evidence

@@ -30,13 +30,18 @@ from precise_mrd.io.bam_columns import (
     ReadColumns,
     encode_consensus_records,
 )
+from precise_mrd.pipeline.consensus_alignment import (
+    CigarArrays,
+    CigarTable,
+    align_read_rows,
+    consensus_lengths,
+    most_common_alignment,
+    output_cigars,
+    trim_consensus_rows,
+)
 
 I64Array = npt.NDArray[np.int64]
 BatchResult = tuple[I64Array, I64Array, npt.NDArray[np.uint8], I64Array] | None
-
-_CIGAR_QUERY_OPS = frozenset((0, 1, 4, 7, 8))  # M I S = X consume the read
-_CIGAR_REF_OPS = frozenset((0, 2, 3, 7, 8))  # M D N = X consume the reference
-_CIGAR_CODES = "MIDNSHP=X"
 
 
 @dataclass
@@ -52,120 +57,6 @@ class Counters:
     n_records_out: int = 0
     family_sizes: Counter[int] = field(default_factory=Counter)
     duplex_sizes: Counter[tuple[int, int]] = field(default_factory=Counter)
-
-
-@dataclass(frozen=True)
-class CigarArrays:
-    """What :func:`process_batch` reads of a :class:`CigarTable`, as arrays fixed at one moment
-    (the table keeps growing in the caller's thread while a batch is processed in the worker)."""
-
-    query_lengths: I64Array
-    ref_spans: I64Array
-    flat_words: npt.NDArray[np.uint8]
-    word_offsets: I64Array
-    ref_flat: I64Array
-    ref_bounds: I64Array
-
-
-class CigarTable:
-    """Interns CIGARs; caches query length, reference span, query->reference offsets and the
-    binary words of each (``flat_words[offsets[c]:offsets[c + 1]]``, little-endian ``uint32``)."""
-
-    def __init__(self) -> None:
-        self.ids: dict[str, int] = {}
-        self.hash_ids: dict[int, int] = {}
-        self.strings: list[str] = []
-        self.query_lengths: list[int] = []
-        self.ref_spans: list[int] = []
-        self.ref_offsets: list[npt.NDArray[np.int64]] = []
-        self.flat_words = np.zeros(0, dtype=np.uint8)
-        self._offsets = np.zeros(1, dtype=np.int64)
-        self._ref_flat: npt.NDArray[np.int64] | None = None
-        self._ref_bounds = np.zeros(1, dtype=np.int64)
-        self._arrays: CigarArrays | None = None
-
-    def arrays(self) -> CigarArrays:
-        """The table's arrays as they are now (rebuilt only after a new CIGAR)."""
-        if self._arrays is None:
-            ref_flat, ref_bounds = self.flat_ref_offsets()
-            self._arrays = CigarArrays(
-                query_lengths=np.asarray(self.query_lengths, dtype=np.int64),
-                ref_spans=np.asarray(self.ref_spans, dtype=np.int64),
-                flat_words=self.flat_words,
-                word_offsets=self._offsets,
-                ref_flat=ref_flat,
-                ref_bounds=ref_bounds,
-            )
-        return self._arrays
-
-    def intern(self, cigar: str) -> int:
-        """The id of a CIGAR string (``"10M2D5M"``)."""
-        found = self.ids.get(cigar)
-        if found is not None:
-            return found
-        return self._add(cigar, _parse_cigar(cigar))
-
-    def intern_words(self, key: int, words: bytes) -> int:
-        """The id of a binary CIGAR (``key`` is a hash of it, checked by the caller)."""
-        found = self.hash_ids.get(key)
-        if found is None:
-            ops = [(w & 0xF, w >> 4) for w in np.frombuffer(words, dtype="<u4").tolist()]
-            cigar = "".join(f"{length}{_CIGAR_CODES[op]}" for op, length in ops)
-            found = self.ids.get(cigar)
-            if found is None:
-                found = self._add(cigar, ops)
-            self.hash_ids[key] = found
-        return found
-
-    def word_offsets(self) -> npt.NDArray[np.int64]:
-        return self._offsets
-
-    def flat_ref_offsets(self) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
-        """Every CIGAR's query->reference offsets, concatenated, and the bounds of each."""
-        if self._ref_flat is None or len(self._ref_bounds) != len(self.strings) + 1:
-            lengths = [len(o) for o in self.ref_offsets]
-            self._ref_bounds = np.concatenate(([0], np.cumsum(lengths))).astype(np.int64)
-            self._ref_flat = (
-                np.concatenate(self.ref_offsets).astype(np.int64)
-                if self.ref_offsets
-                else np.zeros(0, dtype=np.int64)
-            )
-        return self._ref_flat, self._ref_bounds
-
-    def _add(self, cigar: str, ops: list[tuple[int, int]]) -> int:
-        offsets: list[int] = []
-        ref = 0
-        for op, length in ops:
-            if op in (0, 7, 8):
-                offsets.extend(range(ref, ref + length))
-            elif op in (1, 4):
-                offsets.extend([-1] * length)
-            if op in _CIGAR_REF_OPS:
-                ref += length
-        new_id = len(self.strings)
-        self._arrays = None
-        self.ids[cigar] = new_id
-        self.strings.append(cigar)
-        self.query_lengths.append(sum(n for op, n in ops if op in _CIGAR_QUERY_OPS))
-        self.ref_spans.append(ref)
-        self.ref_offsets.append(np.asarray(offsets, dtype=np.int64))
-        words = np.asarray([(n << 4) | op for op, n in ops], dtype="<u4").view(np.uint8)
-        self.flat_words = np.concatenate([self.flat_words, words])
-        self._offsets = np.append(self._offsets, len(self.flat_words))
-        return new_id
-
-
-def _parse_cigar(cigar: str) -> list[tuple[int, int]]:
-    codes = {letter: code for code, letter in enumerate(_CIGAR_CODES)}
-    ops: list[tuple[int, int]] = []
-    number = ""
-    for char in cigar:
-        if char.isdigit():
-            number += char
-        else:
-            ops.append((codes[char], int(number)))
-            number = ""
-    return ops
 
 
 def process_batch(
@@ -200,32 +91,13 @@ def process_batch(
     # of the two strands cover opposite ends, so the strand is the end.
     end = np.where(is_paired, is_r2 ^ strand, strand)
 
-    # 1. most common alignment per (molecule, end)
-    order = np.lexsort((is_reverse, cigar, start, end, mol))
-    group_key = mol[order] * 2 + end[order]
-    align_change = np.ones(n_reads, dtype=bool)
-    align_change[1:] = (
-        (np.diff(group_key) != 0)
-        | (np.diff(start[order]) != 0)
-        | (np.diff(cigar[order]) != 0)
-        | (np.diff(is_reverse[order]) != 0)
+    # 1. per (molecule, end), the reads compatible with the most common alignment (fgbio)
+    read_lengths = reads.lengths.astype(np.int64)
+    keep, founder_keys, founder_reads = most_common_alignment(
+        mol * 2 + end, read_lengths, cigar, is_reverse, cigars
     )
-    run_starts = np.flatnonzero(align_change)
-    run_sizes = np.diff(np.append(run_starts, n_reads))
-    run_group = group_key[run_starts]
-    group_change = np.ones(len(run_starts), dtype=bool)
-    group_change[1:] = np.diff(run_group) != 0
-    group_first_run = np.flatnonzero(group_change)
-    group_max = np.maximum.reduceat(run_sizes, group_first_run)
-    run_group_index = np.cumsum(group_change) - 1
-    is_max = run_sizes == group_max[run_group_index]
-    # NB: ties go to the first run in sort order (smallest start), as deterministic as fgbio.
-    best_run = np.zeros(len(run_starts), dtype=bool)
-    _, first_max = np.unique(run_group_index[is_max], return_index=True)
-    best_run[np.flatnonzero(is_max)[first_max]] = True
-    keep_sorted = np.repeat(best_run, run_sizes)
-    keep = np.zeros(n_reads, dtype=bool)
-    keep[order[keep_sorted]] = True
+    end_founder = np.full(n_mol * 2, -1, dtype=np.int64)
+    end_founder[founder_keys] = founder_reads
     counters.n_reads_filtered_alignment += int(n_reads - keep.sum())
 
     # 2. families (molecule, end, strand) and the min_reads filter
@@ -274,23 +146,27 @@ def process_batch(
     offsets = np.flatnonzero(fam_change)
     first = fam_order[offsets]
     f_mol, f_end, f_strand = mol[first], end[first], strand[first]
-    f_start, f_cigar, f_reverse, f_tid = start[first], cigar[first], is_reverse[first], tid[first]
+    f_founder = end_founder[f_mol * 2 + f_end]
+    f_reverse, f_tid = is_reverse[f_founder], tid[first]
     f_mapq = np.minimum.reduceat(mapq[fam_order], offsets)
 
-    # 3. matrices of the family reads, padded with N, and the consensus of every family
-    width = int(reads.lengths[fam_order].max())
+    # 3. matrices of the family reads, 5' ends in one column, and the consensus of every family
+    width = int(read_lengths[fam_order].max())
+    fam_of_read = np.repeat(np.arange(len(offsets)), np.diff(np.append(offsets, len(fam_order))))
+    founder_length = read_lengths[f_founder]
+    shifts = np.where(
+        f_reverse[fam_of_read] == 1, founder_length[fam_of_read] - read_lengths[fam_order], 0
+    )
+    bases_in, quals_in, rows_in = align_read_rows(
+        reads.bases, reads.quals, matrix_rows[fam_order], shifts, read_lengths[fam_order]
+    )
     # NB: fgbio masks columns below min_reads in a simplex family; a duplex molecule's strands
     # are called with min_reads 1 (the duplex filter above applies to the molecule)
     min_depth = np.where(is_duplex_mol[f_mol], 1, params.min_reads[0])
     ss = call_families(
-        reads.bases,
-        reads.quals,
-        offsets,
-        params,
-        rows=matrix_rows[fam_order],
-        width=width,
-        min_depth=min_depth,
+        bases_in, quals_in, offsets, params, rows=rows_in, width=width, min_depth=min_depth
     )
+    fam_length = consensus_lengths(fam_of_read, read_lengths[fam_order], len(offsets), min_depth)
 
     # 4. one consensus per (molecule, end): duplex where both strands have a family
     end_key = f_mol * 2 + f_end
@@ -301,6 +177,20 @@ def process_batch(
     has_two = end_count == 2
     a_fam = end_first
     b_fam = np.where(has_two, end_first + 1, -1)
+    # fgbio's consensus length: the family's; a duplex end's, the shorter strand's; never cut
+    # before the founder's first aligned base (a record needs one)
+    e_founder = f_founder[a_fam]
+    e_reverse = is_reverse[e_founder]
+    e_ids = cigar[e_founder]
+    clip = np.where(e_reverse == 1, cigars.right_clips[e_ids], cigars.left_clips[e_ids])
+    e_length = fam_length[a_fam].copy()
+    e_length[has_two] = np.minimum(e_length[has_two], fam_length[b_fam[has_two]])
+    e_length = np.clip(e_length, clip + 1, read_lengths[e_founder])
+    fam_end = np.repeat(np.arange(len(end_first)), end_count)
+    trim_consensus_rows(
+        [ss.bases, ss.quals, ss.raw_bases, ss.counts, ss.depths, ss.errors],
+        np.where(f_reverse == 1, founder_length - e_length[fam_end], 0),
+    )
     bases = ss.bases[a_fam].copy()
     cons_quals = ss.quals[a_fam].copy()
     depths = ss.depths[a_fam].copy()
@@ -312,11 +202,9 @@ def process_batch(
         depths[two], errors[two] = duplex.depths, duplex.errors
     e_mol = f_mol[a_fam]
     e_end = f_end[a_fam]
-    e_start = f_start[a_fam]
     e_tid = f_tid[a_fam]
-    e_cigar = f_cigar[a_fam]
-    e_reverse = f_reverse[a_fam]
-    e_length = cigars.query_lengths[e_cigar]
+    cigars, e_cigar, start_moves = output_cigars(cigars, e_ids, e_reverse, e_length)
+    e_start = start[e_founder] + start_moves
     e_span = cigars.ref_spans[e_cigar]
     e_mapq = f_mapq[a_fam].copy()
     e_mapq[two] = np.minimum(e_mapq[two], f_mapq[b_fam[two]])

@@ -29,12 +29,8 @@ from precise_mrd.io.bam_columns import (
     decode_status,
     gather_records,
 )
-from precise_mrd.pipeline.consensus_batch import (
-    BatchResult,
-    CigarTable,
-    Counters,
-    process_batch,
-)
+from precise_mrd.pipeline.consensus_alignment import CigarTable
+from precise_mrd.pipeline.consensus_batch import BatchResult, Counters, process_batch
 
 I64Array = npt.NDArray[np.int64]
 _I64: Any = np.int64  # NB: typed Any so that compiled integer maths type-checks as int
