@@ -289,3 +289,73 @@ def test_strands_clipped_to_different_lengths_still_make_a_duplex(tmp_path: Path
     for record in records:
         assert record.get_tag("aD") == 3 and record.get_tag("bD") == 3
         assert min(record.query_qualities) > 40  # duplex: both strands' evidence
+
+
+def _one_pair(path: Path, r2_bases: str, r2_qual: int) -> Path:
+    """One template of family 7: R1 forward at 100 (20 bases, Q30), R2 reverse at 110 (20
+    bases), so reference 110-119 is read by both mates: R1's columns 10-19, R2's 0-9."""
+    header = {"HD": {"VN": "1.6", "SO": "coordinate"}, "SQ": [{"SN": "c1", "LN": 400}]}
+    with pysam.AlignmentFile(str(path), "wb", header=header) as out:
+        for flag, start, mate, bases, qual in (
+            (0x1 | 0x2 | 0x40 | 0x20, 100, 110, _REFERENCE[100:120], 30),
+            (0x1 | 0x2 | 0x80 | 0x10, 110, 100, r2_bases, r2_qual),
+        ):
+            record = pysam.AlignedSegment(out.header)
+            record.query_name, record.flag = "t1", flag
+            record.reference_id, record.reference_start = 0, start
+            record.next_reference_id, record.next_reference_start = 0, mate
+            record.mapping_quality, record.cigarstring = 60, "20M"
+            record.query_sequence = bases
+            record.query_qualities = pysam.qualitystring_to_array(chr(qual + 33) * 20)
+            record.set_tag("MI", "7")
+            record.set_tag("RX", "AAACCC")
+            out.write(record)
+    return path
+
+
+def _overlap_column(path: Path, overlap: str, tmp_path: Path) -> list[tuple[str, int]]:
+    """(base, quality) of R1 and R2 consensus at reference 112."""
+    out = tmp_path / f"{overlap}.bam"
+    call_consensus_bam(path, out, params=ConsensusParams(overlap=overlap))
+    seen = []
+    for record in _records(out):
+        column = record.get_reference_positions(full_length=True).index(112)
+        seen.append((record.query_sequence[column], record.query_qualities[column]))
+    return seen
+
+
+def _other(base: str) -> str:
+    return {"A": "C", "C": "G", "G": "T", "T": "A"}[base]
+
+
+@pytest.mark.parametrize(
+    ("r2_change", "r2_qual", "per_read_pair", "per_consensus"),
+    [
+        # agreement: fgbio adds the qualities (Q30 + Q30 = Q60) before the one-read consensus,
+        # whose worse prior then caps it: 1e-6 + 1e-4 -> Q39.96 -> 39 in both mates; per
+        # consensus each mate is a Q30 read alone (1e-3 + 1e-4 -> 29) and agreement keeps 29
+        ("same", 30, ("ref", 39), ("ref", 29)),
+        # disagreement Q30 vs Q20: the better base at Q10 in both mates (fgbio), then
+        # 0.1 + 1e-4 -> Q9.996 -> 9; per consensus, two consensus calls that differ -> N
+        ("differ", 20, ("ref", 9), ("N", 2)),
+        # disagreement at equal qualities: N at Q2 in both, either way
+        ("differ", 30, ("N", 2), ("N", 2)),
+    ],
+)
+def test_overlapping_mates_per_read_pair_or_per_consensus(
+    tmp_path: Path,
+    r2_change: str,
+    r2_qual: int,
+    per_read_pair: tuple[str, int],
+    per_consensus: tuple[str, int],
+) -> None:
+    r2 = list(_REFERENCE[110:130])
+    if r2_change == "differ":
+        r2[2] = _other(r2[2])  # reference 112
+    bam = _one_pair(tmp_path / "pair.bam", "".join(r2), r2_qual)
+    for overlap, (base, qual) in (
+        ("per_read_pair", per_read_pair),
+        ("per_consensus", per_consensus),
+    ):
+        expected = _REFERENCE[112] if base == "ref" else base
+        assert _overlap_column(bam, overlap, tmp_path) == [(expected, qual)] * 2, overlap

@@ -62,7 +62,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, TypeAlias
+from typing import Any, Final, TypeAlias
 
 import numpy as np
 import numpy.typing as npt
@@ -162,6 +162,11 @@ def probability_to_phred(p_error: npt.NDArray[np.float64], cap: PhredScore) -> U
     return np.minimum(np.floor(phred + 1e-3), cap).astype(np.uint8)
 
 
+OVERLAP_MODES: Final = ("per_read_pair", "per_consensus")
+"""Where overlapping mates are reconciled: in each raw read pair before the family consensus
+(fgbio's ``--consensus-call-overlapping-bases``), or in the finished R1 and R2 consensus."""
+
+
 @dataclass(frozen=True, slots=True)
 class ConsensusParams:
     """Settings of the consensus caller (names and defaults follow fgbio).
@@ -186,6 +191,7 @@ class ConsensusParams:
     min_consensus_base_quality: PhredScore = 2
     min_reads: tuple[int, int, int] = (1, 1, 0)
     max_consensus_quality: PhredScore = 90
+    overlap: str = "per_consensus"
 
     def __post_init__(self) -> None:
         for name in ("error_rate_pre_umi", "error_rate_post_umi"):
@@ -201,6 +207,9 @@ class ConsensusParams:
             raise ValueError(
                 f"max_consensus_quality must be in ({NO_CALL_QUALITY}, {MAX_PHRED}]; got {cap!r}"
             )
+        if self.overlap not in OVERLAP_MODES:
+            modes = ", ".join(OVERLAP_MODES)
+            raise ValueError(f"overlap must be one of {modes}; got {self.overlap!r}")
         reads = self.min_reads
         if (
             not isinstance(reads, tuple)

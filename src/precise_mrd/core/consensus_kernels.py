@@ -277,6 +277,75 @@ def reconcile_pairs(
 
 
 @numba.njit(cache=True, nogil=True)
+def reconcile_read_pairs(
+    r1_rows: npt.NDArray[np.int64],
+    r2_rows: npt.NDArray[np.int64],
+    r1_starts: npt.NDArray[np.int64],
+    r2_starts: npt.NDArray[np.int64],
+    r1_cigars: npt.NDArray[np.int64],
+    r2_cigars: npt.NDArray[np.int64],
+    ref_offsets: npt.NDArray[np.int64],
+    ref_bounds: npt.NDArray[np.int64],
+    bases: npt.NDArray[np.uint8],
+    quals: npt.NDArray[np.uint8],
+    max_quality: int,
+) -> int:
+    """fgbio's ``OverlappingBasesConsensusCaller`` (agreement and disagreement strategy
+    ``Consensus``) on raw read pairs, in place: where R1 (row ``r1_rows[p]``) and R2 align a base
+    to the same reference position and neither is ``N``, agreeing bases keep the base with the
+    sum of the qualities (at most ``max_quality``) in both reads; disagreeing bases become, in
+    both, the better base with the difference of the qualities, or ``N`` at Q2 when the
+    qualities are equal. Returns the number of overlapping bases seen."""
+    width = bases.shape[1]
+    n_overlap = 0
+    for p in range(len(r1_rows)):
+        row1 = r1_rows[p]
+        row2 = r2_rows[p]
+        lo1 = ref_bounds[r1_cigars[p]]
+        n1 = min(ref_bounds[r1_cigars[p] + 1] - lo1, width)
+        lo2 = ref_bounds[r2_cigars[p]]
+        n2 = min(ref_bounds[r2_cigars[p] + 1] - lo2, width)
+        s1 = r1_starts[p]
+        s2 = r2_starts[p]
+        j = 0
+        for i in range(n1):
+            off1 = ref_offsets[lo1 + i]
+            if off1 < 0:
+                continue
+            ref = s1 + off1
+            while j < n2 and (ref_offsets[lo2 + j] < 0 or s2 + ref_offsets[lo2 + j] < ref):
+                j += 1
+            if j >= n2:
+                break
+            if s2 + ref_offsets[lo2 + j] != ref:
+                continue
+            b1 = bases[row1, i]
+            b2 = bases[row2, j]
+            if b1 >= 4 or b2 >= 4:
+                continue
+            n_overlap += 1
+            q1 = np.int64(quals[row1, i])
+            q2 = np.int64(quals[row2, j])
+            if b1 == b2:
+                base = b1
+                qual = min(q1 + q2, max_quality)
+            elif q1 > q2:
+                base = b1
+                qual = q1 - q2
+            elif q2 > q1:
+                base = b2
+                qual = q2 - q1
+            else:
+                base = np.uint8(4)
+                qual = np.int64(2)
+            bases[row1, i] = base
+            bases[row2, j] = base
+            quals[row1, i] = qual
+            quals[row2, j] = qual
+    return n_overlap
+
+
+@numba.njit(cache=True, nogil=True)
 def duplex_errors(
     counts: npt.NDArray[np.int32],
     depths: npt.NDArray[np.int32],

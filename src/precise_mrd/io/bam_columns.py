@@ -91,7 +91,8 @@ class ReadColumns:
     its molecule start no later); ``mi_codes`` the molecule id without ``/A``/``/B``:
     its value when it is a plain decimal number, otherwise a 63-bit hash with the top bit set;
     ``strand_b`` 1 for ``/B``; ``has_suffix`` whether the ``MI`` had ``/A`` or ``/B``;
-    ``cigar_hashes`` a hash of the binary CIGAR; ``name_starts`` and ``cigar_starts`` the byte
+    ``cigar_hashes`` a hash of the binary CIGAR; ``name_hashes`` a hash (FNV-1a) of the read name,
+    which pairs the mates of a template; ``name_starts`` and ``cigar_starts`` the byte
     offsets of the read name and the CIGAR in the chunk (valid only for that chunk; the name ends
     one byte before the CIGAR); ``bases``/``quals`` padded with 4 / 2 past ``lengths``.
     """
@@ -109,6 +110,7 @@ class ReadColumns:
     rx_text: U8Matrix
     rx_lengths: I64Array
     cigar_hashes: I64Array
+    name_hashes: I64Array
     name_starts: I64Array
     cigar_starts: I64Array
     cigar_counts: I64Array
@@ -346,6 +348,7 @@ def _decode_kernel(
     rx_text = np.zeros((n, max_rx), dtype=np.uint8)
     rx_lengths = np.zeros(n, dtype=np.int64)
     cigar_hashes = np.zeros(n, dtype=np.int64)
+    name_hashes = np.zeros(n, dtype=np.int64)
     name_starts = np.zeros(n, dtype=np.int64)
     cigar_starts = np.zeros(n, dtype=np.int64)
     cigar_counts = np.zeros(n, dtype=np.int64)
@@ -369,6 +372,10 @@ def _decode_kernel(
         flags[i] = flag
         name_starts[i] = record + 32
         cigar_starts[i] = record + 32 + l_name
+        name_hash = _I64(-3750763034362895579)  # FNV-1a offset basis, as a signed int64
+        for k in range(record + 32, record + 31 + l_name):  # NB: the name without its NUL
+            name_hash = (name_hash ^ _I64(buffer[k])) * _I64(1099511628211)
+        name_hashes[i] = name_hash
         if given and molecules[i] < 0:
             status[i] = 3
             continue
@@ -494,6 +501,7 @@ def _decode_kernel(
         rx_text,
         rx_lengths,
         cigar_hashes,
+        name_hashes,
         name_starts,
         cigar_starts,
         cigar_counts,

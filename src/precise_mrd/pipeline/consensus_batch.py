@@ -18,11 +18,16 @@ import numpy as np
 import numpy.typing as npt
 
 from precise_mrd.core.consensus import (
+    MAX_PHRED,
     ConsensusParams,
     call_duplex_rows,
     call_families,
 )
-from precise_mrd.core.consensus_kernels import depth_tags, reconcile_pairs
+from precise_mrd.core.consensus_kernels import (
+    depth_tags,
+    reconcile_pairs,
+    reconcile_read_pairs,
+)
 from precise_mrd.io.bam_columns import (
     STRAND_A,
     STRAND_B,
@@ -157,8 +162,13 @@ def process_batch(
     shifts = np.where(
         f_reverse[fam_of_read] == 1, founder_length[fam_of_read] - read_lengths[fam_order], 0
     )
+    bases_in, quals_in, rows_in = reads.bases, reads.quals, matrix_rows[fam_order]
+    if params.overlap == "per_read_pair":
+        bases_in, quals_in, rows_in = _reconcile_raw_pairs(
+            reads, fam_order, rows_in, mol, start, cigars, params
+        )
     bases_in, quals_in, rows_in = align_read_rows(
-        reads.bases, reads.quals, matrix_rows[fam_order], shifts, read_lengths[fam_order]
+        bases_in, quals_in, rows_in, shifts, read_lengths[fam_order]
     )
     # NB: fgbio masks columns below min_reads in a simplex family; a duplex molecule's strands
     # are called with min_reads 1 (the duplex filter above applies to the molecule)
@@ -215,7 +225,8 @@ def process_batch(
     pair_first = np.flatnonzero(paired_end[:-1] & (e_mol[1:] == e_mol[:-1]))
     mate[pair_first] = pair_first + 1
     mate[pair_first + 1] = pair_first
-    _reconcile_pairs(pair_first, e_start, e_cigar, e_length, cigars, bases, cons_quals, depths)
+    if params.overlap == "per_consensus":
+        _reconcile_pairs(pair_first, e_start, e_cigar, e_length, cigars, bases, cons_quals, depths)
 
     # 6. per-record tags, vectorised, then the binary records
     n_e = len(e_mol)
@@ -333,6 +344,62 @@ def _swap_duplex_umis(
             swapped = f"{right}-{left}".encode("ascii", errors="replace")
             umis[m, : len(swapped)] = np.frombuffer(swapped, dtype=np.uint8)
     return umis, umi_lengths
+
+
+def _reconcile_raw_pairs(
+    reads: ReadColumns,
+    used: I64Array,
+    rows: I64Array,
+    mol: I64Array,
+    start: I64Array,
+    cigars: CigarArrays,
+    params: ConsensusParams,
+) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.uint8], I64Array]:
+    """fgbio's per-read-pair overlap consensus on the raw reads ``used`` (row ``rows[k]`` for
+    read ``used[k]``): the mates of one template (same molecule and read name) that overlap are
+    reconciled on copies of their rows. Returns the matrices and the rows to use."""
+    flags = reads.flags[used]
+    paired = np.flatnonzero((flags & 0x1) != 0)
+    if len(paired) < 2:
+        return reads.bases, reads.quals, rows
+    key_mol, key_name = mol[used][paired], reads.name_hashes[used][paired]
+    is_r2 = (flags[paired] >> 7) & 1
+    order = paired[np.lexsort((is_r2, key_name, key_mol))]
+    same = (mol[used][order[1:]] == mol[used][order[:-1]]) & (
+        reads.name_hashes[used][order[1:]] == reads.name_hashes[used][order[:-1]]
+    )
+    r2_flag = (flags[order] >> 7) & 1
+    pair = np.flatnonzero(same & (r2_flag[:-1] == 0) & (r2_flag[1:] == 1))
+    first, second = order[pair], order[pair + 1]
+    read1, read2 = used[first], used[second]
+    cigar1, cigar2 = reads.cigar_hashes[read1], reads.cigar_hashes[read2]
+    start1, start2 = start[read1], start[read2]
+    overlaps = (start2 < start1 + cigars.ref_spans[cigar1]) & (
+        start1 < start2 + cigars.ref_spans[cigar2]
+    )
+    first, second = first[overlaps], second[overlaps]
+    if len(first) == 0:
+        return reads.bases, reads.quals, rows
+    # NB: on copies: the decoded matrices are the stream's, not this batch's to change
+    copied = np.concatenate([first, second])
+    bases = np.concatenate([reads.bases, reads.bases[rows[copied]]])
+    quals = np.concatenate([reads.quals, reads.quals[rows[copied]]])
+    rows = rows.copy()
+    rows[copied] = reads.bases.shape[0] + np.arange(len(copied), dtype=np.int64)
+    reconcile_read_pairs(
+        rows[first],
+        rows[second],
+        start1[overlaps],
+        start2[overlaps],
+        cigar1[overlaps],
+        cigar2[overlaps],
+        cigars.ref_flat,
+        cigars.ref_bounds,
+        bases,
+        quals,
+        MAX_PHRED,
+    )
+    return bases, quals, rows
 
 
 def _reconcile_pairs(

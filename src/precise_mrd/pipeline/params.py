@@ -144,6 +144,15 @@ class ConsensusSection(_Section):
         json_schema_extra={"allowed": "each >= 0, total >= 1, total >= larger >= smaller"},
     )
 
+    overlap: Literal["per_read_pair", "per_consensus"] = Field(
+        "per_consensus",
+        description="Where the overlapping bases of a read's two mates are reconciled: "
+        "`per_read_pair` in each raw read pair before the family consensus (fgbio's "
+        "`--consensus-call-overlapping-bases`: agreeing qualities add up, a disagreement keeps "
+        "the better base at the difference), or `per_consensus` in the finished R1 and R2 "
+        "consensus (one base, or N, at each position of a molecule).",
+    )
+
     @field_validator("min_reads", mode="before")
     @classmethod
     def _expand_min_reads(cls, value: Any) -> Any:

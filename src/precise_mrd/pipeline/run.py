@@ -115,6 +115,7 @@ def consensus_params_from(params: PipelineParams) -> Any:
         error_rate_post_umi=section.error_rate_post_umi,
         min_input_base_quality=section.min_input_base_quality,
         min_reads=section.min_reads,
+        overlap=section.overlap,
     )
 
 
