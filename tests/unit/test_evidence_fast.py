@@ -1,15 +1,18 @@
 """The evidence stage read from raw BAM records agrees exactly with the pysam reference reader.
 
-``evidence._read_window`` decodes the records of a window found through the ``.bai``
+``evidence._read_window`` decodes the records of a window found through the ``.bai`` or ``.csi``
 (:class:`~precise_mrd.io.bam_regions.IndexedRecordReader`, ``decode_aligned_bases``,
-``decode_record_status``); ``evidence._read_window_pysam`` is the reference (one pysam object per
-read). ``collect_evidence`` must give the same :class:`Evidence`, field for field, either way: on
-a simulated consensus sample and on hand-built molecules with clips, indels, low mapping quality,
-missing ``MI``, odd flags and tag types, with reads spanning window boundaries.
+``decode_record_status``); :func:`pysam_reference.read_evidence_window` is the reference (one
+pysam object per read). ``collect_evidence`` must give the same :class:`Evidence`, field for
+field, either way: on a simulated consensus sample and on hand-built molecules with clips, indels,
+low mapping quality, missing ``MI``, odd flags and tag types, with reads spanning window
+boundaries; and on what htslib reads specially (a CIGAR kept in ``CG``, ``MI`` of any type).
 """
 
 from __future__ import annotations
 
+import shutil
+from array import array
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
@@ -19,6 +22,7 @@ import pysam
 import pytest
 
 from precise_mrd.core.calling import Evidence
+from precise_mrd.core.errors import InputDataError, InputFileError
 from precise_mrd.core.records import Variant
 from precise_mrd.core.simulate import SimulationParams
 from precise_mrd.io.bam_regions import (
@@ -37,6 +41,7 @@ from precise_mrd.pipeline.evidence import collect_evidence
 from precise_mrd.pipeline.params import PipelineParams
 from precise_mrd.pipeline.run import consensus_params_from
 from precise_mrd.pipeline.simulation import simulate_sample
+from pysam_reference import evidence_through_pysam
 
 CONTIG_LENGTHS = (40_000, 5_000, 3_000)  # chr1 spans several 5 kb windows and 16 kb bins
 SKIP_FLAGS = 0x4 | 0x100 | 0x200 | 0x800
@@ -57,20 +62,10 @@ def _assert_same_evidence(fast: Evidence, slow: Evidence) -> None:
 def _both_ways(
     monkeypatch: pytest.MonkeyPatch, *args: Any, **kwargs: Any
 ) -> tuple[Evidence, Evidence]:
-    """``collect_evidence`` through the raw reader (which must not fall back) and through pysam."""
-    calls: list[int] = []
-    pysam_reader = evidence._read_window_pysam
-
-    def counting(*a: Any, **k: Any) -> Any:
-        calls.append(1)
-        return pysam_reader(*a, **k)
-
+    """``collect_evidence`` through the raw reader and through the pysam reference."""
+    fast = collect_evidence(*args, **kwargs)
     with monkeypatch.context() as patch:
-        patch.setattr(evidence, "_read_window_pysam", counting)
-        fast = collect_evidence(*args, **kwargs)
-    assert not calls, "the raw reader fell back to pysam"
-    with monkeypatch.context() as patch:
-        patch.setattr(IndexedRecordReader, "open", classmethod(lambda cls, path: None))
+        evidence_through_pysam(patch)
         slow = collect_evidence(*args, **kwargs)
     return fast, slow
 
@@ -165,6 +160,12 @@ def _set_mi(record: pysam.AlignedSegment, molecule: int, kind: float) -> None:
         record.set_tag("MI", molecule, value_type="C" if molecule < 256 else "i")
     elif kind < 0.85:
         record.set_tag("MI", "AB"[molecule % 2], value_type="A")
+    elif kind < 0.87:
+        record.set_tag("MI", molecule + 0.5, value_type="f")
+    elif kind < 0.89:
+        record.set_tag("MI", array("I" if molecule % 2 else "h", [molecule, 7]))
+    elif kind < 0.9:
+        record.set_tag("MI", f"{molecule:X}", value_type="H")  # 10 and 11 are A-typed "A", "B"
     # else: no MI
 
 
@@ -418,63 +419,135 @@ def test_record_status_matches_pysam(built: tuple[Path, Path]) -> None:
     assert seen == {RECORD_USED, RECORD_NO_KEY, RECORD_LOW_MAPQ, RECORD_NO_DATA}
 
 
-# --------------------------------------------------------------------------------------------
-# fallbacks: what the raw decoder does not read exactly as pysam would
+# what htslib reads specially: a CIGAR kept in CG, MI of any type, a .csi index
 # --------------------------------------------------------------------------------------------
 
 
-def _single_contig_bam(path: Path, records: list[dict[str, Any]]) -> None:
+def _single_contig_bam(path: Path, reference: str, records: list[dict[str, Any]]) -> None:
+    """Records on ``chr1`` (``reference``) that match it, with an insertion or clip of ``A``s."""
     header = {"HD": {"VN": "1.6", "SO": "coordinate"}, "SQ": [{"SN": "chr1", "LN": 100_000}]}
     with pysam.AlignmentFile(str(path), "wb", header=header) as bam:
         for i, spec in enumerate(records):
             record = pysam.AlignedSegment(bam.header)
             record.query_name, record.reference_id = f"r{i}", 0
-            record.reference_start = spec["start"]
+            record.reference_start = r = spec["start"]
             record.cigartuples = spec.get("cigar", [(0, 40)])
-            n = sum(length for op, length in record.cigartuples if op in (0, 1, 4, 7, 8))
-            record.query_sequence = ("ACGT" * n)[:n]
+            query: list[str] = []
+            for op, length in record.cigartuples:
+                query.append(
+                    reference[r : r + length] if op == 0 else "A" * length * (op in (1, 4))
+                )
+                r += length if op in (0, 2, 3) else 0
+            record.query_sequence = "".join(query)
+            n = len(record.query_sequence)
             record.query_qualities = pysam.qualitystring_to_array("I" * n)
             record.mapping_quality = spec.get("mapq", 60)
             mi, mi_type = spec.get("mi", (str(i), "Z"))
             record.set_tag("MI", mi, value_type=mi_type)
+            for name, value, value_type in spec.get("tags", []):
+                record.set_tag(name, value, value_type=value_type)
             bam.write(record)
     pysam.index(str(path))
 
 
-def _reference_of(path: Path) -> Path:
+def _reference_of(path: Path) -> tuple[Path, str]:
     rng = np.random.default_rng(3)
-    path.write_text(f">chr1\n{''.join(rng.choice(list('ACGT'), size=100_000))}\n")
+    sequence = "".join(rng.choice(list("ACGT"), size=100_000))
+    path.write_text(f">chr1\n{sequence}\n")
     pysam.faidx(str(path))
-    return path
+    return path, sequence
 
 
 @pytest.mark.parametrize(
-    "records",
+    ("records", "n_informative"),
     [
-        # a float MI on a low-MAPQ record: str() of pysam's float is not decoded raw
-        [{"start": 100}, {"start": 110, "mapq": 5, "mi": (1.5, "f")}],
-        # a CIGAR with 70,000 operations, kept in the CG tag
-        [{"start": 100, "cigar": [(0, 1), (1, 1)] * 35_000}, {"start": 120}],
+        # float MIs: one molecule of two reads, and the same MI on a low-MAPQ record
+        (
+            [
+                {"start": 100, "mi": (1.5, "f")},
+                {"start": 110, "mi": (1.5, "f")},
+                {"start": 115, "mi": (2.5, "f")},
+                {"start": 120, "mapq": 5, "mi": (1.5, "f")},
+            ],
+            2,
+        ),
+        # array and hex MIs (str of pysam's value: "array('i', [1, 2])", "1AE3")
+        (
+            [
+                {"start": 100, "mi": (array("i", [1, 2]), None)},
+                {"start": 105, "mi": (array("i", [1, 2]), None)},
+                {"start": 108, "mi": (array("B", [1, 2]), None)},
+                {"start": 110, "mi": ("1AE3", "H")},
+                {"start": 112, "mi": ("1AE3", "Z")},
+                {"start": 114, "mapq": 5, "mi": (array("f", [0.5]), None)},
+            ],
+            3,
+        ),
+        # a CIGAR with 70,000 operations, kept in the CG tag; a look-alike without CG
+        (
+            [
+                {"start": 100, "cigar": [(0, 1), (1, 1)] * 35_000},
+                {"start": 120},
+                {"start": 125, "cigar": [(4, 40), (3, 40)]},
+            ],
+            2,
+        ),
     ],
-    ids=["float-mi", "cg-cigar"],
+    ids=["float-mi", "array-and-hex-mi", "cg-cigar"],
 )
-def test_unsupported_records_fall_back_to_pysam(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, records: list[dict[str, Any]]
+def test_records_htslib_reads_specially_match_the_pysam_path(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    records: list[dict[str, Any]],
+    n_informative: int,
 ) -> None:
     bam = tmp_path / "odd.bam"
-    _single_contig_bam(bam, records)
-    reference = _reference_of(tmp_path / "ref.fa")
+    reference, sequence = _reference_of(tmp_path / "ref.fa")
+    _single_contig_bam(bam, sequence, records)
     variants = _tracked(reference, [("chr1", 130)])
-    calls: list[int] = []
-    pysam_reader = evidence._read_window_pysam
+    fast, slow = _both_ways(monkeypatch, bam, reference, variants, min_base_quality=0)
+    _assert_same_evidence(fast, slow)
+    assert fast.n_records == len(records)
+    # NB: every read matches the reference: one informative molecule per distinct MI there
+    assert fast.variants[0].informative == n_informative
+    assert fast.variants[0].n_low_mapq == sum(spec.get("mapq", 60) < 20 for spec in records)
 
-    def counting(*a: Any, **k: Any) -> Any:
-        calls.append(1)
-        return pysam_reader(*a, **k)
 
-    monkeypatch.setattr(evidence, "_read_window_pysam", counting)
-    fast = collect_evidence(bam, reference, variants, min_base_quality=0)
-    assert calls  # the raw reader handed the window over
+def test_a_numeric_tag_that_is_not_a_number_is_an_input_error(tmp_path: Path) -> None:
+    bam = tmp_path / "text_tag.bam"
+    reference, sequence = _reference_of(tmp_path / "ref.fa")
+    _single_contig_bam(bam, sequence, [{"start": 100}, {"start": 110, "tags": [("aD", "3", "Z")]}])
+    variants = _tracked(reference, [("chr1", 130)])
+    with pytest.raises(InputDataError, match="tag aD of type Z, where a number is expected"):
+        collect_evidence(bam, reference, variants)
+
+
+@pytest.mark.parametrize("min_shift", [14, 12])
+def test_built_molecules_through_a_csi_index_match_the_pysam_path(
+    built: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, min_shift: int
+) -> None:
+    source, reference = built
+    bam = tmp_path / "csi.bam"
+    shutil.copyfile(source, bam)
+    pysam.index("-c", "-m", str(min_shift), str(bam))
+    assert Path(f"{bam}.csi").is_file() and not Path(f"{bam}.bai").is_file()
+    variants = _tracked(reference, _SITES)
+    monkeypatch.setattr(evidence, "_WINDOW", 333)
+    regions = [
+        ("chr1", 0, 40_000),
+        ("chr2", 0, 5_000),
+        ("chr3", 0, 3_000),
+        ("chr1", 16_000, 17_000),
+    ]
+    fast, slow = _both_ways(monkeypatch, bam, reference, variants, regions=regions)
+    _assert_same_evidence(fast, slow)
+    assert fast.n_records > 5_000
+
+
+def test_a_bam_whose_index_is_not_next_to_it_is_an_input_error(
+    built: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bam, reference = built
     monkeypatch.setattr(IndexedRecordReader, "open", classmethod(lambda cls, path: None))
-    _assert_same_evidence(fast, collect_evidence(bam, reference, variants, min_base_quality=0))
-    assert fast.n_records == 2
+    with pytest.raises(InputFileError, match=r"has no \.bai or \.csi index"):
+        collect_evidence(bam, reference, _tracked(reference, _SITES))

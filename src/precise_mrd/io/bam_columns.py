@@ -13,7 +13,7 @@ different chunks can be sliced and concatenated with numpy.
 complete binary BAM records (the bytes a ``BgzfWriter`` compresses), with integer tags stored in
 the smallest type as htslib does when it parses SAM text.
 
-Region access through the ``.bai`` lives in :mod:`precise_mrd.io.bam_regions`.
+Region access through the ``.bai`` or ``.csi`` lives in :mod:`precise_mrd.io.bam_regions`.
 
 The BAM layout (SAM specification section 4.2): ``block_size, refID, pos, l_read_name, mapq,
 bin, n_cigar_op, flag, l_seq, next_refID, next_pos, tlen``, then the NUL-terminated name, the

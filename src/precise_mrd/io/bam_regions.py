@@ -1,14 +1,20 @@
 """Region access to an indexed BAM without a pysam object per read.
 
 The ML features read a window around each variant and the evidence stage reads its target windows
-this way. :class:`IndexedRecordReader` finds a region's raw records through the ``.bai`` (sweeping
-regions in ascending order so that each BGZF block is inflated once) and
-:func:`decode_aligned_bases` turns them into the per-record fields and per-base rows (reference
-position, query position, base, quality) of the records a ``pysam`` ``fetch`` of the region would
-give; :func:`decode_record_status` says of every record of the region why it is used or not (no key
-tag, low mapping quality, no sequence), for a caller that counts the records left out (the evidence
-stage). Anything these decoders cannot read exactly as pysam would (other tag types, a CIGAR kept
-in the ``CG`` tag) makes them return ``None``, and the caller falls back to pysam.
+this way. :class:`IndexedRecordReader` finds a region's raw records through the ``.bai`` or
+``.csi`` (:mod:`precise_mrd.io.bam_index`; sweeping regions in ascending order so that each BGZF
+block is inflated once) and :func:`decode_aligned_bases` turns them into the per-record fields and
+per-base rows (reference position, query position, base, quality) of the records a ``pysam``
+``fetch`` of the region would give; :func:`decode_record_status` says of every record of the region
+why it is used or not (no key tag, low mapping quality, no sequence), for a caller that counts the
+records left out (the evidence stage).
+
+They read what htslib reads: a CIGAR of more than 65,535 operations from the ``CG`` tag, the key
+tag (``MI``) of any type as ``str`` of pysam's value. Two things are an
+:class:`~precise_mrd.core.errors.InputDataError` instead: a numeric tag (``aD``, ``cD``...) that is
+not a number (pysam would give text or an array), and a tag type byte outside the SAM
+specification. There is no pysam fallback; the tests check every decoder against a reader of one
+pysam object per read (``tests/pysam_reference.py``).
 
 Record layout and tag helpers: :mod:`precise_mrd.io.bam_columns`.
 """
@@ -16,7 +22,9 @@ Record layout and tag helpers: :mod:`precise_mrd.io.bam_columns`.
 from __future__ import annotations
 
 import struct
+import sys
 import zlib
+from array import array
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -25,15 +33,16 @@ import numba
 import numpy as np
 import numpy.typing as npt
 
+from precise_mrd.core.errors import InputDataError
 from precise_mrd.io.bam import int32_at, put_decimal
 from precise_mrd.io.bam_columns import NIBBLE_TO_CODE, aux_end, aux_int
+from precise_mrd.io.bam_index import index_path_of, read_region_index
 
 __all__ = [
     "RECORD_LOW_MAPQ",
     "RECORD_NO_DATA",
     "RECORD_NO_KEY",
     "RECORD_USED",
-    "STATUS_UNSUPPORTED",
     "AlignedBases",
     "IndexedRecordReader",
     "RecordStatus",
@@ -46,33 +55,30 @@ _I64: Any = np.int64
 U8Matrix = npt.NDArray[np.uint8]
 I64Array = npt.NDArray[np.int64]
 
-_BAI_MAGIC: Final[bytes] = b"BAI\x01"
-_BAI_PSEUDO_BIN: Final[int] = 37450
-_LINEAR_SHIFT: Final[int] = 14
-
 
 class IndexedRecordReader:
     """Raw binary records overlapping regions of a coordinate-sorted BAM, found through its
-    ``.bai``, with no pysam object per read.
+    ``.bai`` or ``.csi``, with no pysam object per read.
 
     :meth:`region_records` returns the bytes of whole records (with ``block_size``), in file
     order, that include every record ``pysam.AlignmentFile.fetch(contig, start, end)`` returns
     (and some that do not overlap the region: the caller filters them, as
-    :func:`decode_aligned_bases` does). As htslib, it starts at the linear-index offset of the
-    region's first 16 kb window and stops at the first record at or past the region's end.
-    Coordinates are 0-based half-open.
+    :func:`decode_aligned_bases` does). As htslib, it starts at the index's linear offset for
+    the region's start (:meth:`~precise_mrd.io.bam_index.RegionIndex.min_offset`) and stops at
+    the first record at or past the region's end. Coordinates are 0-based half-open.
 
     Regions asked for in ascending order on a contig are read as a sweep: the next region goes
     on from where the last one stopped, with the last region's records that reach into it, so
     each BGZF block is inflated once (a dense 16 kb window holds hundreds of blocks, which every
     region in it would otherwise inflate again).
 
-    Use :meth:`open`, which returns ``None`` when the BAM has no ``.bai`` next to it (e.g. only a
-    ``.csi``): the caller then reads the region through pysam.
+    Use :meth:`open`, which finds the index next to the BAM as htslib does (``None`` if there is
+    none).
     """
 
     def __init__(self, bam_path: Path, index_path: Path) -> None:
-        self._first_offsets, self._linear = _read_bai(index_path)
+        self.bam_path = Path(bam_path)
+        self._index = read_region_index(index_path)
         self._handle = open(bam_path, "rb")  # noqa: SIM115 - closed in close()
         # sweep state: contig and start of the last region, its records, the virtual offset of
         # the first record not yet consumed, the bytes from it to the end of the last inflated
@@ -88,12 +94,10 @@ class IndexedRecordReader:
 
     @classmethod
     def open(cls, bam_path: Path) -> IndexedRecordReader | None:
-        """A reader for ``bam_path`` if ``<bam>.bai`` or ``<bam without .bam>.bai`` exists."""
-        bam_path = Path(bam_path)
-        for index_path in (Path(f"{bam_path}.bai"), bam_path.with_suffix(".bai")):
-            if index_path.is_file():
-                return cls(bam_path, index_path)
-        return None
+        """A reader for ``bam_path`` through the index htslib would open next to it
+        (:func:`~precise_mrd.io.bam_index.index_path_of`); ``None`` if there is none."""
+        index_path = index_path_of(Path(bam_path))
+        return None if index_path is None else cls(Path(bam_path), index_path)
 
     def close(self) -> None:
         self._handle.close()
@@ -107,13 +111,9 @@ class IndexedRecordReader:
     def region_records(self, tid: int, start: int, end: int) -> npt.NDArray[np.uint8]:
         """Whole raw records that include all those overlapping ``[start, end)`` of ``tid``."""
         empty = np.zeros(0, dtype=np.uint8)
-        if tid < 0 or tid >= len(self._linear) or end <= start:
-            return empty
-        linear = self._linear[tid]
-        window = start >> _LINEAR_SHIFT
-        if window >= len(linear):
-            return empty  # no record reaches this far (it would have set the linear index)
-        min_offset = max(int(linear[window]), self._first_offsets[tid])
+        min_offset = self._index.min_offset(tid, start) if end > start else -1
+        if min_offset < 0:
+            return empty  # no record of ``tid`` reaches ``start``
         if tid == self._tid and start >= self._start and min_offset <= self._position:
             # NB: records before the resume point that overlap the region were read for the
             # last region (see the class docstring)
@@ -196,9 +196,8 @@ def _records_reaching(buffer: npt.NDArray[np.uint8], tid: int, start: int) -> np
     while offset + 4 <= len(buffer):
         record = offset + 4
         size = int32_at(buffer, offset)
-        n_cigar = _I64(buffer[record + 12]) | (_I64(buffer[record + 13]) << 8)
         flag = _I64(buffer[record + 14]) | (_I64(buffer[record + 15]) << 8)
-        cigar = record + 32 + _I64(buffer[record + 8])
+        cigar, n_cigar = _real_cigar(buffer, record, record + size)
         pos = int32_at(buffer, record + 4)
         if (
             int32_at(buffer, record) == tid
@@ -210,41 +209,68 @@ def _records_reaching(buffer: npt.NDArray[np.uint8], tid: int, start: int) -> np
     return out[:o]
 
 
-def _read_bai(index_path: Path) -> tuple[list[int], list[npt.NDArray[np.uint64]]]:
-    """Per reference of a ``.bai``: the smallest chunk start (its first record) and the linear
-    index (smallest virtual offset of a record overlapping each 16 kb window)."""
-    data = Path(index_path).read_bytes()
-    if data[:4] != _BAI_MAGIC:
-        raise ValueError(f"{index_path} is not a BAI index")
-    offset = 4
-    (n_references,) = struct.unpack_from("<i", data, offset)
-    offset += 4
-    first_offsets: list[int] = []
-    linears: list[npt.NDArray[np.uint64]] = []
-    for _ in range(n_references):
-        (n_bins,) = struct.unpack_from("<i", data, offset)
-        offset += 4
-        first = -1
-        for _ in range(n_bins):
-            bin_id, n_chunks = struct.unpack_from("<Ii", data, offset)
-            offset += 8
-            if bin_id != _BAI_PSEUDO_BIN and n_chunks:
-                chunks = np.frombuffer(data, dtype="<u8", count=2 * n_chunks, offset=offset)
-                low = int(chunks[::2].min())
-                first = low if first < 0 else min(first, low)
-            offset += 16 * n_chunks
-        (n_intervals,) = struct.unpack_from("<i", data, offset)
-        offset += 4
-        linear = np.frombuffer(data, dtype="<u8", count=n_intervals, offset=offset)
-        offset += 8 * n_intervals
-        first_offsets.append(first)
-        linears.append(linear if first >= 0 else linear[:0])
-    return first_offsets, linears
+_STATUS_UNKNOWN_TYPE: Final[int] = 1  # a key or numeric tag of a type that is not a SAM tag type
+_STATUS_NOT_NUMERIC: Final[int] = 2  # a numeric tag of a type that is not a number
+_NUMBER_TYPES: Final[str] = "cCsSiIf"
+_ARRAY_TYPECODES: Final[dict[str, str]] = {
+    "c": "b",
+    "C": "B",
+    "s": "h",
+    "S": "H",
+    "i": "i",
+    "I": "I",
+    "f": "f",
+}  # ``B`` array subtype -> the typecode of pysam's ``array.array``
 
 
-STATUS_UNSUPPORTED: Final[int] = 1
-""":func:`decode_aligned_bases` met a record it does not decode exactly as pysam would (a tag of
-another type, or a CIGAR kept in the ``CG`` tag): read the region through pysam."""
+def _raise_for(status: int, tag: str, type_byte: int, source: str) -> None:
+    """The :class:`InputDataError` of a kernel's non-zero ``status`` about ``tag``."""
+    kind = chr(type_byte) if 32 < type_byte < 127 else f"byte {type_byte}"
+    if status == _STATUS_NOT_NUMERIC:
+        raise InputDataError(
+            source,
+            f"a record has tag {tag} of type {kind}, where a number is expected",
+            f"write {tag} as an integer ({'/'.join(_NUMBER_TYPES[:-1])}) or float (f) tag",
+        )
+    raise InputDataError(
+        source,
+        f"a record has tag {tag} of type {kind}, which is not a SAM tag type",
+        "rewrite the BAM with a SAM/BAM-conformant tool (e.g. `samtools view -b`)",
+    )
+
+
+def _formatted_keys(key_text: U8Matrix, key_lengths: I64Array) -> tuple[U8Matrix, I64Array]:
+    """Key text with the raw ``f`` and ``B`` rows (negative lengths: type byte and value bytes)
+    replaced by ``str`` of pysam's value (a Python ``float``, an ``array.array``)."""
+    raw_rows = np.flatnonzero(key_lengths < 0)
+    if not raw_rows.size:
+        return key_text, key_lengths
+    texts = {int(i): _value_text(key_text[i, : -key_lengths[i]].tobytes()) for i in raw_rows}
+    width = max(key_text.shape[1], *(len(t) for t in texts.values()))
+    out = np.zeros((key_text.shape[0], width), dtype=np.uint8)
+    out[:, : key_text.shape[1]] = key_text
+    lengths = key_lengths.copy()
+    for i, text in texts.items():
+        out[i] = 0
+        out[i, : len(text)] = np.frombuffer(text, dtype=np.uint8)
+        lengths[i] = len(text)
+    return out, lengths
+
+
+def _value_text(raw: bytes) -> bytes:
+    """``str`` of pysam's value of an ``f`` or ``B`` aux field (``raw``: type byte, then value).
+
+    >>> _value_text(b"f" + struct.pack("<f", 1.1))
+    b'1.100000023841858'
+    >>> _value_text(b"Bc" + struct.pack("<ibb", 2, 1, -7))
+    b"array('b', [1, -7])"
+    """
+    if raw[:1] == b"f":
+        return str(struct.unpack_from("<f", raw, 1)[0]).encode("ascii")
+    values = array(_ARRAY_TYPECODES[chr(raw[1])], raw[6:])
+    if sys.byteorder == "big":
+        values.byteswap()
+    return str(values).encode("ascii")
 
 
 @dataclass(frozen=True)
@@ -254,7 +280,7 @@ class AlignedBases:
     Per record (file order): ``flags``, ``starts`` (0-based), ``mapqs``, ``template_lengths``
     (``TLEN``), ``lengths`` (query length), ``tag_values`` (one column per requested numeric
     tag, its default where absent), ``key_text``/``key_lengths`` (the key tag's value as text,
-    integers in decimal, zero-padded). Per base, in record order then CIGAR order: ``record``
+    ``str`` of pysam's value, zero-padded). Per base, in record order then CIGAR order: ``record``
     (row of the record), ``ref_pos``, ``query_pos``, ``bases`` (A=0 C=1 G=2 T=3), ``quals``.
     """
 
@@ -288,22 +314,30 @@ def decode_aligned_bases(
     key_tag: bytes,
     numeric_tags: tuple[bytes, ...],
     defaults: tuple[float, ...],
-) -> AlignedBases | None:
+    source: str = "BAM",
+) -> AlignedBases:
     """The records of ``buffer`` that ``fetch(tid, start, end)`` returns and that are used, with
     their aligned bases in ``[start, end)`` that are ACGT with quality >= ``min_base_quality``.
 
     A record is used unless its flag has a bit of ``skip_flags``, its mapping quality is below
     ``min_mapping_quality``, it has no sequence, no qualities (``0xFF``) or no CIGAR, or no
     ``key_tag``. Aligned blocks are CIGAR ``M = X``; a record overlaps the region as htslib
-    decides (``start < pos + max(1, reference length)`` and ``pos < end``). ``numeric_tags``
+    decides (``start < pos + max(1, reference length)`` and ``pos < end``), with the CIGAR
+    htslib reads (the one kept in ``CG`` for more than 65,535 operations, see
+    :func:`_real_cigar`). The key text is ``str`` of pysam's value of any type; ``numeric_tags``
     are read from integer or ``f`` fields (the first field of a name, as pysam's ``get_tag``).
 
-    Returns ``None`` (:data:`STATUS_UNSUPPORTED`) when a key or numeric tag has a type this
-    does not read exactly as ``str``/``float`` of pysam's value would (e.g. ``B`` arrays), or a
-    used record keeps its CIGAR in the ``CG`` tag (more than 65,535 operations).
+    Raises :class:`~precise_mrd.core.errors.InputDataError` (naming ``source``) when a numeric
+    tag of a used record is not a number (``Z``, ``A``, ``H``, ``B``) or a tag has a type byte
+    outside the SAM specification.
     """
+    if len(defaults) != len(numeric_tags):
+        raise ValueError(
+            f"defaults must have one value per numeric tag ({len(numeric_tags)}); "
+            f"got {len(defaults)}"
+        )
     names = np.frombuffer(b"".join(numeric_tags), dtype=np.uint8).reshape(-1, 2)
-    status, columns = _aligned_kernel(
+    status, bad_tag, bad_type, columns = _aligned_kernel(
         buffer,
         tid,
         start,
@@ -315,9 +349,12 @@ def decode_aligned_bases(
         names.copy(),
         np.asarray(defaults, dtype=np.float64),
     )
-    if status == STATUS_UNSUPPORTED:
-        return None
-    return AlignedBases(*columns)
+    if status:
+        tag = key_tag if bad_tag < 0 else numeric_tags[bad_tag]
+        _raise_for(status, tag.decode("ascii"), bad_type, source)
+    fields = list(columns)
+    fields[6], fields[7] = _formatted_keys(fields[6], fields[7])
+    return AlignedBases(*fields)
 
 
 @numba.njit(cache=True, nogil=True)
@@ -349,6 +386,51 @@ def _aux_number(buffer: npt.NDArray[np.uint8], p: int, scratch: Any) -> tuple[bo
 
 
 @numba.njit(cache=True, nogil=True)
+def _real_cigar(buffer: npt.NDArray[np.uint8], record: int, record_end: int) -> tuple[int, int]:
+    """(offset, number of operations) of the CIGAR htslib reads for the record at ``record``.
+
+    NB: a CIGAR of more than 65,535 operations is kept in a ``CG:B:I`` tag, with a placeholder
+    ``<l_seq>S<span>N`` in its place; htslib's ``bam_tag2cigar`` swaps the real one in when the
+    record is mapped (``tid`` and ``pos`` >= 0), the placeholder's first operation is a soft clip
+    of the whole query, and ``CG`` is ``B`` of ``I`` or ``i`` with at least as many operations.
+    """
+    l_seq = int32_at(buffer, record + 16)
+    n_cigar = _I64(buffer[record + 12]) | (_I64(buffer[record + 13]) << 8)
+    cigar = record + 32 + _I64(buffer[record + 8])
+    if n_cigar == 0 or int32_at(buffer, record) < 0 or int32_at(buffer, record + 4) < 0:
+        return cigar, n_cigar
+    if int32_at(buffer, cigar) & 0xFFFFFFFF != (l_seq << 4 | 4):
+        return cigar, n_cigar
+    p = cigar + 4 * n_cigar + (l_seq + 1) // 2 + l_seq
+    while p + 3 <= record_end:
+        if buffer[p] == 67 and buffer[p + 1] == 71:  # CG
+            if buffer[p + 2] != 66 or not (buffer[p + 3] == 73 or buffer[p + 3] == 105):
+                return cigar, n_cigar
+            n_real = int32_at(buffer, p + 4) & 0xFFFFFFFF
+            if n_real < n_cigar or n_real >= 1 << 29:
+                return cigar, n_cigar
+            return p + 8, n_real
+        p = aux_end(buffer, p, record_end)
+    return cigar, n_cigar
+
+
+@numba.njit(cache=True, nogil=True)
+def _key_width(buffer: npt.NDArray[np.uint8], key: int, record_end: int) -> int:
+    """Columns :func:`_key_text_into` needs for the aux field at ``key``; -1 for a type byte
+    outside the SAM specification."""
+    kind = buffer[key + 2]
+    if kind == 90 or kind == 72:  # Z H
+        return aux_end(buffer, key, record_end) - key - 4
+    if kind == 65:  # A
+        return 1
+    if kind == 99 or kind == 67 or kind == 115 or kind == 83 or kind == 105 or kind == 73:
+        return 11
+    if kind == 102 or kind == 66:  # f B: type byte and value bytes
+        return aux_end(buffer, key, record_end) - key - 2
+    return -1
+
+
+@numba.njit(cache=True, nogil=True)
 def _aligned_kernel(
     buffer: npt.NDArray[np.uint8],
     tid: int,
@@ -360,7 +442,7 @@ def _aligned_kernel(
     key_tag: npt.NDArray[np.uint8],
     tag_names: U8Matrix,
     defaults: npt.NDArray[np.float64],
-) -> tuple[int, tuple[Any, ...]]:
+) -> tuple[int, int, int, tuple[Any, ...]]:
     n_tags = tag_names.shape[0]
     n_all = 0
     offset = 0
@@ -371,11 +453,14 @@ def _aligned_kernel(
     used = np.zeros(n_all, dtype=np.int64)  # record offset + 1 of used records
     key_at = np.zeros(n_all, dtype=np.int64)
     tag_at = np.full((n_all, n_tags), -1, dtype=np.int64)
+    cigar_at = np.zeros((n_all, 2), dtype=np.int64)  # offset and length of htslib's CIGAR
     n_used = 0
     max_key = 1
     max_rows = 0
     offset = 0
     status = 0
+    bad_tag = -1
+    bad_type = 0
     for _ in range(n_all):
         record = offset + 4
         record_end = record + int32_at(buffer, offset)
@@ -383,25 +468,18 @@ def _aligned_kernel(
         if int32_at(buffer, record) != tid:
             continue
         pos = int32_at(buffer, record + 4)
-        l_name = _I64(buffer[record + 8])
-        n_cigar = _I64(buffer[record + 12]) | (_I64(buffer[record + 13]) << 8)
-        cigar = record + 32 + l_name
+        cigar, n_cigar = _real_cigar(buffer, record, record_end)
         flag = _I64(buffer[record + 14]) | (_I64(buffer[record + 15]) << 8)
         if pos >= end or _record_end(buffer, cigar, n_cigar, pos, flag) <= start:
             continue
         l_seq = int32_at(buffer, record + 16)
         if flag & skip_flags or _I64(buffer[record + 9]) < min_mapq:
             continue
-        qual_start = cigar + 4 * n_cigar + (l_seq + 1) // 2
+        stored_cigar = record + 32 + _I64(buffer[record + 8])
+        stored_n_cigar = _I64(buffer[record + 12]) | (_I64(buffer[record + 13]) << 8)
+        qual_start = stored_cigar + 4 * stored_n_cigar + (l_seq + 1) // 2
         if l_seq <= 0 or n_cigar == 0 or buffer[qual_start] == 0xFF:
             continue
-        if n_cigar == 2:
-            first_op = int32_at(buffer, cigar) & 0xFFFFFFFF
-            if first_op == (l_seq << 4 | 4) and int32_at(buffer, cigar + 4) & 0xF == 3:
-                # NB: ``<l_seq>S<span>N`` stands for a CIGAR too long for BAM, kept in ``CG``;
-                # htslib swaps the real one in when it reads the record
-                status = STATUS_UNSUPPORTED
-                break
         key = -1
         p = qual_start + l_seq
         while p + 3 <= record_end:
@@ -417,18 +495,15 @@ def _aligned_kernel(
             for t in range(n_tags):
                 tag_at[n_used, t] = -1
             continue
-        kind = buffer[key + 2]
-        if kind == 90:  # Z
-            width = aux_end(buffer, key, record_end) - key - 4
-        elif kind == 65:  # A
-            width = 1
-        elif kind == 99 or kind == 67 or kind == 115 or kind == 83 or kind == 105 or kind == 73:
-            width = 11
-        else:
-            status = STATUS_UNSUPPORTED
+        width = _key_width(buffer, key, record_end)
+        if width < 0:
+            status = _STATUS_UNKNOWN_TYPE
+            bad_type = buffer[key + 2]
             break
         max_key = max(max_key, width)
         key_at[n_used] = key
+        cigar_at[n_used, 0] = cigar
+        cigar_at[n_used, 1] = n_cigar
         used[n_used] = record + 1
         max_rows += min(l_seq, end - start)
         n_used += 1
@@ -455,8 +530,6 @@ def _aligned_kernel(
         record = used[i] - 1
         record_end = record + int32_at(buffer, record - 4)
         pos = int32_at(buffer, record + 4)
-        l_name = _I64(buffer[record + 8])
-        n_cigar = _I64(buffer[record + 12]) | (_I64(buffer[record + 13]) << 8)
         l_seq = int32_at(buffer, record + 16)
         flags[i] = _I64(buffer[record + 14]) | (_I64(buffer[record + 15]) << 8)
         starts[i] = pos
@@ -467,12 +540,17 @@ def _aligned_kernel(
             values[i, t] = defaults[t]
             if tag_at[i, t] >= 0:
                 readable, value = _aux_number(buffer, tag_at[i, t], scratch)
-                if not readable:
-                    status = STATUS_UNSUPPORTED
+                if not readable and status == 0:
+                    bad_tag = t
+                    bad_type = buffer[tag_at[i, t] + 2]
+                    known = _key_width(buffer, tag_at[i, t], record_end) >= 0
+                    status = _STATUS_NOT_NUMERIC if known else _STATUS_UNKNOWN_TYPE
                 values[i, t] = value
         key_lengths[i] = _key_text_into(buffer, key_at[i], record_end, key_text[i])
-        cigar = record + 32 + l_name
-        seq_start = cigar + 4 * n_cigar
+        cigar = cigar_at[i, 0]
+        n_cigar = cigar_at[i, 1]
+        stored_n_cigar = _I64(buffer[record + 12]) | (_I64(buffer[record + 13]) << 8)
+        seq_start = record + 32 + _I64(buffer[record + 8]) + 4 * stored_n_cigar
         qual_start = seq_start + (l_seq + 1) // 2
         q = 0
         r = pos
@@ -514,7 +592,7 @@ def _aligned_kernel(
         out_base[:n_rows],
         out_qual[:n_rows],
     )
-    return status, columns
+    return status, bad_tag, bad_type, columns
 
 
 RECORD_USED: Final[int] = 0
@@ -534,9 +612,9 @@ class RecordStatus:
     in file order: ``status`` (a ``RECORD_*`` constant), ``starts`` (0-based), ``ends`` (pysam's
     ``reference_end``: ``pos`` + reference length, at least 1; 0 where pysam gives ``None``:
     unmapped or without CIGAR),
-    ``mapqs``, and ``key_text``/``key_lengths`` (the key tag's value as text, integers in decimal,
-    zero-padded; empty for :data:`RECORD_NO_KEY`). The :data:`RECORD_USED` rows are, in order,
-    the records of :func:`decode_aligned_bases` with the same arguments.
+    ``mapqs``, and ``key_text``/``key_lengths`` (the key tag's value as text, ``str`` of pysam's
+    value, zero-padded; empty for :data:`RECORD_NO_KEY`). The :data:`RECORD_USED` rows are, in
+    order, the records of :func:`decode_aligned_bases` with the same arguments.
     """
 
     status: I64Array
@@ -559,15 +637,16 @@ def decode_record_status(
     skip_flags: int,
     min_mapping_quality: int,
     key_tag: bytes,
-) -> RecordStatus | None:
+    source: str = "BAM",
+) -> RecordStatus:
     """Why each record of ``buffer`` in ``fetch(tid, start, end)`` is used or not
     (:class:`RecordStatus`), for a caller that counts the records :func:`decode_aligned_bases`
-    leaves out (e.g. molecules lost to low mapping quality).
+    leaves out (e.g. molecules lost to low mapping quality). CIGARs and key text as there.
 
-    Returns ``None`` when a key tag has a type this does not read exactly as ``str`` of pysam's
-    value would, or a record keeps its CIGAR in the ``CG`` tag (as :func:`decode_aligned_bases`).
+    Raises :class:`~precise_mrd.core.errors.InputDataError` (naming ``source``) when a key tag
+    has a type byte outside the SAM specification.
     """
-    status, columns = _status_kernel(
+    status, bad_type, columns = _status_kernel(
         buffer,
         tid,
         start,
@@ -576,9 +655,11 @@ def decode_record_status(
         min_mapping_quality,
         np.frombuffer(key_tag, dtype=np.uint8),
     )
-    if status == STATUS_UNSUPPORTED:
-        return None
-    return RecordStatus(*columns)
+    if status:
+        _raise_for(status, key_tag.decode("ascii"), bad_type, source)
+    fields = list(columns)
+    fields[4], fields[5] = _formatted_keys(fields[4], fields[5])
+    return RecordStatus(*fields)
 
 
 def first_seen_codes(text: U8Matrix) -> I64Array:
@@ -598,9 +679,11 @@ def first_seen_codes(text: U8Matrix) -> I64Array:
 
 @numba.njit(cache=True, nogil=True)
 def _key_text_into(buffer: npt.NDArray[np.uint8], key: int, record_end: int, out: Any) -> int:
-    """Write the text of the ``Z``/``A``/integer aux field at ``key`` into ``out``; its length."""
+    """Write the text of the ``Z``/``H``/``A``/integer aux field at ``key`` into ``out`` and return
+    its length; for ``f`` and ``B``, write the type byte and the value bytes and return minus
+    their length (:func:`_formatted_keys` turns them into text)."""
     kind = buffer[key + 2]
-    if kind == 90:  # Z
+    if kind == 90 or kind == 72:  # Z H
         q = key + 3
         k = 0
         while q < record_end and buffer[q] != 0:
@@ -611,6 +694,11 @@ def _key_text_into(buffer: npt.NDArray[np.uint8], key: int, record_end: int, out
     if kind == 65:  # A
         out[0] = buffer[key + 3]
         return 1
+    if kind == 102 or kind == 66:  # f B
+        stop = aux_end(buffer, key, record_end)
+        for k in range(stop - key - 2):
+            out[k] = buffer[key + 2 + k]
+        return key + 2 - stop
     return put_decimal(out, 0, aux_int(buffer, key))
 
 
@@ -623,7 +711,7 @@ def _status_kernel(
     skip_flags: int,
     min_mapq: int,
     key_tag: npt.NDArray[np.uint8],
-) -> tuple[int, tuple[Any, ...]]:
+) -> tuple[int, int, tuple[Any, ...]]:
     n_all = 0
     offset = 0
     while offset + 4 <= len(buffer):
@@ -638,7 +726,8 @@ def _status_kernel(
     mapqs = np.zeros(n_all, dtype=np.int64)
     n = 0
     max_key = 1
-    unsupported = 0
+    unreadable = 0
+    bad_type = 0
     offset = 0
     for _ in range(n_all):
         record = offset + 4
@@ -647,19 +736,14 @@ def _status_kernel(
         if int32_at(buffer, record) != tid:
             continue
         pos = int32_at(buffer, record + 4)
-        n_cigar = _I64(buffer[record + 12]) | (_I64(buffer[record + 13]) << 8)
-        cigar = record + 32 + _I64(buffer[record + 8])
+        cigar, n_cigar = _real_cigar(buffer, record, record_end)
         flag = _I64(buffer[record + 14]) | (_I64(buffer[record + 15]) << 8)
         stop = _record_end(buffer, cigar, n_cigar, pos, flag)
         if pos >= end or stop <= start or flag & skip_flags:
             continue
         l_seq = int32_at(buffer, record + 16)
-        if n_cigar == 2:
-            first_op = int32_at(buffer, cigar) & 0xFFFFFFFF
-            if first_op == (l_seq << 4 | 4) and int32_at(buffer, cigar + 4) & 0xF == 3:
-                unsupported = STATUS_UNSUPPORTED  # NB: CIGAR in ``CG``, see _aligned_kernel
-                break
-        qual_start = cigar + 4 * n_cigar + (l_seq + 1) // 2
+        stored_n_cigar = _I64(buffer[record + 12]) | (_I64(buffer[record + 13]) << 8)
+        qual_start = record + 32 + _I64(buffer[record + 8]) + 4 * stored_n_cigar + (l_seq + 1) // 2
         key = -1
         p = qual_start + l_seq
         while p + 3 <= record_end:
@@ -671,15 +755,10 @@ def _status_kernel(
         if key < 0:
             status[n] = RECORD_NO_KEY
         else:
-            kind = buffer[key + 2]
-            if kind == 90:  # Z
-                width = aux_end(buffer, key, record_end) - key - 4
-            elif kind == 65:  # A
-                width = 1
-            elif kind == 99 or kind == 67 or kind == 115 or kind == 83 or kind == 105 or kind == 73:
-                width = 11
-            else:
-                unsupported = STATUS_UNSUPPORTED
+            width = _key_width(buffer, key, record_end)
+            if width < 0:
+                unreadable = _STATUS_UNKNOWN_TYPE
+                bad_type = buffer[key + 2]
                 break
             max_key = max(max_key, width)
             key_at[n] = key
@@ -692,7 +771,7 @@ def _status_kernel(
         ends[n] = stop if n_cigar and not flag & 0x4 else 0
         mapqs[n] = mapq
         n += 1
-    if unsupported:
+    if unreadable:
         n = 0
     # pass 2: key text
     key_text = np.zeros((n, max_key), dtype=np.uint8)
@@ -702,4 +781,4 @@ def _status_kernel(
             record_end = at[i] + int32_at(buffer, at[i] - 4)
             key_lengths[i] = _key_text_into(buffer, key_at[i], record_end, key_text[i])
     columns = (status[:n], starts[:n], ends[:n], mapqs[:n], key_text, key_lengths)
-    return unsupported, columns
+    return unreadable, bad_type, columns

@@ -33,10 +33,10 @@ trinucleotide more than ``variant_exclusion_window`` bases from a tracked varian
 random sample of background *reference* observations, used to measure how often an ordinary
 molecule passes the filter (see :mod:`precise_mrd.ml.scoring`).
 
-Reads are decoded from the raw BAM records of each region, found through the ``.bai``
-(:mod:`precise_mrd.io.bam_regions`: ``IndexedRecordReader``, ``decode_aligned_bases``), not one
-pysam object per read; the pysam reader (``_read_window_pysam``) stays as the reference the
-tests compare against, and is used for a BAM indexed only by a ``.csi``.
+Reads are decoded from the raw BAM records of each region, found through the ``.bai`` or
+``.csi`` (:mod:`precise_mrd.io.bam_regions`: ``IndexedRecordReader``, ``decode_aligned_bases``),
+not one pysam object per read; the tests compare them with a reader of one pysam object per read
+(``tests/pysam_reference.py``).
 
 >>> len(FEATURE_NAMES), FEATURE_NAMES[0]
 (13, 'base_quality')
@@ -98,14 +98,7 @@ KIND_VARIANT = 0  # an informative molecule at a tracked variant (ref or alt)
 KIND_BACKGROUND_ERROR = 1  # a non-reference base at a background position
 KIND_BACKGROUND_REF = 2  # a sampled reference base at a background position
 
-_CODE = np.full(256, 4, dtype=np.int64)
-for _i, _b in enumerate("ACGT"):
-    _CODE[ord(_b)] = _i
-    _CODE[ord(_b.lower())] = _i
 _SKIP_FLAGS = 0x4 | 0x100 | 0x200 | 0x800
-_MATCH_OPS = (0, 7, 8)
-_QUERY_OPS = (0, 1, 4, 7, 8)
-_REF_OPS = (0, 2, 3, 7, 8)
 _CLASS_TABLE: dict[tuple[str, str], int] = {}
 
 
@@ -264,21 +257,13 @@ class _Reads:
     both: IntArray  # 1: seen on both strands
 
 
-def _tag(rec: pysam.AlignedSegment, name: str, default: float) -> float:
-    # NB: get_tag + KeyError is ~4x cheaper than dict(rec.get_tags()) on consensus records
-    try:
-        return float(rec.get_tag(name))
-    except KeyError:
-        return default
-
-
 _NUMERIC_TAGS = (b"cD", b"aD", b"bD", b"cE", b"sO")
-_TAG_DEFAULTS = (1.0, 0.0, 0.0, 0.0)
+_TAG_DEFAULTS = (1.0, 0.0, 0.0, 0.0, 0.0)
 
 
 def _read_window(
     bam: pysam.AlignmentFile,
-    records: IndexedRecordReader | None,
+    records: IndexedRecordReader,
     chrom: str,
     start: int,
     end: int,
@@ -288,12 +273,12 @@ def _read_window(
     """The reads of ``[start, end)`` of ``chrom``, decoded from the raw records found through the
     BAM index (:class:`~precise_mrd.io.bam_regions.IndexedRecordReader`).
 
-    Gives exactly what :func:`_read_window_pysam` gives (one pysam object per read, ~6x slower),
-    which is used instead when the BAM has no ``.bai`` or a tag has a type not decoded here.
+    ``None`` when no read has a confident base there. The tests check it against a reader of one
+    pysam object per read (``tests/pysam_reference.py``, ~6x slower).
     """
     tid = bam.get_tid(chrom)
-    if records is None or tid < 0:
-        return _read_window_pysam(bam, chrom, start, end, min_base_quality, min_mapping_quality)
+    if tid < 0:
+        raise ValueError(f"invalid contig `{chrom}`")  # NB: what pysam's fetch raises
     aligned = decode_aligned_bases(
         records.region_records(tid, start, end),
         tid=tid,
@@ -305,11 +290,10 @@ def _read_window(
         key_tag=b"MI",
         numeric_tags=_NUMERIC_TAGS,
         defaults=_TAG_DEFAULTS,
+        source=str(records.bam_path),
     )
-    if aligned is None:
-        return _read_window_pysam(bam, chrom, start, end, min_base_quality, min_mapping_quality)
     if not aligned.record.size:
-        return None  # NB: the pysam reader gives None or empty rows; both mean "no observations"
+        return None
     tags = aligned.tag_values
     a_depth, b_depth = tags[:, 1], tags[:, 2]
     flags = aligned.flags
@@ -331,101 +315,6 @@ def _read_window(
         template=((flags >> 4) ^ (flags >> 7)) & 1,
         strand=strand_of_origin(flags, tags[:, 4].astype(np.int64)),
         both=(tags[:, 4] == STRAND_BOTH).astype(np.int64),
-    )
-
-
-def _read_window_pysam(
-    bam: pysam.AlignmentFile,
-    chrom: str,
-    start: int,
-    end: int,
-    min_base_quality: int,
-    min_mapping_quality: int,
-) -> _Reads | None:
-    """Reference reader: one pysam object per read (see :func:`_read_window`)."""
-    blk_r: list[int] = []  # reference start of an aligned block
-    blk_q: list[int] = []  # its query start within the read
-    blk_len: list[int] = []
-    blk_read: list[int] = []
-    read_qlen: list[int] = []
-    seqs: list[bytes] = []
-    quals: list[bytes] = []
-    per_read: list[tuple[int, float, float, int, float, float, float, int, int, int]] = []
-    molecules: dict[str, int] = {}
-    for rec in bam.fetch(chrom, start, end):
-        flag = rec.flag
-        if flag & _SKIP_FLAGS or rec.mapping_quality < min_mapping_quality:
-            continue
-        seq, qual_text, cigar = rec.query_sequence, rec.query_qualities_str, rec.cigartuples
-        if seq is None or not qual_text or cigar is None:
-            continue
-        try:
-            mi = str(rec.get_tag("MI"))
-        except KeyError:
-            continue
-        a_depth, b_depth = _tag(rec, "aD", 0.0), _tag(rec, "bD", 0.0)
-        index = len(per_read)
-        per_read.append(
-            (
-                molecules.setdefault(mi, len(molecules)),
-                _tag(rec, "cD", 1.0),
-                min(a_depth, b_depth),
-                int(a_depth > 0 and b_depth > 0),
-                _tag(rec, "cE", 0.0),
-                float(rec.mapping_quality),
-                float(abs(rec.template_length)),
-                ((flag >> 4) ^ (flag >> 7)) & 1,
-                flag,
-                int(_tag(rec, "sO", 0.0)),
-            )
-        )
-        read_qlen.append(len(seq))
-        q = 0
-        r = rec.reference_start
-        for op, length in cigar:
-            if op in _MATCH_OPS:
-                blk_r.append(r)
-                blk_q.append(q)
-                blk_len.append(length)
-                blk_read.append(index)
-            if op in _QUERY_OPS:
-                q += length
-            if op in _REF_OPS:
-                r += length
-        seqs.append(seq.encode("ascii"))
-        quals.append(qual_text.encode("ascii"))
-    if not per_read or not blk_len:
-        return None
-    lengths = np.asarray(blk_len, dtype=np.int64)
-    within = np.arange(lengths.sum(), dtype=np.int64) - np.repeat(
-        np.cumsum(lengths) - lengths, lengths
-    )
-    read = np.repeat(np.asarray(blk_read, dtype=np.int64), lengths)
-    qpos = np.repeat(np.asarray(blk_q, dtype=np.int64), lengths) + within
-    qlen = np.asarray(read_qlen, dtype=np.int64)[read]
-    starts = np.cumsum([0] + [len(s) for s in seqs])[:-1]
-    flat = starts[read] + qpos
-    base = _CODE[np.frombuffer(b"".join(seqs), dtype=np.uint8)][flat]
-    qual = np.frombuffer(b"".join(quals), dtype=np.uint8).astype(np.int64)[flat] - 33
-    pos = np.repeat(np.asarray(blk_r, dtype=np.int64), lengths) + within
-    keep = (base < 4) & (qual >= min_base_quality) & (pos >= start) & (pos < end)
-    cols = np.array([p[1:] for p in per_read], dtype=np.float64)
-    return _Reads(
-        pos=pos[keep],
-        base=base[keep],
-        qual=qual[keep],
-        dist=np.minimum(qpos, qlen - 1 - qpos)[keep],
-        read=read[keep],
-        mol=np.array([p[0] for p in per_read], dtype=np.int64),
-        family_size=cols[:, 0],
-        min_strand=cols[:, 1],
-        duplex=cols[:, 2].astype(np.int64),
-        error_rate=cols[:, 3],
-        mapq=cols[:, 4],
-        fragment=cols[:, 5],
-        template=cols[:, 6].astype(np.int64),
-        strand=strand_of_origin(cols[:, 7].astype(np.int64), cols[:, 8].astype(np.int64)),
-        both=(cols[:, 8] == STRAND_BOTH).astype(np.int64),
     )
 
 
@@ -533,8 +422,11 @@ def extract_observations(
         if not bam.has_index():
             raise InputFileError(str(consensus_bam_path), "has no index", "run `samtools index`")
         records = IndexedRecordReader.open(Path(consensus_bam_path))
-        if records is not None:
-            stack.enter_context(records)
+        if records is None:
+            raise InputFileError(
+                str(consensus_bam_path), "has no .bai or .csi index", "run `samtools index`"
+            )
+        stack.enter_context(records)
         for chrom, start, end in merge_regions(
             [*regions, *((v.chrom, v.start0, v.pos) for v in variants)]
         ):

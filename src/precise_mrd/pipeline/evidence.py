@@ -21,12 +21,11 @@ What is counted, per target window:
   for the locus-dispersion estimate.
 
 Reading is compiled, not one pysam object per read: the raw records of each window (``_WINDOW``
-bp) are found through the ``.bai`` and decoded in numba
+bp) are found through the ``.bai`` or ``.csi`` and decoded in numba
 (:mod:`precise_mrd.io.bam_regions`: ``IndexedRecordReader``, ``decode_aligned_bases``,
 ``decode_record_status``); dedup and class counts are numba/numpy over the window, so memory is
-bounded by the depth of one window, not by the BAM. The pysam reader (``_read_window_pysam``)
-stays as the reference the tests compare against, and is used for a BAM indexed only by a
-``.csi`` or a record the decoder does not read exactly as pysam would.
+bounded by the depth of one window, not by the BAM. The tests compare every window with a reader
+of one pysam object per read (``tests/pysam_reference.py``).
 """
 
 from __future__ import annotations
@@ -70,9 +69,6 @@ _COMPLEMENT_CODE = np.array([3, 2, 1, 0, 4], dtype=np.int8)
 # substitution index by (centre is T, pyrimidine-oriented alt base); -1 impossible
 _SUB_LUT = np.array([[0, -1, 1, 2], [3, 4, 5, -1]], dtype=np.int64)
 _SKIP_FLAGS = 0x4 | 0x100 | 0x200 | 0x800  # unmapped, secondary, QC fail, supplementary
-_CIGAR_MATCH = (0, 7, 8)
-_CIGAR_QUERY = (0, 1, 4, 7, 8)
-_CIGAR_REF = (0, 2, 3, 7, 8)
 
 
 @dataclass
@@ -123,7 +119,7 @@ class _Window:
 
 def _read_window(
     bam: pysam.AlignmentFile,
-    reader: _RawReader | None,
+    reader: _RawReader,
     chrom: str,
     start: int,
     end: int,
@@ -135,21 +131,18 @@ def _read_window(
     """The deduplicated molecule observations of ``[start, end)``, decoded from the raw records
     found through the BAM index; adds the window's record counts to ``acc``.
 
-    Gives exactly what :func:`_read_window_pysam` gives (one pysam object per read), which is
-    used instead when the BAM has no ``.bai`` or a record is not decoded here (tag types, CIGAR
-    in ``CG``).
+    The tests check it against a reader of one pysam object per read
+    (``tests/pysam_reference.py``).
     """
     tid = bam.get_tid(chrom)
-    args = (chrom, start, end, min_base_quality, min_mapping_quality, acc, first_window)
-    if reader is None or tid < 0:
-        return _read_window_pysam(bam, *args)
+    if tid < 0:
+        raise ValueError(f"invalid contig `{chrom}`")  # NB: what pysam's fetch raises
     raw = reader.records.region_records(tid, start, end)
+    source = str(reader.records.bam_path)
     region = {"tid": tid, "start": start, "end": end, "skip_flags": _SKIP_FLAGS}
     status = decode_record_status(
-        raw, **region, min_mapping_quality=min_mapping_quality, key_tag=b"MI"
+        raw, **region, min_mapping_quality=min_mapping_quality, key_tag=b"MI", source=source
     )
-    if status is None:
-        return _read_window_pysam(bam, *args)
     aligned = decode_aligned_bases(
         raw,
         **region,
@@ -158,9 +151,8 @@ def _read_window(
         key_tag=b"MI",
         numeric_tags=(b"aD", b"bD", b"sO"),
         defaults=(0.0, 0.0, 0.0),
+        source=source,
     )
-    if aligned is None:
-        return _read_window_pysam(bam, *args)
     # NB: a read is seen by every window it spans; count it in the first one only
     counted = (status.starts >= start) | first_window
     acc.n_records += int(counted.sum())
@@ -205,222 +197,6 @@ def _read_window(
     )
 
 
-def _read_window_pysam(
-    bam: pysam.AlignmentFile,
-    chrom: str,
-    start: int,
-    end: int,
-    min_base_quality: int,
-    min_mapping_quality: int,
-    acc: _Accumulator,
-    first_window: bool,
-) -> _Window:
-    """Reference reader: one pysam object per read (see :func:`_read_window`)."""
-    seqs: list[str] = []
-    quals: list[str] = []
-    blk_q: list[int] = []  # query start of a block in the concatenated sequence
-    blk_qr: list[int] = []  # query start of the block within its read
-    blk_r: list[int] = []
-    blk_len: list[int] = []
-    blk_read: list[int] = []
-    read_mol: list[int] = []
-    read_duplex: list[bool] = []
-    read_flags: list[int] = []
-    read_origin: list[int] = []
-    read_qlen: list[int] = []
-    molecules: dict[str, int] = {}
-    low_mapq: list[tuple[str, int, int]] = []
-    low_molecules: dict[str, int] = {}
-    offset = 0
-    for read in bam.fetch(chrom, start, end):
-        flag = read.flag
-        if flag & _SKIP_FLAGS:
-            continue
-        # NB: a read is seen by every window it spans; count it in the first one only
-        counted = first_window or read.reference_start >= start
-        acc.n_records += counted
-        try:
-            mi = read.get_tag("MI")
-        except KeyError:
-            acc.n_skipped += counted
-            continue
-        if read.mapping_quality < min_mapping_quality:
-            low_mapq.append((str(mi), read.reference_start, read.reference_end or 0))
-            continue
-        seq = read.query_sequence
-        qual = read.query_qualities_str
-        cigar = read.cigartuples
-        if seq is None or not qual or cigar is None:
-            acc.n_skipped += counted
-            continue
-        try:
-            is_duplex = read.get_tag("bD") > 0 and read.get_tag("aD") > 0  # type: ignore[operator]
-        except KeyError:
-            is_duplex = False
-        r_index = len(read_qlen)
-        read_mol.append(molecules.setdefault(str(mi), len(molecules)))
-        read_duplex.append(is_duplex)
-        read_flags.append(flag)
-        read_origin.append(int(read.get_tag("sO")) if read.has_tag("sO") else 0)
-        qlen = len(seq)
-        read_qlen.append(qlen)
-        if len(cigar) == 1 and cigar[0][0] in _CIGAR_MATCH:
-            blk_q.append(offset)
-            blk_qr.append(0)
-            blk_r.append(read.reference_start)
-            blk_len.append(qlen)
-            blk_read.append(r_index)
-        else:
-            q = 0
-            r = read.reference_start
-            for op, length in cigar:
-                if op in _CIGAR_MATCH:
-                    blk_q.append(offset + q)
-                    blk_qr.append(q)
-                    blk_r.append(r)
-                    blk_len.append(length)
-                    blk_read.append(r_index)
-                if op in _CIGAR_QUERY:
-                    q += length
-                if op in _CIGAR_REF:
-                    r += length
-        seqs.append(seq)
-        quals.append(qual)
-        offset += qlen
-    low_molecule = np.array(
-        [low_molecules.setdefault(mi, len(low_molecules)) for mi, _, _ in low_mapq], dtype=np.int64
-    )
-    low_start = np.array([s for _, s, _ in low_mapq], dtype=np.int64)
-    low_end = np.array([e for _, _, e in low_mapq], dtype=np.int64)
-    empty = np.zeros(0, dtype=np.int64)
-    if not blk_len:
-        return _Window(empty, empty, empty, empty, empty, low_molecule, low_start, low_end, empty)
-    seq_codes = _BASE_CODE[np.frombuffer("".join(seqs).encode("ascii"), dtype=np.uint8)]
-    qual_arr = np.frombuffer("".join(quals).encode("ascii"), dtype=np.uint8)
-    _, rel, base, read_idx, distance = _molecule_observations(
-        seq_codes,
-        qual_arr,
-        np.asarray(blk_q, dtype=np.int64),
-        np.asarray(blk_qr, dtype=np.int64),
-        np.asarray(blk_r, dtype=np.int64),
-        np.asarray(blk_len, dtype=np.int64),
-        np.asarray(blk_read, dtype=np.int64),
-        np.asarray(read_mol, dtype=np.int64),
-        np.asarray(read_qlen, dtype=np.int64),
-        len(molecules),
-        start,
-        end,
-        min_base_quality + 33,
-    )
-    return _Window(
-        rel=rel,
-        base=base,
-        duplex=np.asarray(read_duplex, dtype=np.int64)[read_idx],
-        template=strand_of_origin(
-            np.asarray(read_flags, dtype=np.int64), np.asarray(read_origin, dtype=np.int64)
-        )[read_idx],
-        distance=distance,
-        low_mapq_molecule=low_molecule,
-        low_mapq_start=low_start,
-        low_mapq_end=low_end,
-        both_strands=(np.asarray(read_origin, dtype=np.int64) == STRAND_BOTH)[read_idx].astype(
-            np.int64
-        ),
-    )
-
-
-@numba.njit(cache=True, nogil=True)
-def _molecule_observations(
-    seq: npt.NDArray[np.int8],
-    qual33: npt.NDArray[np.uint8],
-    blk_q: IntArray,
-    blk_qr: IntArray,
-    blk_r: IntArray,
-    blk_len: IntArray,
-    blk_read: IntArray,
-    read_mol: IntArray,
-    read_qlen: IntArray,
-    n_mol: int,
-    win_start: int,
-    win_end: int,
-    min_qual33: int,
-) -> tuple[IntArray, IntArray, IntArray, IntArray, IntArray]:
-    """One observation per (molecule, window position) with a confident base.
-
-    Blocks are grouped by molecule (counting sort); each molecule fills a small buffer over the
-    window; a position seen by two reads of the molecule keeps the first read's observation, or
-    none if the bases disagree. ``qual33`` are ASCII (Phred+33) qualities.
-    """
-    n_blk = blk_len.shape[0]
-    blk_mol = np.empty(n_blk, dtype=np.int64)
-    per_mol = np.zeros(n_mol + 1, dtype=np.int64)
-    for i in range(n_blk):
-        m = read_mol[blk_read[i]]
-        blk_mol[i] = m
-        per_mol[m + 1] += 1
-    for m in range(n_mol):
-        per_mol[m + 1] += per_mol[m]
-    fill = per_mol[:-1].copy()
-    order = np.empty(n_blk, dtype=np.int64)
-    for i in range(n_blk):
-        m = blk_mol[i]
-        order[fill[m]] = i
-        fill[m] += 1
-    span = win_end - win_start
-    buf_base = np.full(span, -1, dtype=np.int64)
-    buf_read = np.zeros(span, dtype=np.int64)
-    buf_dist = np.zeros(span, dtype=np.int64)
-    total = 0
-    for i in range(n_blk):
-        total += blk_len[i]
-    out_mol = np.empty(total, dtype=np.int64)
-    out_rel = np.empty(total, dtype=np.int64)
-    out_base = np.empty(total, dtype=np.int64)
-    out_read = np.empty(total, dtype=np.int64)
-    out_dist = np.empty(total, dtype=np.int64)
-    n_out = 0
-    for m in range(n_mol):
-        lo = span
-        hi = 0
-        for j in range(per_mol[m], per_mol[m + 1]):
-            i = order[j]
-            r0 = max(blk_r[i] - win_start, 0)
-            r1 = min(blk_r[i] + blk_len[i] - win_start, span)
-            for rel in range(r0, r1):
-                k = rel + win_start - blk_r[i]
-                qi = blk_q[i] + k
-                b = seq[qi]
-                if b > 3 or qual33[qi] < min_qual33:
-                    continue
-                cur = buf_base[rel]
-                if cur == -1:
-                    buf_base[rel] = b
-                    buf_read[rel] = blk_read[i]
-                    qpos = blk_qr[i] + k
-                    qlen = read_qlen[blk_read[i]]
-                    buf_dist[rel] = min(qpos, qlen - 1 - qpos)
-                    lo = min(lo, rel)
-                    hi = max(hi, rel + 1)
-                elif cur >= 0 and cur != b:
-                    buf_base[rel] = -2  # mates disagree: drop the molecule here
-        for rel in range(lo, hi):
-            if buf_base[rel] >= 0:
-                out_mol[n_out] = m
-                out_rel[n_out] = rel
-                out_base[n_out] = buf_base[rel]
-                out_read[n_out] = buf_read[rel]
-                out_dist[n_out] = buf_dist[rel]
-                n_out += 1
-            buf_base[rel] = -1
-    return (
-        out_mol[:n_out],
-        out_rel[:n_out],
-        out_base[:n_out],
-        out_read[:n_out],
-        out_dist[:n_out],
-    )
-
-
 @numba.njit(cache=True, nogil=True)
 def _molecule_observations_of_rows(
     out: IntArray,
@@ -433,13 +209,14 @@ def _molecule_observations_of_rows(
     win_start: int,
     win_end: int,
 ) -> int:
-    """:func:`_molecule_observations` (without the molecule column) for confident base rows
-    already cut to the window (``decode_aligned_bases``: rows in read order, then CIGAR order),
-    written to the columns of ``out`` (rel, base, read, distance; at least as many as rows);
-    returns how many.
+    """One observation per (molecule, window position) with a confident base, from confident
+    base rows already cut to the window (``decode_aligned_bases``: rows in read order, then
+    CIGAR order), written to the columns of ``out`` (rel, base, read, distance; at least as many
+    as rows); returns how many.
 
-    The reads, not the rows, are grouped by molecule, and each read's rows are walked in order:
-    the same first-read-wins and disagreement rule over the same sequence of bases.
+    The reads are grouped by molecule (counting sort) and each read's rows walked in order; each
+    molecule fills a small buffer over the window: a position seen by two reads of the molecule
+    keeps the first read's observation, or none if the bases disagree.
     """
     n_read = read_mol.shape[0]
     n_rows = row_read.shape[0]
@@ -703,9 +480,11 @@ def _count_windows(
         contextlib.ExitStack() as stack,
     ):
         records = IndexedRecordReader.open(consensus_bam_path)
-        reader = None
-        if records is not None:
-            reader = _RawReader(stack.enter_context(records))
+        if records is None:
+            raise InputFileError(
+                str(consensus_bam_path), "has no .bai or .csi index", "run `samtools index` on it"
+            )
+        reader = _RawReader(stack.enter_context(records))
         for chrom, start, end, first_window in windows:
             _count_window(
                 bam,
@@ -758,7 +537,7 @@ def _evidence_of(acc: _Accumulator, n_variants: int) -> Evidence:
 
 def _count_window(
     bam: pysam.AlignmentFile,
-    reader: _RawReader | None,
+    reader: _RawReader,
     fasta: pysam.FastaFile,
     chrom: str,
     start: int,
