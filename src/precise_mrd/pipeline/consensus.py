@@ -12,14 +12,17 @@ and the UMI in ``RX``. The stage:
 2. splits a finished molecule into the reads of each **end** of the original fragment: for a
    paired molecule the reads from the strand-A ``R1`` and strand-B ``R2`` cover the same end with
    the same orientation (fgbio's ``abR1s ++ baR2s``), likewise ``A/R2`` with ``B/R1``;
-3. keeps, per end, only the reads with the most common alignment (start, CIGAR, strand), so that
-   column ``i`` of every read is the same template base (fgbio's
-   ``filterToMostCommonAlignment``);
+3. keeps, per end, the reads compatible with the most common alignment (fgbio's
+   ``filterToMostCommonAlignment``: simplified CIGARs in read orientation, a shorter read may be
+   a prefix of a longer one; :mod:`.consensus_alignment`), and lines up their 5' ends so that
+   column ``i`` of every kept read is the same template base;
 4. drops molecules below ``params.min_reads`` (templates per strand; see
    :class:`~precise_mrd.core.consensus.ConsensusParams`);
 5. calls single-strand consensus for every (molecule, end, strand) family of a batch in one
-   vectorised call, combines the two strands of duplex ends, reconciles the overlap of R1 and R2
-   (same base in both records, ``N`` where they conflict);
+   vectorised call (as long as fgbio's ``consensusReadLength``), combines the two strands of
+   duplex ends, reconciles the overlap of R1 and R2 (``consensus.overlap``: in the finished R1
+   and R2 consensus, the same base in both records or ``N``; or, as fgbio, in each raw read pair
+   before the family consensus);
 6. writes ``R1``/``R2`` consensus records (or one record per strand for single-end reads) with
    fgbio's tags ``MI RX cD cM cE`` and, for duplex-grouped molecules, ``aD bD aM bM aE bE``
    (``a`` is the ``/A`` strand when both were seen; with one strand seen it is that strand and
@@ -31,11 +34,12 @@ and the UMI in ``RX``. The stage:
 between: the group stage's molecule ids go to the record decoder as arrays beside the input's
 records (no ``MI`` tag is written or parsed; the records decode as the tagged ones would).
 
-The consensus maths lives in :mod:`precise_mrd.core.consensus`. The stage is three modules, as
+The consensus maths lives in :mod:`precise_mrd.core.consensus`. The stage is four modules, as
 fgbio splits it: :mod:`.consensus_molecules` assembles molecules from the stream and writes the
-records in order (steps 1-2 and 6's ordering), :mod:`.consensus_batch` calls a batch of finished
-molecules (steps 3-6: alignment filter, ``min_reads``, families, duplex, overlap, records) and
-this module has the entry points and the files (the BAM, its index, parts of a split file).
+records in order (steps 1-2 and 6's ordering), :mod:`.consensus_alignment` holds the CIGARs and
+the alignment filter (step 3), :mod:`.consensus_batch` calls a batch of finished molecules
+(steps 3-6: ``min_reads``, families, duplex, overlap, records) and this module has the entry
+points and the files (the BAM, its index, parts of a split file).
 
 Edge cases, on purpose: a paired molecule with no usable read at one end (its mates were dropped
 upstream) is counted in ``n_molecules_filtered_missing_end`` and not written; single-end reads of

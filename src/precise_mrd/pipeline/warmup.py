@@ -24,6 +24,7 @@ warm-up, never a wrong kernel.)
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import os
@@ -174,6 +175,9 @@ def exercise_kernels(work_dir: Path) -> None:
         call_consensus_bam(
             grouped, work_dir / f"{name}-consensus.bam", params=consensus_params_from(params)
         )
+        if duplex:  # NB: the raw read-pair overlap kernel runs only with this setting
+            per_pair = dataclasses.replace(consensus_params_from(params), overlap="per_read_pair")
+            call_consensus_bam(grouped, work_dir / "per-pair-consensus.bam", params=per_pair)
 
 
 def main(argv: list[str] | None = None) -> int:
