@@ -46,6 +46,7 @@ __all__ = [
 
 _COUNT_UNIT = float(2**20)
 _I64: Any = np.int64  # NB: typed Any so that compiled integer maths type-checks as int
+_U8: Any = np.uint8
 
 
 @numba.njit(cache=True, nogil=True)
@@ -324,20 +325,19 @@ def reconcile_read_pairs(
             if b1 >= 4 or b2 >= 4:
                 continue
             n_overlap += 1
-            q1 = np.int64(quals[row1, i])
-            q2 = np.int64(quals[row2, j])
+            q1 = _I64(quals[row1, i])
+            q2 = _I64(quals[row2, j])
+            base = b1
+            qual = _I64(2)
             if b1 == b2:
-                base = b1
                 qual = min(q1 + q2, max_quality)
             elif q1 > q2:
-                base = b1
                 qual = q1 - q2
             elif q2 > q1:
                 base = b2
                 qual = q2 - q1
             else:
-                base = np.uint8(4)
-                qual = np.int64(2)
+                base = _U8(4)
             bases[row1, i] = base
             bases[row2, j] = base
             quals[row1, i] = qual

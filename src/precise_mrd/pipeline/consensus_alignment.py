@@ -408,7 +408,8 @@ def consensus_lengths(
     sizes = np.bincount(family_of_read, minlength=n_families)
     firsts = np.concatenate(([0], np.cumsum(sizes)[:-1]))
     pick = firsts + np.minimum(np.maximum(n_th, 1), sizes) - 1
-    return read_lengths[order][pick]
+    chosen: I64Array = read_lengths[order][pick]
+    return chosen
 
 
 def _truncated(ops: list[tuple[int, int]], keep: int) -> list[tuple[int, int]]:
