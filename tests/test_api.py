@@ -443,7 +443,8 @@ def test_unknown_job_is_404_everywhere(client: TestClient) -> None:
 
 
 def test_other_tenants_job_is_404(client: TestClient, harness: Harness) -> None:
-    from precise_mrd.service.api.deps import Principal, get_principal
+    from precise_mrd.service.api.deps import get_principal
+    from precise_mrd.service.security.principal import Principal
 
     job_id = submit(client).json()["job_id"]
     harness.app.dependency_overrides[get_principal] = lambda: Principal("other", "mallory")

@@ -41,21 +41,51 @@ def serve(
     port: int | None = None,
     reload: bool = False,
     log_level: str | None = None,
+    ssl_certfile: str | None = None,
+    ssl_keyfile: str | None = None,
+    ssl_ca_certs: str | None = None,
 ) -> None:
-    """Run uvicorn until interrupted; ``None`` means "from the environment"."""
+    """Run uvicorn until interrupted; ``None`` means "from the environment".
+
+    Refuses (``SystemExit`` with the reason) to serve without authentication on an address other
+    hosts can reach. TLS with ``ssl_certfile``/``ssl_keyfile`` (``PRECISE_MRD_TLS_CERTFILE``,
+    ``PRECISE_MRD_TLS_KEYFILE``); with ``ssl_ca_certs`` (``PRECISE_MRD_TLS_CLIENT_CA``) every
+    client must present a certificate signed by that CA (mutual TLS)."""
+    import ssl
+
     import uvicorn
 
+    from precise_mrd.service.security.auth import check_bind_address
     from precise_mrd.service.settings import get_settings
 
     if log_level is not None:
         # NB: --reload serves from a child process that reads settings again; pass it on.
         os.environ["PRECISE_MRD_LOG_LEVEL"] = log_level
     settings = get_settings()
+    bind = host or settings.api_host
+    try:
+        check_bind_address(bind, settings.auth_mode, settings.allow_unauthenticated)
+    except ValueError as error:
+        raise SystemExit(f"error: {error}") from None
+    certfile = ssl_certfile or settings.tls_certfile or None
+    keyfile = ssl_keyfile or settings.tls_keyfile or None
+    client_ca = ssl_ca_certs or settings.tls_client_ca or None
+    if bool(certfile) != bool(keyfile):
+        raise SystemExit("error: TLS needs both --ssl-certfile and --ssl-keyfile")
+    if client_ca and not certfile:
+        raise SystemExit("error: --ssl-ca-certs (client certificates) needs --ssl-certfile")
+    if certfile:
+        # NB: the app sends HSTS when it knows TLS is on
+        os.environ["PRECISE_MRD_TLS_CERTFILE"] = certfile
     uvicorn.run(
         "precise_mrd.api:app_from_environment",
         factory=True,
-        host=host or settings.api_host,
+        host=bind,
         port=settings.api_port if port is None else port,
+        ssl_certfile=certfile,
+        ssl_keyfile=keyfile,
+        ssl_ca_certs=client_ca,
+        ssl_cert_reqs=ssl.CERT_REQUIRED if client_ca else ssl.CERT_NONE,
         reload=reload,
         log_config=None,  # NB: the app configures JSON logging itself
         log_level=settings.log_level,
@@ -71,6 +101,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--host", default=None, help="bind address (PRECISE_MRD_API_HOST)")
     parser.add_argument("--port", type=int, default=None, help="port (PRECISE_MRD_API_PORT)")
     parser.add_argument("--reload", action="store_true", help="restart on code changes (dev)")
+    parser.add_argument("--ssl-certfile", default=None, help="TLS certificate (PEM)")
+    parser.add_argument("--ssl-keyfile", default=None, help="TLS private key (PEM)")
+    parser.add_argument("--ssl-ca-certs", default=None, help="CA of client certificates (mTLS)")
     parser.add_argument(
         "--log-level",
         type=str.lower,
@@ -83,7 +116,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    serve(host=args.host, port=args.port, reload=args.reload, log_level=args.log_level)
+    serve(
+        host=args.host,
+        port=args.port,
+        reload=args.reload,
+        log_level=args.log_level,
+        ssl_certfile=args.ssl_certfile,
+        ssl_keyfile=args.ssl_keyfile,
+        ssl_ca_certs=args.ssl_ca_certs,
+    )
     return 0
 
 

@@ -19,7 +19,7 @@ import typer
 from precise_mrd.cli_support import EXIT_USER_ERROR
 
 admin_app = typer.Typer(
-    help="Operator commands: backups of jobs and artifacts.", no_args_is_help=True
+    help="Operator commands: backups of jobs and artifacts, API keys.", no_args_is_help=True
 )
 
 DatabaseUrl = Annotated[
@@ -114,4 +114,7 @@ def restore(
 
 def register(app: typer.Typer) -> None:
     """Add the ``admin`` command group to ``app``."""
+    from precise_mrd.cli_keys import add_key_commands
+
+    add_key_commands(admin_app)
     app.add_typer(admin_app, name="admin")

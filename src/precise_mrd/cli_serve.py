@@ -31,6 +31,19 @@ def register(app: typer.Typer) -> None:
             str | None,
             typer.Option(help=f"One of {', '.join(LOG_LEVELS)} (env PRECISE_MRD_LOG_LEVEL)"),
         ] = None,
+        ssl_certfile: Annotated[
+            str | None, typer.Option(help="TLS certificate, PEM (env PRECISE_MRD_TLS_CERTFILE)")
+        ] = None,
+        ssl_keyfile: Annotated[
+            str | None, typer.Option(help="TLS private key, PEM (env PRECISE_MRD_TLS_KEYFILE)")
+        ] = None,
+        ssl_ca_certs: Annotated[
+            str | None,
+            typer.Option(
+                help="CA whose client certificates are required: mutual TLS "
+                "(env PRECISE_MRD_TLS_CLIENT_CA)"
+            ),
+        ] = None,
     ) -> None:
         """Serve the job API (SQLite, local artifact store and local executor by default)."""
         from precise_mrd.api import serve as run_server
@@ -45,4 +58,7 @@ def register(app: typer.Typer) -> None:
             port=port,
             reload=reload,
             log_level=log_level.lower() if log_level else None,
+            ssl_certfile=ssl_certfile,
+            ssl_keyfile=ssl_keyfile,
+            ssl_ca_certs=ssl_ca_certs,
         )

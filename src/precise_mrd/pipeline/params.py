@@ -40,6 +40,7 @@ from pydantic import (
 )
 
 from precise_mrd.core.errors import ConfigError, InputFileError
+from precise_mrd.io.config_yaml import ConfigYamlError, load_config_yaml
 
 UmiStrategy = Literal["auto", "identity", "edit", "adjacency", "directional", "paired"]
 JobType = Literal["sample", "validation"]
@@ -389,10 +390,10 @@ class PipelineParams(_Section):
         """Validate YAML text (as uploaded to the service)."""
         check_config_size(len(text.encode("utf-8")), source=source)
         try:
-            loaded = yaml.safe_load(text)
-        except yaml.YAMLError as error:
+            loaded = load_config_yaml(text)
+        except ConfigYamlError as error:
             raise InputFileError(
-                source, f"is not valid YAML ({error})", "fix the YAML syntax"
+                source, f"is not valid YAML for a config ({error})", "fix the YAML"
             ) from None
         if loaded is None:
             loaded = {}

@@ -37,7 +37,7 @@ from precise_mrd.service.api import configs, health, jobs
 from precise_mrd.service.api.docs import install_docs
 from precise_mrd.service.api.uploads import UPLOAD_FIELDS, BodySizeLimitMiddleware
 from precise_mrd.service.db.engine import display_url
-from precise_mrd.service.errors import install_error_handlers
+from precise_mrd.service.errors import install_error_handlers, responses
 from precise_mrd.service.jobs.model import JobService
 from precise_mrd.service.observability import (
     RequestContextMiddleware,
@@ -45,6 +45,8 @@ from precise_mrd.service.observability import (
     configure_logging,
     get_logger,
 )
+from precise_mrd.service.security.auth import Authenticator
+from precise_mrd.service.security.middleware import AuthenticationMiddleware
 from precise_mrd.service.settings import Settings
 from precise_mrd.service.storage import ArtifactStore, store_from_settings
 
@@ -86,13 +88,18 @@ def create_app(
     job_service: JobService | None = None,
     store: ArtifactStore | None = None,
     start_executor: bool = True,
+    authenticator: Authenticator | None = None,
 ) -> FastAPI:
-    """The API over ``settings``; pass ``job_service``/``store`` to replace the embedded ones."""
+    """The API over ``settings``; pass ``job_service``/``store`` to replace the embedded ones
+    (and ``authenticator`` for API-key auth beside a job service that is not the SQL one)."""
     store = store if store is not None else store_from_settings(settings)
     engines: list[Any] = []
     owns_database = job_service is None
     if job_service is None:
         job_service, engines = _build_sql_service(settings, store)
+    if authenticator is None:
+        sessions = getattr(job_service, "sessions", None)
+        authenticator = Authenticator.from_settings(settings, sessions)
     metrics = ServiceMetrics(job_service)
     from precise_mrd.service.cache import cache_from_settings
 
@@ -178,9 +185,11 @@ def create_app(
     app.state.metrics = metrics
     app.state.cache = cache
     app.state.executor = None
+    app.state.authenticator = authenticator
     install_error_handlers(app)
-    app.include_router(jobs.router)
-    app.include_router(configs.router)
+    # NB: with auth on, every route of these two needs credentials (and counts to the limits)
+    app.include_router(jobs.router, responses=responses(401, 429))
+    app.include_router(configs.router, responses=responses(401, 429))
     app.include_router(health.router)
     install_docs(app)
     if settings.cors_origins:
@@ -194,6 +203,11 @@ def create_app(
     # NB: every file field may be up to the limit; a form's text fields add little.
     max_body = len(UPLOAD_FIELDS) * settings.max_upload_bytes + 1024 * 1024
     app.add_middleware(BodySizeLimitMiddleware, max_body_bytes=max_body)
+    app.add_middleware(
+        AuthenticationMiddleware,
+        authenticator=authenticator,
+        public_health=settings.public_health,
+    )
     app.add_middleware(RequestContextMiddleware, metrics=metrics)
     logging.getLogger("precise_mrd.service").debug("app created")
     return app

@@ -86,6 +86,26 @@ class BadRequestError(ServiceError):
     code = "bad_request"
 
 
+class UnauthenticatedError(ServiceError):
+    """No credentials, or credentials that do not verify (answered with ``WWW-Authenticate``)."""
+
+    status_code = 401
+    code = "unauthenticated"
+
+
+class ForbiddenError(ServiceError):
+    """Authenticated, but the role does not allow this (on the caller's own tenant only: another
+    tenant's job is a 404)."""
+
+    status_code = 403
+    code = "forbidden"
+
+
+class TooManyRequestsError(ServiceError):
+    status_code = 429
+    code = "rate_limited"
+
+
 class NotFoundError(ServiceError):
     status_code = 404
     code = "not_found"
@@ -283,10 +303,13 @@ def responses(*status_codes: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI ``responses=`` entries documenting error codes with the :class:`ErrorBody` model."""
     descriptions = {
         400: "Malformed request",
+        401: "No credentials, or credentials that do not verify (with auth on)",
+        403: "The caller's role does not allow this (on its own tenant's jobs)",
         404: "Unknown job (or another tenant's job) or unknown resource",
         409: "The job's state does not allow this yet (the body carries the state)",
         413: "Upload or request body over the size limit",
         422: "Invalid input: the body names the field or file, the problem and the fix",
+        429: "Over the rate limit: Retry-After says when to try again",
         503: "A backend is unavailable",
     }
     return {

@@ -20,6 +20,7 @@ SQLite database ``jobs.db``, the artifact directory ``artifacts/``, the job work
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -27,6 +28,17 @@ from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 LogLevel = Literal["debug", "info", "warning", "error", "critical"]
+
+#: settings that hold secrets (passwords in URLs, keys): each can come from ``<VARIABLE>_FILE``
+#: and is never logged, shown by ``/health`` or echoed in an error
+SECRET_VARIABLES: dict[str, str] = {
+    "database_url": "PRECISE_MRD_DATABASE_URL",
+    "database_read_url": "PRECISE_MRD_DATABASE_READ_URL",
+    "broker_url": "PRECISE_MRD_BROKER_URL",
+    "redis_url": "PRECISE_MRD_REDIS_URL",
+    "storage_url": "PRECISE_MRD_STORAGE_URL",
+    "jwt_secret": "PRECISE_MRD_JWT_SECRET",
+}
 
 
 def _env(name: str, field: str) -> AliasChoices:
@@ -148,8 +160,40 @@ class Settings(BaseSettings):
     cors_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list, validation_alias=_env("PRECISE_MRD_CORS_ORIGINS", "cors_origins")
     )
-    auth_enabled: bool = Field(
-        False, validation_alias=_env("PRECISE_MRD_AUTH_ENABLED", "auth_enabled")
+    # --- security -------------------------------------------------------------------------
+    auth_mode: Literal["none", "api_key", "jwt", "both"] = Field(
+        "none", validation_alias=_env("PRECISE_MRD_AUTH_MODE", "auth_mode")
+    )
+    #: serve without auth on a non-loopback address (behind an authenticating proxy, on purpose)
+    allow_unauthenticated: bool = Field(
+        False, validation_alias=_env("PRECISE_MRD_ALLOW_UNAUTHENTICATED", "allow_unauthenticated")
+    )
+    #: /health and /health/ready without credentials (liveness is always open)
+    public_health: bool = Field(
+        True, validation_alias=_env("PRECISE_MRD_PUBLIC_HEALTH", "public_health")
+    )
+    tls_certfile: str = Field("", validation_alias=_env("PRECISE_MRD_TLS_CERTFILE", "tls_certfile"))
+    tls_keyfile: str = Field("", validation_alias=_env("PRECISE_MRD_TLS_KEYFILE", "tls_keyfile"))
+    tls_client_ca: str = Field(
+        "", validation_alias=_env("PRECISE_MRD_TLS_CLIENT_CA", "tls_client_ca")
+    )
+    jwt_secret: str = Field(
+        "", repr=False, validation_alias=_env("PRECISE_MRD_JWT_SECRET", "jwt_secret")
+    )
+    jwt_jwks: str = Field("", validation_alias=_env("PRECISE_MRD_JWT_JWKS", "jwt_jwks"))
+    jwt_issuer: str = Field("", validation_alias=_env("PRECISE_MRD_JWT_ISSUER", "jwt_issuer"))
+    jwt_audience: str = Field("", validation_alias=_env("PRECISE_MRD_JWT_AUDIENCE", "jwt_audience"))
+    jwt_tenant_claim: str = Field(
+        "tenant", validation_alias=_env("PRECISE_MRD_JWT_TENANT_CLAIM", "jwt_tenant_claim")
+    )
+    jwt_role_claim: str = Field(
+        "role", validation_alias=_env("PRECISE_MRD_JWT_ROLE_CLAIM", "jwt_role_claim")
+    )
+    jwt_leeway_seconds: float = Field(
+        30,
+        ge=0,
+        le=600,
+        validation_alias=_env("PRECISE_MRD_JWT_LEEWAY_SECONDS", "jwt_leeway_seconds"),
     )
 
     # --- cache and shared counters -----------------------------------------------------------
@@ -216,6 +260,25 @@ class Settings(BaseSettings):
     enable_debug_jobs: bool = Field(
         False, validation_alias=_env("PRECISE_MRD_ENABLE_DEBUG_JOBS", "enable_debug_jobs")
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _secrets_from_files(cls, values: Any) -> Any:
+        # NB: as Kubernetes and Docker secrets mount them: PRECISE_MRD_JWT_SECRET_FILE=/run/...
+        if not isinstance(values, dict):
+            return values
+        for field, variable in SECRET_VARIABLES.items():
+            path = os.environ.get(f"{variable}_FILE")
+            if not path or values.get(field) or values.get(variable):
+                continue
+            try:
+                values[field] = Path(path).read_text(encoding="utf-8").strip()
+            except OSError as exc:
+                raise ValueError(
+                    f"{variable}_FILE={path} cannot be read ({exc.strerror}); mount the secret "
+                    "there or unset the variable"
+                ) from None
+        return values
 
     @field_validator("log_level", mode="before")
     @classmethod

@@ -27,6 +27,7 @@ from starlette.datastructures import UploadFile
 
 from precise_mrd import __version__
 from precise_mrd.core.errors import ConfigError
+from precise_mrd.io.config_yaml import ConfigYamlError, load_config_yaml
 from precise_mrd.pipeline.params import (
     CONFIG_FIX,
     MAX_CONFIG_BYTES,
@@ -97,9 +98,11 @@ def load_yaml_mapping(text: str, *, source: str = "config_yaml") -> dict[str, An
     syntax errors or a non-mapping."""
     check_config_size(len(text.encode("utf-8")), source=source)
     try:
-        loaded = yaml.safe_load(text)
-    except yaml.YAMLError as error:
-        raise ConfigError(source, f"is not valid YAML ({error})", "fix the YAML syntax") from None
+        loaded = load_config_yaml(text)
+    except ConfigYamlError as error:
+        raise ConfigError(
+            source, f"is not valid YAML for a config ({error})", "fix the YAML"
+        ) from None
     if loaded is None:
         return {}
     if not isinstance(loaded, dict):

@@ -5,43 +5,22 @@ through these aliases, so tests swap any of them with ``app.dependency_overrides
 
     SettingsDep, JobServiceDep, StoreDep, MetricsDep, RequestIdDep, CurrentPrincipal
 
-:class:`Principal` is who is asking. Authentication is not switched on yet, so every request is
-tenant ``default``, owner ``anonymous`` with every role; when auth lands, only
-:func:`get_principal` changes and every job is already scoped by tenant.
+:class:`Principal` is who is asking (:mod:`precise_mrd.service.security`); ``Viewer``,
+``Submitter`` and ``Admin`` also check the role. Every job is scoped by the caller's tenant.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Annotated, Any
 
 from fastapi import Depends, Request
 
+from precise_mrd.service.errors import ForbiddenError
 from precise_mrd.service.jobs.model import JobService
 from precise_mrd.service.observability import ServiceMetrics
+from precise_mrd.service.security.principal import Principal
 from precise_mrd.service.settings import Settings
 from precise_mrd.service.storage import ArtifactStore
-
-ROLES = ("viewer", "submitter", "admin")
-
-
-@dataclass(frozen=True)
-class Principal:
-    """The caller: which tenant's jobs they see, who owns what they submit, what they may do."""
-
-    tenant_id: str
-    owner_id: str
-    roles: frozenset[str] = frozenset(ROLES)
-
-    def __post_init__(self) -> None:
-        if not self.tenant_id or not self.owner_id:
-            raise ValueError("tenant_id and owner_id must be non-empty")
-        unknown = self.roles - set(ROLES)
-        if unknown:
-            raise ValueError(f"unknown roles {sorted(unknown)}; use {', '.join(ROLES)}")
-
-
-ANONYMOUS = Principal(tenant_id="default", owner_id="anonymous")
 
 
 def _state(request: Request, name: str) -> Any:
@@ -79,8 +58,31 @@ def get_request_id(request: Request) -> str | None:
 
 
 def get_principal(request: Request) -> Principal:
-    """Who is calling. Auth is off: everyone is the anonymous owner in tenant ``default``."""
-    return ANONYMOUS
+    """Who is calling (``PRECISE_MRD_AUTH_MODE``; with ``none``, the anonymous admin of tenant
+    ``default``). Kept on ``request.state`` for the logs."""
+    found: Principal | None = getattr(request.state, "principal", None)
+    if found is None:  # NB: the middleware authenticates every non-public path first
+        found = _state(request, "authenticator").authenticate(request.headers)
+        request.state.principal = found
+    return found
+
+
+def require_role(principal: Principal, role: str) -> None:
+    """403 unless the caller's role includes ``role`` (check a job's tenant first: another
+    tenant's job is a 404 whatever the role)."""
+    if not principal.allows(role):
+        raise ForbiddenError(
+            f"role {principal.role!r} may not do this; it needs {role!r}",
+            fix=f"use a key or token with the {role} role",
+        )
+
+
+def _needs(role: str) -> Any:
+    def check(principal: Annotated[Principal, Depends(get_principal)]) -> Principal:
+        require_role(principal, role)
+        return principal
+
+    return check
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
@@ -90,3 +92,8 @@ MetricsDep = Annotated[ServiceMetrics, Depends(get_metrics)]
 RequestIdDep = Annotated[str | None, Depends(get_request_id)]
 CacheDep = Annotated[Any, Depends(get_cache)]
 CurrentPrincipal = Annotated[Principal, Depends(get_principal)]
+#: any authenticated caller (every role can read its own tenant's jobs)
+Viewer = Annotated[Principal, Depends(_needs("viewer"))]
+#: may also submit and cancel
+Submitter = Annotated[Principal, Depends(_needs("submitter"))]
+Admin = Annotated[Principal, Depends(_needs("admin"))]

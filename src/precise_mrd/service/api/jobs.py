@@ -62,6 +62,8 @@ from precise_mrd.service.api.deps import (
     RequestIdDep,
     SettingsDep,
     StoreDep,
+    Submitter,
+    require_role,
 )
 from precise_mrd.service.api.schemas import (
     DlModelType,
@@ -259,7 +261,7 @@ def _upload_files(
     status_code=202,
     response_model=JobAccepted,
     summary="Submit a job",
-    responses=responses(413, 422),
+    responses=responses(403, 413, 422),
 )
 def submit_job(
     request: Request,
@@ -267,7 +269,7 @@ def submit_job(
     settings: SettingsDep,
     service: JobServiceDep,
     store: StoreDep,
-    principal: CurrentPrincipal,
+    principal: Submitter,
     metrics: MetricsDep,
     request_id: RequestIdDep,
     run_id: Annotated[str, Form(description="Your name for the run (letters, digits, . _ -)")],
@@ -612,13 +614,16 @@ def _chunks(store: ArtifactStore, key: str) -> Iterator[bytes]:
     status_code=202,
     response_model=JobRead,
     summary="Cancel a job",
-    responses=responses(404, 409),
+    responses=responses(403, 404, 409),
 )
 def cancel_job(
     job_id: str, request: Request, service: JobServiceDep, principal: CurrentPrincipal
 ) -> JobRead:
     """A queued job is CANCELED at once; a running one goes to CANCELING and its process group
-    is stopped. A finished job is a 409."""
+    is stopped. A finished job is a 409. Needs the submitter role (another tenant's job is a
+    404 first, whatever the role)."""
+    service.get(job_id, tenant_id=principal.tenant_id)
+    require_role(principal, "submitter")
     job = service.cancel(job_id, tenant_id=principal.tenant_id)
     _wake_executor(request)
     return job_read(job)

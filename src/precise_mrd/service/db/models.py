@@ -10,7 +10,7 @@ Indexes follow the queries: the newest-first page of a tenant ``(tenant_id, crea
 the executor's scans by ``state`` and the ``run_id`` filter ``(tenant_id, run_id)``.
 
 >>> sorted(Base.metadata.tables)
-['job_events', 'jobs', 'tenant_generations']
+['api_keys', 'job_events', 'jobs', 'tenant_generations']
 """
 
 from __future__ import annotations
@@ -119,3 +119,18 @@ class JobEventRecord(Base):
     created_at: Mapped[datetime] = mapped_column(UtcDateTime)
 
     __table_args__ = (Index("ix_job_events_job_id", "job_id", "id"),)
+
+
+class ApiKeyRecord(Base):
+    """One API key: its tenant and role, and a SHA-256 hash of its secret (never the key)."""
+
+    __tablename__ = "api_keys"
+
+    key_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(String(128), nullable=False)
+    role: Mapped[str] = mapped_column(String(16), nullable=False)
+    secret_sha256: Mapped[str] = mapped_column(String(64), nullable=False)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime(), nullable=False)
+    expires_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
+    revoked_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
+    label: Mapped[str | None] = mapped_column(String(200), nullable=True)

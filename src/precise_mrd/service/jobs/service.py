@@ -203,6 +203,11 @@ class SqlJobService:
         self.store = store
         self.settings = settings
 
+    @property
+    def sessions(self) -> sessionmaker[Session]:
+        """The primary's session factory (the API keys live in the same database)."""
+        return self._sessions
+
     # ------------------------------------------------------------------ the JobService API
     def submit(self, spec: JobSpec, *, job_id: str | None = None) -> JobView:
         """Store a new QUEUED job. ``job_id`` lets the API store uploads under the id first."""
