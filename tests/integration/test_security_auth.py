@@ -311,3 +311,130 @@ def test_cli_keys_round_trip(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
         result = run_cli(bad)
         assert result.exit_code == 2 and "error:" in result.output, (bad, result.output)
         assert "Traceback" not in result.output
+
+
+def test_rate_limit_per_key_with_headers_and_retry_after(tmp_path: Path) -> None:
+    limited = Server(
+        tmp_path,
+        auth_mode="api_key",
+        rate_limit="5/minute",
+        tenant_rate_limit="8/minute",
+        rate_limit_routes="POST /validate-config=2/minute",
+    )
+    try:
+        first, second = limited.key("lab-a", "viewer"), limited.key("lab-a", "viewer")
+        codes = [limited.client.get("/jobs", headers=first).status_code for _ in range(7)]
+        assert codes == [200] * 5 + [429] * 2
+        refused = limited.client.get("/jobs", headers=first)
+        assert refused.status_code == 429 and refused.json()["error"]["code"] == "rate_limited"
+        assert 1 <= int(refused.headers["Retry-After"]) <= 60
+        assert refused.headers["RateLimit-Remaining"] == "0"
+        ok = limited.client.get("/jobs", headers=second)  # its own budget, the tenant's shared
+        assert ok.status_code == 200 and ok.headers["RateLimit-Limit"] == "5"
+        assert [limited.client.get("/jobs", headers=second).status_code for _ in range(3)] == [
+            200,
+            200,
+            429,  # the tenant's 8 are used: 5 + 1 + 2 counted ones
+        ]
+        # a route's own budget
+        third = limited.key("lab-c", "viewer")
+        posts = [limited.call("POST", "/validate-config", third).status_code for _ in range(3)]
+        assert posts == [200, 200, 429]
+        # probes are never limited
+        assert all(limited.client.get("/health/live").status_code == 200 for _ in range(10))
+    finally:
+        limited.close()
+
+
+def test_rate_limits_are_shared_through_redis(tmp_path: Path) -> None:
+    """Two app instances (as two API processes) with one Redis count one budget."""
+    prefix = f"precise-mrd-test-{time.time_ns()}:"
+    settings = {
+        "auth_mode": "api_key",
+        "rate_limit": "4/minute",
+        "redis_url": "redis://127.0.0.1:6379/15",
+        "cache_prefix": prefix,
+    }
+    one = Server(tmp_path / "one", **settings)
+    two = Server(tmp_path / "two", **settings)
+    try:
+        _, key = one.keys.create(tenant="lab-a", role="viewer")
+        # NB: the same key row in the second database, so both processes accept it
+        info = one.keys.list()[0]
+        from precise_mrd.service.db.models import ApiKeyRecord
+
+        with two.app.state.job_service.sessions.begin() as session:
+            with one.app.state.job_service.sessions() as source:
+                record = source.get(ApiKeyRecord, info.key_id)
+                assert record is not None
+                session.merge(record)
+        headers = {"X-API-Key": key}
+        codes = [
+            (one if k % 2 == 0 else two).client.get("/jobs", headers=headers).status_code
+            for k in range(6)
+        ]
+        assert codes == [200, 200, 200, 200, 429, 429]
+    finally:
+        one.close()
+        two.close()
+
+
+def test_tenant_active_job_cap(tmp_path: Path) -> None:
+    capped = Server(tmp_path, auth_mode="api_key", tenant_max_active_jobs=2)
+    try:
+        headers = capped.key("lab-a", "submitter")  # lab-a has one queued job already
+        assert capped.call("POST", "/submit", headers).status_code == 202
+        refused = capped.call("POST", "/submit", headers)
+        assert refused.status_code == 429 and refused.headers["Retry-After"] == "30"
+        assert "PRECISE_MRD_TENANT_MAX_ACTIVE_JOBS" in refused.json()["error"]["fix"]
+        other = capped.key("lab-b", "submitter")
+        assert capped.call("POST", "/submit", other).status_code == 202
+    finally:
+        capped.close()
+
+
+def test_security_headers_and_cors(tmp_path: Path) -> None:
+    served = Server(
+        tmp_path, auth_mode="api_key", cors_origins="https://lims.example", docs_enabled=False
+    )
+    try:
+        response = served.client.get("/health/live")
+        assert response.headers["X-Content-Type-Options"] == "nosniff"
+        assert response.headers["X-Frame-Options"] == "DENY"
+        assert response.headers["Referrer-Policy"] == "no-referrer"
+        assert response.headers["Cache-Control"] == "no-store"
+        assert "Strict-Transport-Security" not in response.headers  # plain HTTP
+        assert served.client.get("/docs").status_code == 404  # switched off
+        preflight = served.client.options(
+            "/jobs",
+            headers={
+                "Origin": "https://lims.example",
+                "Access-Control-Request-Method": "GET",
+                "Access-Control-Request-Headers": "X-API-Key",
+            },
+        )
+        assert preflight.status_code == 200
+        assert preflight.headers["access-control-allow-origin"] == "https://lims.example"
+        assert preflight.headers["access-control-allow-credentials"] == "true"
+        evil = served.client.options(
+            "/jobs",
+            headers={"Origin": "https://evil.example", "Access-Control-Request-Method": "GET"},
+        )
+        assert "access-control-allow-origin" not in evil.headers
+    finally:
+        served.close()
+    wildcard = Server(tmp_path / "w", cors_origins="*")
+    try:
+        response = wildcard.client.get("/health/live", headers={"Origin": "https://any.example"})
+        assert response.headers["access-control-allow-origin"] == "*"
+        assert "access-control-allow-credentials" not in response.headers
+    finally:
+        wildcard.close()
+
+
+def test_docs_pages_carry_a_strict_policy_with_script_hashes(server: Server) -> None:
+    for path in ("/docs", "/redoc"):
+        policy = server.client.get(path).headers["Content-Security-Policy"]
+        assert "'unsafe-inline'" not in policy.split("script-src")[1].split(";")[0]
+        assert "frame-ancestors 'none'" in policy
+    assert "sha256-" in server.client.get("/docs").headers["Content-Security-Policy"]

@@ -107,6 +107,9 @@ def test_damage_on_one_strand_is_flagged_as_strand_bias(evidence) -> None:  # ty
     assert (damage.n_forward, damage.n_reverse) == (40, 40)
     assert (damage.alt_forward, damage.alt_reverse) == (0, 12)
     assert "strand_bias" in _variant_filters(damage, CallingParams(), ())
+    # calling.min_strand_bias_p_value: 0 switches the filter off
+    off = CallingParams(min_strand_bias_p_value=0.0)
+    assert "strand_bias" not in _variant_filters(damage, off, ())
 
 
 def test_a_mutation_on_both_strands_is_not(evidence) -> None:  # type: ignore[no-untyped-def]

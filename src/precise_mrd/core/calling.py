@@ -158,10 +158,14 @@ class CallingParams:
     compute_personal_lod: bool = True
 
     def __post_init__(self) -> None:
-        for name in ("alpha", "outlier_alpha", "min_strand_bias_p_value"):
+        for name in ("alpha", "outlier_alpha"):
             value = getattr(self, name)
             if not 0.0 < value < 1.0:
                 raise ValueError(f"{name} must be in (0, 1); got {value}")
+        if not 0.0 <= self.min_strand_bias_p_value < 1.0:  # NB: 0 switches the filter off
+            raise ValueError(
+                f"min_strand_bias_p_value must be in [0, 1); got {self.min_strand_bias_p_value}"
+            )
         for name in ("max_outlier_fraction", "max_read_end_fraction", "max_low_mapq_fraction"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:

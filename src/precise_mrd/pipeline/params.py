@@ -235,6 +235,14 @@ class CallingSection(_Section):
         description="Null replicates that calibrate the p-value (its resolution is "
         "1 / (n_bootstrap + 1)).",
     )
+    min_strand_bias_p_value: float = Field(
+        1e-3,
+        ge=0,
+        lt=1,
+        description="A variant is flagged `strand_bias` (and left out of the call) when its alt "
+        "molecules' strands of origin (the `sO` tag) are this unlikely under the locus's own "
+        "strand split (binomial test, at least 3 alt molecules); 0 switches the filter off.",
+    )
 
 
 class MlSection(_Section):

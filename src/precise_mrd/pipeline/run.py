@@ -389,6 +389,7 @@ def _run_stages(
             alpha=params.calling.alpha,
             min_informative_molecules=params.calling.min_informative_molecules,
             n_bootstrap=params.calling.n_bootstrap,
+            min_strand_bias_p_value=params.calling.min_strand_bias_p_value,
         )
         call, variant_table = call_sample(evidence.variants, background, calling_params, rng)
         sample_call = call.to_dict()

@@ -46,7 +46,12 @@ from precise_mrd.service.observability import (
     get_logger,
 )
 from precise_mrd.service.security.auth import Authenticator
-from precise_mrd.service.security.middleware import AuthenticationMiddleware
+from precise_mrd.service.security.limits import RateLimiter
+from precise_mrd.service.security.middleware import (
+    AuthenticationMiddleware,
+    RateLimitMiddleware,
+    SecurityHeadersMiddleware,
+)
 from precise_mrd.service.settings import Settings
 from precise_mrd.service.storage import ArtifactStore, store_from_settings
 
@@ -191,23 +196,35 @@ def create_app(
     app.include_router(jobs.router, responses=responses(401, 429))
     app.include_router(configs.router, responses=responses(401, 429))
     app.include_router(health.router)
-    install_docs(app)
+    if settings.docs_enabled:
+        install_docs(app)
     if settings.cors_origins:
+        # NB: credentials (cookies, Authorization) only to named origins, never to "*"
         app.add_middleware(
             CORSMiddleware,
             allow_origins=settings.cors_origins,
+            allow_credentials="*" not in settings.cors_origins,
             allow_methods=["GET", "POST"],
-            allow_headers=["*"],
-            expose_headers=["X-Request-ID", "Content-Disposition"],
+            allow_headers=["Authorization", "X-API-Key", "Content-Type", "X-Request-ID"],
+            expose_headers=[
+                "X-Request-ID",
+                "Content-Disposition",
+                "Retry-After",
+                "RateLimit-Limit",
+                "RateLimit-Remaining",
+                "RateLimit-Reset",
+            ],
         )
     # NB: every file field may be up to the limit; a form's text fields add little.
     max_body = len(UPLOAD_FIELDS) * settings.max_upload_bytes + 1024 * 1024
     app.add_middleware(BodySizeLimitMiddleware, max_body_bytes=max_body)
+    app.add_middleware(RateLimitMiddleware, limiter=RateLimiter.from_settings(settings, cache))
     app.add_middleware(
         AuthenticationMiddleware,
         authenticator=authenticator,
         public_health=settings.public_health,
     )
+    app.add_middleware(SecurityHeadersMiddleware, tls=bool(settings.tls_certfile))
     app.add_middleware(RequestContextMiddleware, metrics=metrics)
     logging.getLogger("precise_mrd.service").debug("app created")
     return app

@@ -172,6 +172,25 @@ class Settings(BaseSettings):
     public_health: bool = Field(
         True, validation_alias=_env("PRECISE_MRD_PUBLIC_HEALTH", "public_health")
     )
+    rate_limit: str = Field(
+        "300/minute", validation_alias=_env("PRECISE_MRD_RATE_LIMIT", "rate_limit")
+    )
+    tenant_rate_limit: str = Field(
+        "1200/minute", validation_alias=_env("PRECISE_MRD_TENANT_RATE_LIMIT", "tenant_rate_limit")
+    )
+    rate_limit_routes: str = Field(
+        "", validation_alias=_env("PRECISE_MRD_RATE_LIMIT_ROUTES", "rate_limit_routes")
+    )
+    #: queued + running jobs one tenant may have; a submission past it is a 429
+    tenant_max_active_jobs: int = Field(
+        100,
+        ge=1,
+        validation_alias=_env("PRECISE_MRD_TENANT_MAX_ACTIVE_JOBS", "tenant_max_active_jobs"),
+    )
+    #: /docs and /redoc (switch off in production if the API need not document itself)
+    docs_enabled: bool = Field(
+        True, validation_alias=_env("PRECISE_MRD_DOCS_ENABLED", "docs_enabled")
+    )
     tls_certfile: str = Field("", validation_alias=_env("PRECISE_MRD_TLS_CERTFILE", "tls_certfile"))
     tls_keyfile: str = Field("", validation_alias=_env("PRECISE_MRD_TLS_KEYFILE", "tls_keyfile"))
     tls_client_ca: str = Field(
@@ -279,6 +298,22 @@ class Settings(BaseSettings):
                     "there or unset the variable"
                 ) from None
         return values
+
+    @field_validator("rate_limit", "tenant_rate_limit")
+    @classmethod
+    def _check_rate(cls, value: str) -> str:
+        from precise_mrd.service.security.limits import parse_rate
+
+        parse_rate(value)
+        return value
+
+    @field_validator("rate_limit_routes")
+    @classmethod
+    def _check_routes(cls, value: str) -> str:
+        from precise_mrd.service.security.limits import parse_routes
+
+        parse_routes(value)
+        return value
 
     @field_validator("log_level", mode="before")
     @classmethod

@@ -91,6 +91,7 @@ from precise_mrd.service.errors import (
     FeatureDisabledError,
     NotFoundError,
     ServiceError,
+    TooManyRequestsError,
     UnprocessableError,
     responses,
 )
@@ -187,6 +188,24 @@ def check_config_features(params: PipelineParams, request: JobCreate, settings: 
         from precise_mrd.ml.deep import check_torch_installed
 
         check_torch_installed("ml.use_deep_learning")
+
+
+_ACTIVE = (JobState.QUEUED, JobState.INITIALIZING, JobState.RUNNING, JobState.CANCELING)
+
+
+def _check_tenant_quota(service: JobService, tenant_id: str, cap: int) -> None:
+    """429 when the tenant already has ``cap`` queued or running jobs."""
+    active = 0
+    for state in _ACTIVE:
+        jobs, _ = service.list_jobs(tenant_id=tenant_id, state=state, limit=cap)
+        active += len(jobs)
+        if active >= cap:
+            raise TooManyRequestsError(
+                f"this tenant already has {cap} queued or running jobs",
+                fix="wait for some to finish (or ask the operator to raise "
+                "PRECISE_MRD_TENANT_MAX_ACTIVE_JOBS)",
+                headers={"Retry-After": "30"},
+            )
 
 
 def _new_job_id() -> str:
@@ -335,6 +354,7 @@ def submit_job(
             f"{field}: {first['msg']}", field=field, fix="see /docs for the allowed values"
         ) from None
     check_features(create, settings)
+    _check_tenant_quota(service, principal.tenant_id, settings.tenant_max_active_jobs)
     stored = resolve_config(
         settings,
         config_yaml=create.config_yaml,

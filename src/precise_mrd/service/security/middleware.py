@@ -1,21 +1,40 @@
-"""Authentication before the body is read: an unauthenticated upload is refused at its headers.
+"""The security middleware: authentication, rate limits and response headers.
+
+**Authentication** happens before the body is read: an unauthenticated upload is refused at its
+headers.
 
 Every path but the public ones (liveness, the API documents, and ``/health`` and
 ``/health/ready`` with ``PRECISE_MRD_PUBLIC_HEALTH``) needs credentials; the principal is left in
 the request state for the routes (:func:`precise_mrd.service.api.deps.get_principal`). CORS
 preflights (``OPTIONS``) pass through to the CORS middleware.
+
+**Rate limits** (:mod:`.limits`) count every request but liveness, health and the documents, per
+caller and per tenant, after authentication (so an API key's budget is its own).
+
+**Headers** on every response: ``X-Content-Type-Options: nosniff``, ``X-Frame-Options: DENY``,
+``Referrer-Policy: no-referrer``, ``Cache-Control: no-store`` (results are patient data; the
+documents' static files excepted), a strict ``Content-Security-Policy`` on HTML (a report runs no
+script; the documents' pages bring their own policy with the hashes of their inline scripts), and
+``Strict-Transport-Security`` when the request came over TLS.
 """
 
 from __future__ import annotations
 
 from starlette.concurrency import run_in_threadpool
-from starlette.datastructures import Headers
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.datastructures import Headers, MutableHeaders
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from precise_mrd.service.errors import ServiceError, error_response
+from precise_mrd.service.errors import ServiceError, TooManyRequestsError, error_response
 from precise_mrd.service.security.auth import Authenticator
+from precise_mrd.service.security.limits import RateLimiter
 
 ALWAYS_PUBLIC = ("/health/live", "/openapi.json", "/docs", "/redoc")
+_PUBLIC_PREFIXES = ("/docs/", "/redoc/", "/static/docs/")
+HTML_POLICY = (
+    "default-src 'none'; img-src 'self' data:; style-src 'unsafe-inline'; "
+    "frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
+)
+_HSTS = "max-age=31536000; includeSubDomains"
 HEALTH_PATHS = ("/health", "/health/ready")
 
 
@@ -25,7 +44,7 @@ def is_public(path: str, public_health: bool) -> bool:
     >>> is_public("/docs/swagger-ui.css", False), is_public("/health", False)
     (True, False)
     """
-    if path in ALWAYS_PUBLIC or path.startswith(("/docs/", "/redoc/")):
+    if path in ALWAYS_PUBLIC or path.startswith(_PUBLIC_PREFIXES):
         return True
     return public_health and path in HEALTH_PATHS
 
@@ -56,3 +75,79 @@ class AuthenticationMiddleware:
             await response(scope, receive, send)
             return
         await self.app(scope, receive, send)
+
+
+class RateLimitMiddleware:
+    """429 past the caller's or the tenant's budget (see :mod:`.limits`)."""
+
+    def __init__(self, app: ASGIApp, limiter: RateLimiter) -> None:
+        self.app = app
+        self.limiter = limiter
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "")
+        if (
+            scope["type"] != "http"
+            or scope.get("method") == "OPTIONS"
+            or is_public(path, True)
+            or path == "/metrics"
+        ):
+            await self.app(scope, receive, send)
+            return
+        state = scope.setdefault("state", {})
+        principal = state.get("principal")
+        if principal is not None and principal.method != "none":
+            caller, tenant = principal.owner_id, principal.tenant_id
+        else:
+            client = scope.get("client")
+            caller, tenant = f"ip:{client[0] if client else 'unknown'}", None
+        verdict = await run_in_threadpool(
+            self.limiter.check, caller, tenant, scope.get("method", "GET"), path
+        )
+        if not verdict.allowed:
+            error = TooManyRequestsError(
+                "too many requests",
+                fix=f"retry after {verdict.headers.get('Retry-After', '1')} s",
+                headers=verdict.headers,
+            )
+            await error_response(error, request_id=state.get("request_id"))(scope, receive, send)
+            return
+        extra = [(name.lower().encode(), value.encode()) for name, value in verdict.headers.items()]
+
+        async def send_with_limits(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), *extra]
+            await send(message)
+
+        await self.app(scope, receive, send_with_limits)
+
+
+class SecurityHeadersMiddleware:
+    """The headers every response carries (see the module)."""
+
+    def __init__(self, app: ASGIApp, tls: bool = False) -> None:
+        self.app = app
+        self.tls = tls
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        static = scope.get("path", "").startswith("/static/")
+        secure = self.tls or scope.get("scheme") == "https"
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                headers.setdefault("X-Content-Type-Options", "nosniff")
+                headers.setdefault("X-Frame-Options", "DENY")
+                headers.setdefault("Referrer-Policy", "no-referrer")
+                if not static:
+                    headers.setdefault("Cache-Control", "no-store")
+                if headers.get("content-type", "").startswith("text/html"):
+                    headers.setdefault("Content-Security-Policy", HTML_POLICY)
+                if secure:
+                    headers.setdefault("Strict-Transport-Security", _HSTS)
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
