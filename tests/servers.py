@@ -42,10 +42,15 @@ class Server:
         command: list[str] | None = None,
         *,
         start_timeout: float = 60,
+        verify: str | bool = True,
+        cert: tuple[str, str] | None = None,
         **env: str,
     ) -> None:
         self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        tls = "PRECISE_MRD_TLS_CERTFILE" in env
+        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}"
+        #: what a client needs to reach a TLS server (the CA file; a client certificate for mTLS)
+        self.verify, self.cert = verify, cert
         self.data_dir = data_dir
         clean = {
             key: value
@@ -77,7 +82,10 @@ class Server:
             if self.process.poll() is not None:
                 raise RuntimeError(f"server exited: {self.log_path.read_text()[-3000:]}")
             try:
-                if requests.get(self.url + "/health/live", timeout=1).status_code == 200:
+                live = requests.get(
+                    self.url + "/health/live", timeout=1, verify=self.verify, cert=self.cert
+                )
+                if live.status_code == 200:
                     return
             except requests.ConnectionError:
                 time.sleep(0.2)

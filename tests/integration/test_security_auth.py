@@ -363,11 +363,13 @@ def test_rate_limits_are_shared_through_redis(tmp_path: Path) -> None:
         info = one.keys.list()[0]
         from precise_mrd.service.db.models import ApiKeyRecord
 
-        with two.app.state.job_service.sessions.begin() as session:
-            with one.app.state.job_service.sessions() as source:
-                record = source.get(ApiKeyRecord, info.key_id)
-                assert record is not None
-                session.merge(record)
+        with (
+            two.app.state.job_service.sessions.begin() as session,
+            one.app.state.job_service.sessions() as source,
+        ):
+            record = source.get(ApiKeyRecord, info.key_id)
+            assert record is not None
+            session.merge(record)
         headers = {"X-API-Key": key}
         codes = [
             (one if k % 2 == 0 else two).client.get("/jobs", headers=headers).status_code
