@@ -1,8 +1,10 @@
-"""``precise-mrd admin create-key | list-keys | revoke-key``: API keys, from the shell.
+"""``precise-mrd admin create-key | list-keys | revoke-key | audit-export | audit-purge``.
 
-Keys live in the job database (``PRECISE_MRD_DATABASE_URL`` or ``--database-url``), migrated
-first. ``create-key`` prints the key once (it is stored as a hash); ``--json`` prints
-``{"key_id", "key", "tenant", "role"}``. A revoked key stops working at the next request.
+Keys and the audit trail live in the job database (``PRECISE_MRD_DATABASE_URL`` or
+``--database-url``), migrated first. ``create-key`` prints the key once (it is stored as a
+hash); ``--json`` prints ``{"key_id", "key", "tenant", "role"}``. A revoked key stops working at
+the next request. ``audit-export`` writes the trail as JSON lines (to ``--out`` or stdout);
+``audit-purge`` removes events older than ``PRECISE_MRD_AUDIT_RETENTION_DAYS``.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import json
 import re
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -47,7 +50,8 @@ def parse_expiry(text: str, now: datetime) -> datetime:
     return when if when.tzinfo else when.replace(tzinfo=UTC)
 
 
-def _store(database_url: str | None) -> tuple[Any, Any]:
+def _sessions(database_url: str | None) -> tuple[Any, Any, Any]:
+    """(session factory, engine, settings) of the migrated job database."""
     from sqlalchemy.exc import SQLAlchemyError
 
     from precise_mrd.cli_worker import settings_or_exit
@@ -57,7 +61,6 @@ def _store(database_url: str | None) -> tuple[Any, Any]:
         make_session_factory,
     )
     from precise_mrd.service.db.migrate import upgrade_database
-    from precise_mrd.service.security.keys import KeyStore
 
     overrides = {"database_url": database_url} if database_url else {}
     settings: Any = settings_or_exit(**overrides)
@@ -67,7 +70,14 @@ def _store(database_url: str | None) -> tuple[Any, Any]:
         typer.echo(f"error: {describe_database_error(settings.database_url, error)}", err=True)
         raise typer.Exit(EXIT_USER_ERROR) from None
     engine = create_engine_for_url(settings.database_url)
-    return KeyStore(make_session_factory(engine)), engine
+    return make_session_factory(engine), engine, settings
+
+
+def _store(database_url: str | None) -> tuple[Any, Any]:
+    from precise_mrd.service.security.keys import KeyStore
+
+    sessions, engine, _ = _sessions(database_url)
+    return KeyStore(sessions), engine
 
 
 def create_key(
@@ -146,7 +156,78 @@ def revoke_key(
     typer.echo(f"revoked key {info.key_id} of tenant {info.tenant}")
 
 
+def audit_export(
+    out: Annotated[
+        Path | None, typer.Option(help="A new file for the JSON lines (default: stdout).")
+    ] = None,
+    tenant: Annotated[str | None, typer.Option(help="Only this tenant's events.")] = None,
+    since: Annotated[
+        str | None,
+        typer.Option(help="Only events at or after this ISO 8601 time, or in the last 7d/12h."),
+    ] = None,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Write the audit trail as JSON lines, oldest first."""
+    from precise_mrd.service.security.audit import AuditLog
+
+    now = datetime.now(UTC)
+    try:
+        # NB: a duration counts back from now ("7d": the last seven days)
+        start = (
+            now - (parse_expiry(since, now) - now)
+            if since and _DURATION.match(since)
+            else (parse_expiry(since, now) if since else None)
+        )
+    except ValueError:
+        typer.echo(f"error: --since {since!r} is neither 7d/12h/90m nor an ISO 8601 time", err=True)
+        raise typer.Exit(EXIT_USER_ERROR) from None
+    if out is not None and out.exists():
+        typer.echo(f"error: {out} exists; give --out a new file name", err=True)
+        raise typer.Exit(EXIT_USER_ERROR)
+    sessions, engine, _ = _sessions(database_url)
+    try:
+        events = AuditLog(sessions).all(tenant=tenant, since=start)
+        if out is None:
+            for event in events:
+                typer.echo(json.dumps(event.as_json()))
+            return
+        partial = out.with_name(out.name + ".partial")
+        count = 0
+        with partial.open("w", encoding="utf-8") as handle:
+            for event in events:
+                handle.write(json.dumps(event.as_json()) + "\n")
+                count += 1
+        partial.replace(out)
+        typer.echo(f"wrote {count} audit events to {out}", err=True)
+    finally:
+        engine.dispose()
+
+
+def audit_purge(
+    older_than_days: Annotated[
+        int | None,
+        typer.Option(help="Remove events older than this (PRECISE_MRD_AUDIT_RETENTION_DAYS)."),
+    ] = None,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Remove audit events past the retention (the only delete the database allows)."""
+    from precise_mrd.service.security.audit import AuditLog
+
+    sessions, engine, settings = _sessions(database_url)
+    days = older_than_days if older_than_days is not None else settings.audit_retention_days
+    if days < 1:
+        typer.echo("error: --older-than-days must be at least 1", err=True)
+        raise typer.Exit(EXIT_USER_ERROR)
+    try:
+        removed = AuditLog(sessions).purge(datetime.now(UTC) - timedelta(days=days))
+    finally:
+        engine.dispose()
+    typer.echo(f"removed {removed} audit events older than {days} days")
+
+
 def add_key_commands(app: typer.Typer) -> None:
     app.command("create-key")(create_key)
     app.command("list-keys")(list_keys)
     app.command("revoke-key")(revoke_key)
+    app.command("audit-export")(audit_export)
+    app.command("audit-purge")(audit_purge)

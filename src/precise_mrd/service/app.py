@@ -33,7 +33,7 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from precise_mrd import __version__
-from precise_mrd.service.api import configs, health, jobs
+from precise_mrd.service.api import audit, configs, health, jobs
 from precise_mrd.service.api.docs import install_docs
 from precise_mrd.service.api.uploads import UPLOAD_FIELDS, BodySizeLimitMiddleware
 from precise_mrd.service.db.engine import display_url
@@ -45,6 +45,7 @@ from precise_mrd.service.observability import (
     configure_logging,
     get_logger,
 )
+from precise_mrd.service.security.audit import AuditLog, AuditMiddleware
 from precise_mrd.service.security.auth import Authenticator
 from precise_mrd.service.security.limits import RateLimiter
 from precise_mrd.service.security.middleware import (
@@ -191,10 +192,13 @@ def create_app(
     app.state.cache = cache
     app.state.executor = None
     app.state.authenticator = authenticator
+    sessions = getattr(job_service, "sessions", None)
+    app.state.audit_log = AuditLog(sessions) if sessions is not None else None
     install_error_handlers(app)
     # NB: with auth on, every route of these two needs credentials (and counts to the limits)
     app.include_router(jobs.router, responses=responses(401, 429))
     app.include_router(configs.router, responses=responses(401, 429))
+    app.include_router(audit.router, responses=responses(401, 429))
     app.include_router(health.router)
     if settings.docs_enabled:
         install_docs(app)
@@ -224,6 +228,8 @@ def create_app(
         authenticator=authenticator,
         public_health=settings.public_health,
     )
+    # NB: outside authentication, so refusals are recorded; it reads the principal auth leaves
+    app.add_middleware(AuditMiddleware, audit_log=app.state.audit_log)
     app.add_middleware(SecurityHeadersMiddleware, tls=bool(settings.tls_certfile))
     app.add_middleware(RequestContextMiddleware, metrics=metrics)
     logging.getLogger("precise_mrd.service").debug("app created")

@@ -187,6 +187,12 @@ class Settings(BaseSettings):
         ge=1,
         validation_alias=_env("PRECISE_MRD_TENANT_MAX_ACTIVE_JOBS", "tenant_max_active_jobs"),
     )
+    #: audit events older than this are removed by `precise-mrd admin audit-purge`
+    audit_retention_days: int = Field(
+        2190,
+        ge=1,
+        validation_alias=_env("PRECISE_MRD_AUDIT_RETENTION_DAYS", "audit_retention_days"),
+    )
     #: /docs and /redoc (switch off in production if the API need not document itself)
     docs_enabled: bool = Field(
         True, validation_alias=_env("PRECISE_MRD_DOCS_ENABLED", "docs_enabled")

@@ -10,7 +10,7 @@ Indexes follow the queries: the newest-first page of a tenant ``(tenant_id, crea
 the executor's scans by ``state`` and the ``run_id`` filter ``(tenant_id, run_id)``.
 
 >>> sorted(Base.metadata.tables)
-['api_keys', 'job_events', 'jobs', 'tenant_generations']
+['api_keys', 'audit_events', 'audit_purge', 'job_events', 'jobs', 'tenant_generations']
 """
 
 from __future__ import annotations
@@ -134,3 +134,37 @@ class ApiKeyRecord(Base):
     expires_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
     revoked_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
     label: Mapped[str | None] = mapped_column(String(200), nullable=True)
+
+    __table_args__ = (Index("ix_api_keys_tenant_id", "tenant_id"),)
+
+
+class AuditEventRecord(Base):
+    """One audited request: who (actor, tenant), what (action, job), when, from where, and the
+    HTTP status it got. Append-only: the database refuses updates and deletes (migration 0006)
+    except a retention purge (``precise-mrd admin audit-purge``)."""
+
+    __tablename__ = "audit_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(UtcDateTime(), nullable=False)
+    actor: Mapped[str] = mapped_column(String(200), nullable=False)
+    tenant_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    action: Mapped[str] = mapped_column(String(64), nullable=False)
+    job_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    request_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    client: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    outcome: Mapped[int] = mapped_column(Integer, nullable=False)
+
+    __table_args__ = (
+        Index("ix_audit_events_tenant_at", "tenant_id", "at"),
+        Index("ix_audit_events_at", "at"),
+    )
+
+
+class AuditPurgeRecord(Base):
+    """One row: 1 while a retention purge runs (the only time the database allows deletes)."""
+
+    __tablename__ = "audit_purge"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    active: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
