@@ -39,7 +39,7 @@ class _ConfigLoader(yaml.SafeLoader):
     """SafeLoader that refuses aliases, deep nesting, huge scalars and duplicate keys."""
 
     def compose_node(self, parent: Any, index: Any) -> Any:
-        event = self.peek_event()
+        event = self.peek_event()  # type: ignore[no-untyped-call]
         if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None):
             raise ConfigYamlError(
                 f"{_where(event.start_mark)}: anchors and aliases (&, *) are not accepted in a "

@@ -88,7 +88,9 @@ class TokenVerifier:
             key = self._public_key(str(header.get("kid") or ""), _KEY_TYPES[alg])
         else:
             raise TokenError(f"algorithm {alg!r} is not accepted by this server")
-        options: dict[str, Any] = {"require": ["exp"]}
+        options: Any = {"require": ["exp"]}
+        if not self._audience:
+            options["verify_aud"] = False
         try:
             claims = jwt.decode(
                 token,
@@ -97,7 +99,7 @@ class TokenVerifier:
                 audience=self._audience or None,
                 issuer=self._issuer or None,
                 leeway=self._leeway,
-                options=options | ({"verify_aud": False} if not self._audience else {}),
+                options=options,
             )
         except jwt.PyJWTError as exc:
             raise TokenError(str(exc)) from None
