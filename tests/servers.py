@@ -63,6 +63,9 @@ class Server:
                 "PRECISE_MRD_DATA_DIR": str(data_dir),
                 "PRECISE_MRD_API_PORT": str(self.port),
                 "PRECISE_MRD_EXECUTOR_POLL_SECONDS": "0.2",
+                # NB: load and queue tests poll hard; the tests of the limits set their own
+                "PRECISE_MRD_RATE_LIMIT": "off",
+                "PRECISE_MRD_TENANT_RATE_LIMIT": "off",
                 **env,
             }
         )

@@ -196,10 +196,11 @@ def create_app(
     app.state.audit_log = AuditLog(sessions) if sessions is not None else None
     install_error_handlers(app)
     # NB: with auth on, every route of these two needs credentials (and counts to the limits)
-    app.include_router(jobs.router, responses=responses(401, 429))
-    app.include_router(configs.router, responses=responses(401, 429))
-    app.include_router(audit.router, responses=responses(401, 429))
-    app.include_router(health.router)
+    app.include_router(jobs.router, responses=responses(400, 401, 429))
+    app.include_router(configs.router, responses=responses(400, 401, 429))
+    app.include_router(audit.router, responses=responses(400, 401, 429))
+    # NB: /metrics (and /health with PRECISE_MRD_PUBLIC_HEALTH=false) need credentials too
+    app.include_router(health.router, responses=responses(401))
     if settings.docs_enabled:
         install_docs(app)
     if settings.cors_origins:

@@ -183,7 +183,7 @@ class Settings(BaseSettings):
     )
     #: queued + running jobs one tenant may have; a submission past it is a 429
     tenant_max_active_jobs: int = Field(
-        100,
+        1000,
         ge=1,
         validation_alias=_env("PRECISE_MRD_TENANT_MAX_ACTIVE_JOBS", "tenant_max_active_jobs"),
     )

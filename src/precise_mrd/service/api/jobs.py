@@ -190,22 +190,15 @@ def check_config_features(params: PipelineParams, request: JobCreate, settings: 
         check_torch_installed("ml.use_deep_learning")
 
 
-_ACTIVE = (JobState.QUEUED, JobState.INITIALIZING, JobState.RUNNING, JobState.CANCELING)
-
-
 def _check_tenant_quota(service: JobService, tenant_id: str, cap: int) -> None:
-    """429 when the tenant already has ``cap`` queued or running jobs."""
-    active = 0
-    for state in _ACTIVE:
-        jobs, _ = service.list_jobs(tenant_id=tenant_id, state=state, limit=cap)
-        active += len(jobs)
-        if active >= cap:
-            raise TooManyRequestsError(
-                f"this tenant already has {cap} queued or running jobs",
-                fix="wait for some to finish (or ask the operator to raise "
-                "PRECISE_MRD_TENANT_MAX_ACTIVE_JOBS)",
-                headers={"Retry-After": "30"},
-            )
+    """429 when the tenant already has ``cap`` unfinished jobs."""
+    if service.active_jobs(tenant_id) >= cap:
+        raise TooManyRequestsError(
+            f"this tenant already has {cap} queued or running jobs",
+            fix="wait for some to finish (or ask the operator to raise "
+            "PRECISE_MRD_TENANT_MAX_ACTIVE_JOBS)",
+            headers={"Retry-After": "30"},
+        )
 
 
 def _new_job_id() -> str:

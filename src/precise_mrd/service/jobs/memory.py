@@ -138,6 +138,16 @@ class InMemoryJobService:
             raise JobNotFoundError(f"job {job_id} has no artifact {kind!r}")
         return self._artifact_root / key
 
+    def active_jobs(self, tenant_id: str) -> int:
+        with self._lock:
+            return len(
+                [
+                    job
+                    for job in self._jobs.values()
+                    if job.spec.tenant_id == tenant_id and not job.state.is_terminal
+                ]
+            )
+
     def counts_by_state(self) -> dict[JobState, int]:
         counts = dict.fromkeys(JobState, 0)
         with self._lock:

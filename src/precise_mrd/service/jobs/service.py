@@ -349,6 +349,18 @@ class SqlJobService:
             counts[JobState(state)] = int(count)
         return counts
 
+    def active_jobs(self, tenant_id: str) -> int:
+        """The tenant's jobs not yet finished (queued, starting, running or being canceled)."""
+        with self._sessions() as session:
+            return int(
+                session.execute(
+                    select(func.count())
+                    .select_from(JobRecord)
+                    .where(JobRecord.tenant_id == tenant_id)
+                    .where(JobRecord.state.in_([s.value for s in JobState if not s.is_terminal]))
+                ).scalar_one()
+            )
+
     # ------------------------------------------------------------------ for executors/workers
     def load(self, job_id: str) -> JobView:
         """A job by id, whatever its tenant (executors and workers only)."""
