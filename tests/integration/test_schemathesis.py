@@ -82,6 +82,7 @@ def test_schemathesis_finds_no_server_error(tmp_path: Path, credentials: bool) -
     finally:
         server.stop()
     summary = done.stdout[-3000:]
+    print(summary[-400:])  # NB: the figures the README quotes (pytest -s)
     assert done.returncode == 0, summary
     generated = re.search(r"(\d+) generated", done.stdout)
     assert generated is not None and int(generated.group(1)) > 200, summary
