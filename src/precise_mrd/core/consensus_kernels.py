@@ -214,6 +214,45 @@ def errors_against(
 
 
 @numba.njit(cache=True, nogil=True)
+def shared_columns(
+    ref_offsets: npt.NDArray[np.int64],
+    ref_bounds: npt.NDArray[np.int64],
+    width: int,
+    cigar1: int,
+    start1: int,
+    cigar2: int,
+    start2: int,
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """The columns of two aligned reads (``i`` of the first, ``j`` of the second) that align to
+    the same reference base; ``ref_offsets[ref_bounds[c]:ref_bounds[c + 1]]`` is CIGAR ``c``'s
+    reference offset of each query column (-1: clipped or inserted); columns past ``width``
+    are ignored."""
+    lo1 = ref_bounds[cigar1]
+    n1 = min(ref_bounds[cigar1 + 1] - lo1, width)
+    lo2 = ref_bounds[cigar2]
+    n2 = min(ref_bounds[cigar2 + 1] - lo2, width)
+    out1 = np.empty(min(n1, n2), dtype=np.int64)
+    out2 = np.empty(min(n1, n2), dtype=np.int64)
+    k = 0
+    j = 0
+    for i in range(n1):
+        off1 = ref_offsets[lo1 + i]
+        if off1 < 0:
+            continue
+        ref = start1 + off1
+        # NB: the second read's aligned columns increase with the column
+        while j < n2 and (ref_offsets[lo2 + j] < 0 or start2 + ref_offsets[lo2 + j] < ref):
+            j += 1
+        if j >= n2:
+            break
+        if start2 + ref_offsets[lo2 + j] == ref:
+            out1[k] = i
+            out2[k] = j
+            k += 1
+    return out1[:k], out2[:k]
+
+
+@numba.njit(cache=True, nogil=True)
 def reconcile_pairs(
     pair_first: npt.NDArray[np.int64],
     starts: npt.NDArray[np.int64],
@@ -234,25 +273,12 @@ def reconcile_pairs(
     for p in range(len(pair_first)):
         r1 = pair_first[p]
         r2 = r1 + 1
-        lo1 = ref_bounds[cigar_ids[r1]]
-        n1 = min(ref_bounds[cigar_ids[r1] + 1] - lo1, width)
-        lo2 = ref_bounds[cigar_ids[r2]]
-        n2 = min(ref_bounds[cigar_ids[r2] + 1] - lo2, width)
-        s1 = starts[r1]
-        s2 = starts[r2]
-        j = 0
-        for i in range(n1):
-            off1 = ref_offsets[lo1 + i]
-            if off1 < 0:
-                continue
-            ref = s1 + off1
-            # columns of r2 with a reference position increase with the column
-            while j < n2 and (ref_offsets[lo2 + j] < 0 or s2 + ref_offsets[lo2 + j] < ref):
-                j += 1
-            if j >= n2:
-                break
-            if s2 + ref_offsets[lo2 + j] != ref:
-                continue
+        cols1, cols2 = shared_columns(
+            ref_offsets, ref_bounds, width, cigar_ids[r1], starts[r1], cigar_ids[r2], starts[r2]
+        )
+        for k in range(len(cols1)):
+            i = cols1[k]
+            j = cols2[k]
             b1 = bases[r1, i]
             b2 = bases[r2, j]
             called1 = b1 < 4
@@ -302,24 +328,12 @@ def reconcile_read_pairs(
     for p in range(len(r1_rows)):
         row1 = r1_rows[p]
         row2 = r2_rows[p]
-        lo1 = ref_bounds[r1_cigars[p]]
-        n1 = min(ref_bounds[r1_cigars[p] + 1] - lo1, width)
-        lo2 = ref_bounds[r2_cigars[p]]
-        n2 = min(ref_bounds[r2_cigars[p] + 1] - lo2, width)
-        s1 = r1_starts[p]
-        s2 = r2_starts[p]
-        j = 0
-        for i in range(n1):
-            off1 = ref_offsets[lo1 + i]
-            if off1 < 0:
-                continue
-            ref = s1 + off1
-            while j < n2 and (ref_offsets[lo2 + j] < 0 or s2 + ref_offsets[lo2 + j] < ref):
-                j += 1
-            if j >= n2:
-                break
-            if s2 + ref_offsets[lo2 + j] != ref:
-                continue
+        cols1, cols2 = shared_columns(
+            ref_offsets, ref_bounds, width, r1_cigars[p], r1_starts[p], r2_cigars[p], r2_starts[p]
+        )
+        for k in range(len(cols1)):
+            i = cols1[k]
+            j = cols2[k]
             b1 = bases[row1, i]
             b2 = bases[row2, j]
             if b1 >= 4 or b2 >= 4:

@@ -13,6 +13,7 @@ and deletes (migration ``0006``) except a retention purge of rows older than
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from collections.abc import Iterator
@@ -202,8 +203,9 @@ class AuditMiddleware:
                 assert self.audit_log is not None
                 try:
                     await run_in_threadpool(self.audit_log.record, event)
-                except Exception:  # NB: the database is down: the log line keeps the event
-                    logger.error("audit write failed: %s", event.as_json(), exc_info=True)
+                except Exception as exc:  # NB: the database is down: the log line keeps the event
+                    reason = (str(exc).splitlines() or [type(exc).__name__])[0][:300]
+                    logger.error("audit write failed (%s): %s", reason, json.dumps(event.as_json()))
             await send(message)
 
         await self.app(scope, receive, send_after_audit)
