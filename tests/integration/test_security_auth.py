@@ -163,7 +163,7 @@ def test_roles(server: Server, role: str, read: int, submit: int, cancel: int) -
     assert server.call("POST", "/jobs/{job}/cancel", headers).status_code == cancel
 
 
-@pytest.mark.parametrize("role", ["viewer", "submitter", "admin"])
+@pytest.mark.parametrize("role", ["viewer", "submitter"])
 @pytest.mark.parametrize(("method", "path"), [e for e in ENDPOINTS if "{job}" in e[1]])
 def test_another_tenants_job_is_not_found(
     server: Server, role: str, method: str, path: str
@@ -171,7 +171,6 @@ def test_another_tenants_job_is_not_found(
     headers = server.key("lab-b", role)
     response = server.call(method, path, headers)
     assert response.status_code == 404, response.text
-    assert server.job_a not in json.dumps(response.json()["error"]["message"]) or True
     listed = server.client.get("/jobs", headers=headers).json()
     assert server.job_a not in json.dumps(listed)
     # a guessed id is the same 404 as another tenant's real one
@@ -440,3 +439,25 @@ def test_docs_pages_carry_a_strict_policy_with_script_hashes(server: Server) -> 
         assert "'unsafe-inline'" not in policy.split("script-src")[1].split(";")[0]
         assert "frame-ancestors 'none'" in policy
     assert "sha256-" in server.client.get("/docs").headers["Content-Security-Policy"]
+
+
+def test_admins_reach_every_tenant(server: Server) -> None:
+    admin = server.key("ops", "admin")
+    assert server.call("GET", "/status/{job}", admin).status_code == 200
+    assert server.call("GET", "/results/{job}", admin).status_code == 409  # queued, no result
+    listed = server.client.get("/jobs", params={"tenant": "lab-a"}, headers=admin).json()
+    assert server.job_a in json.dumps(listed)
+    assert server.job_a not in json.dumps(server.client.get("/jobs", headers=admin).json())
+    viewer = server.key("lab-b", "viewer")
+    refused = server.client.get("/jobs", params={"tenant": "lab-a"}, headers=viewer)
+    assert refused.status_code == 403
+    own = server.client.get("/jobs", params={"tenant": "lab-b"}, headers=viewer)
+    assert own.status_code == 200
+
+
+@pytest.mark.parametrize("tenant", ["../etc", "a/b", "", "x" * 129, "lab a"])
+def test_tenant_names_are_plain(server: Server, tenant: str) -> None:
+    with pytest.raises(ValueError, match="tenant"):
+        server.keys.create(tenant=tenant, role="viewer")
+    response = server.client.get("/jobs", headers=_bearer(_token({"tenant": tenant})))
+    assert response.status_code == 401

@@ -98,6 +98,7 @@ from precise_mrd.service.errors import (
 from precise_mrd.service.jobs.model import JobService, JobSpec, JobState, JobView
 from precise_mrd.service.jobs.worker import DEFAULT_READ_STRUCTURES, parse_config
 from precise_mrd.service.observability import ServiceMetrics
+from precise_mrd.service.security.principal import Principal
 from precise_mrd.service.settings import Settings
 from precise_mrd.service.storage import ArtifactStore, ArtifactStoreError, LocalArtifactStore
 from precise_mrd.service.storage.base import CHUNK_BYTES
@@ -188,6 +189,11 @@ def check_config_features(params: PipelineParams, request: JobCreate, settings: 
         from precise_mrd.ml.deep import check_torch_installed
 
         check_torch_installed("ml.use_deep_learning")
+
+
+def job_scope(principal: Principal) -> str | None:
+    """The tenant whose jobs the caller reaches: its own, or every tenant's for an admin."""
+    return None if principal.allows("admin") else principal.tenant_id
 
 
 def _check_tenant_quota(service: JobService, tenant_id: str, cap: int) -> None:
@@ -416,7 +422,7 @@ def job_status(
 ) -> JobRead:
     """State (GA4GH WES names), progress 0..1, current stage, timestamps, and the reason when the
     job failed or was canceled."""
-    job = service.get(job_id, tenant_id=principal.tenant_id)
+    job = service.get(job_id, tenant_id=job_scope(principal))
     metrics.observe_job(job)
     return job_read(job)
 
@@ -472,7 +478,7 @@ def job_results(
 ) -> JobResult:
     """409 (with the state) while the job is not finished. A COMPLETE job gives its sample call,
     key QC metrics and a download link per artifact; a failed or canceled one its reason."""
-    job = service.get(job_id, tenant_id=principal.tenant_id)
+    job = service.get(job_id, tenant_id=job_scope(principal))
     metrics.observe_job(job)
     if not job.state.is_terminal:
         raise ConflictError(
@@ -545,7 +551,7 @@ def download(
             code="unknown_artifact_type",
             fix=f"use one of {', '.join(DOWNLOAD_TYPES)}",
         )
-    job = service.get(job_id, tenant_id=principal.tenant_id)
+    job = service.get(job_id, tenant_id=job_scope(principal))
     if job.state != JobState.COMPLETE:
         raise ConflictError(
             f"job {job_id} is {job.state.value}; downloads exist once it is COMPLETE",
@@ -635,9 +641,9 @@ def cancel_job(
     """A queued job is CANCELED at once; a running one goes to CANCELING and its process group
     is stopped. A finished job is a 409. Needs the submitter role (another tenant's job is a
     404 first, whatever the role)."""
-    service.get(job_id, tenant_id=principal.tenant_id)
+    service.get(job_id, tenant_id=job_scope(principal))
     require_role(principal, "submitter")
-    job = service.cancel(job_id, tenant_id=principal.tenant_id)
+    job = service.cancel(job_id, tenant_id=job_scope(principal))
     _wake_executor(request)
     return job_read(job)
 
@@ -655,23 +661,30 @@ def list_jobs(
     run_id: Annotated[str | None, Query(description="Only jobs with this run_id")] = None,
     cursor: Annotated[str | None, Query(description="next_cursor of the previous page")] = None,
     limit: Annotated[int, Query(ge=1, description="Page size (capped by the server)")] = 50,
+    tenant: Annotated[
+        str | None, Query(max_length=128, description="Admins: list this tenant's jobs")
+    ] = None,
 ) -> JobList:
-    """Cursor-paginated, newest first; filters combine."""
+    """Cursor-paginated, newest first; filters combine. The caller's tenant; an admin may name
+    another with ``tenant``."""
     limit = min(limit, settings.max_page_size)
+    if tenant is not None and tenant != principal.tenant_id:
+        require_role(principal, "admin")
+    listed = tenant or principal.tenant_id
     generation = getattr(service, "generation", None)
     cache_key = None
     if generation is not None:
         # NB: the tenant's generation changes in the same transaction as any of its jobs
         query = json.dumps([state.value if state else None, run_id, cursor, limit])
         digest = hashlib.sha256(query.encode()).hexdigest()[:32]
-        cache_key = f"jobs:{principal.tenant_id}:{generation(principal.tenant_id)}:{digest}"
+        cache_key = f"jobs:{listed}:{generation(listed)}:{digest}"
         cached = cache.get_json(cache_key)
         metrics.observe_cache(cache.name, "jobs", hit=cached is not None)
         if cached is not None:
             return JobList.model_validate(cached)
     try:
         jobs, next_cursor = service.list_jobs(
-            tenant_id=principal.tenant_id, state=state, run_id=run_id, cursor=cursor, limit=limit
+            tenant_id=listed, state=state, run_id=run_id, cursor=cursor, limit=limit
         )
     except ValueError as error:
         raise UnprocessableError(

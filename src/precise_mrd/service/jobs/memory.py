@@ -73,13 +73,13 @@ class InMemoryJobService:
             self._jobs[job_id] = job
             return job
 
-    def get(self, job_id: str, *, tenant_id: str) -> JobView:
+    def get(self, job_id: str, *, tenant_id: str | None) -> JobView:
         with self._lock:
             return self._get(job_id, tenant_id)
 
-    def _get(self, job_id: str, tenant_id: str) -> JobView:
+    def _get(self, job_id: str, tenant_id: str | None) -> JobView:
         job = self._jobs.get(job_id)
-        if job is None or job.spec.tenant_id != tenant_id:
+        if job is None or (tenant_id is not None and job.spec.tenant_id != tenant_id):
             raise JobNotFoundError(f"no job {job_id!r}")
         return job
 
@@ -110,7 +110,7 @@ class InMemoryJobService:
         )
         return page, next_cursor
 
-    def cancel(self, job_id: str, *, tenant_id: str) -> JobView:
+    def cancel(self, job_id: str, *, tenant_id: str | None) -> JobView:
         with self._lock:
             job = self._get(job_id, tenant_id)
             if job.state.is_terminal:
@@ -129,7 +129,7 @@ class InMemoryJobService:
             self._jobs[job_id] = job
             return job
 
-    def artifact_path(self, job_id: str, kind: str, *, tenant_id: str) -> Path:
+    def artifact_path(self, job_id: str, kind: str, *, tenant_id: str | None) -> Path:
         job = self.get(job_id, tenant_id=tenant_id)
         if job.state != JobState.COMPLETE:
             raise JobStateError(job_id, job.state, f"job {job_id} is {job.state}, not COMPLETE")

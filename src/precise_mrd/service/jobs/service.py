@@ -249,12 +249,12 @@ class SqlJobService:
             )
         return int(value or 0)
 
-    def get(self, job_id: str, *, tenant_id: str) -> JobView:
+    def get(self, job_id: str, *, tenant_id: str | None) -> JobView:
         record = self._record(self._reads, job_id)
         if record is None and self._reads is not self._sessions:
             # NB: a job submitted a moment ago may not have reached the replica yet
             record = self._record(self._sessions, job_id)
-        if record is None or record.tenant_id != tenant_id:
+        if record is None or (tenant_id is not None and record.tenant_id != tenant_id):
             raise JobNotFoundError(f"no job {job_id!r} for this tenant")
         return to_view(record)
 
@@ -263,9 +263,9 @@ class SqlJobService:
         with sessions() as session:
             return session.get(JobRecord, job_id)
 
-    def _get_primary(self, job_id: str, *, tenant_id: str) -> JobView:
+    def _get_primary(self, job_id: str, *, tenant_id: str | None) -> JobView:
         record = self._record(self._sessions, job_id)
-        if record is None or record.tenant_id != tenant_id:
+        if record is None or (tenant_id is not None and record.tenant_id != tenant_id):
             raise JobNotFoundError(f"no job {job_id!r} for this tenant")
         return to_view(record)
 
@@ -301,7 +301,7 @@ class SqlJobService:
         next_cursor = encode_cursor(page[-1].created_at, page[-1].job_id) if has_more else None
         return page, next_cursor
 
-    def cancel(self, job_id: str, *, tenant_id: str) -> JobView:
+    def cancel(self, job_id: str, *, tenant_id: str | None) -> JobView:
         """QUEUED -> CANCELED at once; INITIALIZING/RUNNING -> CANCELING (the executor stops the
         worker and finishes the job as CANCELED); CANCELING stays; a finished job is an error."""
         for _ in range(10):
@@ -326,7 +326,7 @@ class SqlJobService:
                 return self._get_primary(job_id, tenant_id=tenant_id)
         raise JobStateError(job_id, job.state, f"job {job_id} keeps changing state; try again")
 
-    def artifact_path(self, job_id: str, kind: str, *, tenant_id: str) -> Path:
+    def artifact_path(self, job_id: str, kind: str, *, tenant_id: str | None) -> Path:
         """The local file of a COMPLETE job's artifact ``kind`` (a key of ``DOWNLOAD_TYPES``)."""
         job = self.get(job_id, tenant_id=tenant_id)
         if kind not in DOWNLOAD_TYPES:

@@ -25,9 +25,9 @@ from typing import Any
 from sqlalchemy import select
 
 from precise_mrd.service.db.models import ApiKeyRecord
+from precise_mrd.service.security.principal import ROLES, TENANT_NAME
 
 PREFIX = "pmrd_"
-ROLES = ("viewer", "submitter", "admin")
 _ID_HEX = 12
 _SECRET_CHARS = 43
 
@@ -109,8 +109,8 @@ class KeyStore:
         """A new key for ``tenant`` with ``role``: its info and the key (shown once)."""
         if role not in ROLES:
             raise ValueError(f"role must be one of {', '.join(ROLES)}; got {role!r}")
-        if not tenant or len(tenant) > 128:
-            raise ValueError("tenant must be 1-128 characters")
+        if not TENANT_NAME.match(tenant):
+            raise ValueError("tenant must be 1-128 letters, digits, '.', '_' or '-'")
         if expires_at is not None and expires_at.tzinfo is None:
             raise ValueError("expires_at must be timezone-aware")
         key_id = secrets.token_hex(_ID_HEX // 2)

@@ -11,9 +11,12 @@ False
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 ROLES = ("viewer", "submitter", "admin")
+#: a tenant name: it is a label in logs and, later, a path component, so nothing else
+TENANT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _RANK = {role: rank for rank, role in enumerate(ROLES)}
 
 
@@ -30,6 +33,8 @@ class Principal:
     def __post_init__(self) -> None:
         if not self.tenant_id or not self.owner_id:
             raise ValueError("tenant_id and owner_id must be non-empty")
+        if not TENANT_NAME.match(self.tenant_id):
+            raise ValueError(f"tenant {self.tenant_id[:40]!r} is not letters, digits, . _ -")
         if self.role not in _RANK:
             raise ValueError(f"unknown role {self.role!r}; use {', '.join(ROLES)}")
 

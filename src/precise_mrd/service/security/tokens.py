@@ -25,6 +25,8 @@ from typing import Any
 
 import jwt
 
+from precise_mrd.service.security.principal import TENANT_NAME
+
 _KEY_TYPES = {"RS256": "RSA", "ES256": "EC"}
 _REFRESH_SECONDS = 10.0
 _MAX_AGE_SECONDS = 300.0
@@ -104,8 +106,10 @@ class TokenVerifier:
         except jwt.PyJWTError as exc:
             raise TokenError(str(exc)) from None
         tenant = claims.get(self._tenant_claim)
-        if not isinstance(tenant, str) or not tenant or len(tenant) > 128:
-            raise TokenError(f"claim {self._tenant_claim!r} (the tenant) is missing or no string")
+        if not isinstance(tenant, str) or not TENANT_NAME.match(tenant):
+            raise TokenError(
+                f"claim {self._tenant_claim!r} (the tenant) is missing or not a tenant name"
+            )
         subject = claims.get("sub")
         return TokenClaims(
             subject=subject if isinstance(subject, str) and subject else "jwt",
