@@ -447,7 +447,8 @@ def test_other_tenants_job_is_404(client: TestClient, harness: Harness) -> None:
     from precise_mrd.service.security.principal import Principal
 
     job_id = submit(client).json()["job_id"]
-    harness.app.dependency_overrides[get_principal] = lambda: Principal("other", "mallory", "viewer")
+    mallory = Principal("other", "mallory", "viewer")
+    harness.app.dependency_overrides[get_principal] = lambda: mallory
     try:
         assert client.get(f"/status/{job_id}").status_code == 404
         assert client.get("/jobs").json()["jobs"] == []

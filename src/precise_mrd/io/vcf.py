@@ -304,8 +304,14 @@ def _table_record(
         )
 
 
+#: variant records a file may hold: genome-wide tumour-informed panels track tens of thousands of
+#: SNVs; past this the file is refused as it is read (bounded time and memory), not after
+MAX_VARIANT_RECORDS = 200_000
+
+
 def _parse_file(path: Path, default_af: float) -> tuple[list[_Candidate], list[SkippedRecord], str]:
     source = str(path)
+    n_records = 0
     candidates: list[_Candidate] = []
     skipped: list[SkippedRecord] = []
     kind = ""
@@ -334,6 +340,13 @@ def _parse_file(path: Path, default_af: float) -> tuple[list[_Candidate], list[S
             continue
         if line.startswith("#"):
             continue
+        n_records += 1
+        if n_records > MAX_VARIANT_RECORDS:
+            raise InputDataError(
+                source,
+                f"has more than {MAX_VARIANT_RECORDS:,} variant records (line {line_number})",
+                "track the patient's tumour variants only (a panel of tens to tens of thousands)",
+            )
         if kind == "VCF":
             fields = line.split("\t")
             _vcf_record(fields, line_number, source, default_af, candidates, skipped)
