@@ -246,7 +246,7 @@ def test_submit_bam_upload(client: TestClient, harness: Harness, sample: Any) ->
         )
     assert response.status_code == 202, response.text
     job = harness.jobs.get(response.json()["job_id"], tenant_id="default")
-    prefix = f"jobs/{job.job_id}/inputs/"
+    prefix = f"tenants/default/jobs/{job.job_id}/inputs/"
     assert job.spec.inputs == {
         "reads": prefix + "reads.bam",
         "reference": prefix + "reference.fa",
@@ -301,7 +301,7 @@ def test_not_a_bam_is_422_naming_the_file(
     assert response.status_code == 422
     assert error["code"] == "invalid_upload" and error["field"] == "reads"
     assert "neither a BAM nor a FASTQ" in error["message"]
-    assert not list((harness.store.root / "jobs").glob("*/inputs/*"))  # nothing left behind
+    assert not list(harness.store.root.rglob("inputs/*"))  # nothing left behind
     assert harness.jobs.counts_by_state()[JobState.QUEUED] == 0
 
 

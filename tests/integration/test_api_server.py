@@ -108,7 +108,9 @@ def test_request_id_follows_the_job_into_its_worker_log(server: Server) -> None:
     assert response.headers["X-Request-ID"] == "trace-me-123"
     job_id = response.json()["job_id"]
     server.wait(job_id, TERMINAL)
-    log_path = server.data_dir / "artifacts" / "jobs" / job_id / "worker.log"
+    log_path = (
+        server.data_dir / "artifacts" / "tenants" / "default" / "jobs" / job_id / "worker.log"
+    )
     events = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
     assert events and all(event["request_id"] == "trace-me-123" for event in events)
     assert all(event["job_id"] == job_id for event in events)

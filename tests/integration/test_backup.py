@@ -42,7 +42,7 @@ def _snapshot(database_url: str, store: LocalArtifactStore, data_dir: Path) -> d
         events = {job_id: service.events(job_id) for job_id in views}
     finally:
         engine.dispose()
-    files = {key: store.path_for(key).read_bytes() for key in store.list_keys("jobs/")}
+    files = {key: store.path_for(key).read_bytes() for key in store.list_keys("tenants/")}
     return {"jobs": views, "events": events, "files": files}
 
 

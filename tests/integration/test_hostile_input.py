@@ -192,3 +192,12 @@ def test_malformed_multipart_is_a_4xx(client: TestClient) -> None:
     )
     assert 400 <= response.status_code < 500
     assert response.json()["error"]["code"]
+
+
+def test_an_oversize_form_field_is_refused_while_read(client: TestClient) -> None:
+    """A text field over the multipart parser's 1 MiB part limit (not a file) is a 4xx."""
+    started = time.perf_counter()
+    response = client.post("/submit", data={"run_id": "r" * (3 * 1024 * 1024)})
+    assert 400 <= response.status_code < 500, response.status_code
+    assert time.perf_counter() - started < 5
+    assert len(response.content) < 4096

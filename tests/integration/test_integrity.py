@@ -75,7 +75,16 @@ def test_the_api_serves_an_artifact_only_as_it_was_written(tmp_path: Path) -> No
         digest = base64.b64encode(hashlib.sha256(metrics.content).digest()).decode()
         assert metrics.headers["Repr-Digest"] == f"sha-256=:{digest}:"
 
-        report = tmp_path / "data" / "artifacts" / "jobs" / job_id / "report.html"
+        report = (
+            tmp_path
+            / "data"
+            / "artifacts"
+            / "tenants"
+            / "default"
+            / "jobs"
+            / job_id
+            / "report.html"
+        )
         report.write_bytes(report.read_bytes().replace(b"<html", b"<HTML", 1))  # same size
         response = requests.get(f"{server.url}/download/{job_id}/report", timeout=30)
         assert response.status_code == 500

@@ -159,8 +159,10 @@ def _many_jobs_all_complete(harness: Harness, n_jobs: int, config_yaml: str = TI
         assert job.result["decision"] in {"positive", "negative", "undetermined"}
         report = harness.service.artifact_path(job.job_id, "report", tenant_id="default")
         assert report.read_text().lstrip().lower().startswith("<!doctype html")
-        assert harness.service.store.exists(f"jobs/{job.job_id}/worker.log")
-    log = harness.service.store.path_for(f"jobs/{jobs[0].job_id}/worker.log").read_text()
+        assert harness.service.store.exists(f"tenants/default/jobs/{job.job_id}/worker.log")
+    log = harness.service.store.path_for(
+        f"tenants/default/jobs/{jobs[0].job_id}/worker.log"
+    ).read_text()
     assert f'"job_id": "{jobs[0].job_id}"' in log
     # different seeds simulate different samples
     assert len({job.result["tumor_fraction"] for job in results if job.result}) > 1

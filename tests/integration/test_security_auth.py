@@ -156,6 +156,14 @@ def test_key_is_stored_as_a_hash_only(server: Server, tmp_path: Path) -> None:
 )
 def test_roles(server: Server, role: str, read: int, submit: int, cancel: int) -> None:
     headers = server.key("lab-a", role)
+    # reads of the own tenant's queued job: allowed for every role (409: no result yet)
+    assert server.call("GET", "/results/{job}", headers).status_code == 409
+    assert server.call("GET", "/download/{job}/report", headers).status_code == 409
+    assert server.call("GET", "/config-templates", headers).status_code == 200
+    assert server.call("POST", "/validate-config", headers).status_code == 200
+    assert server.client.get("/audit", headers=headers).status_code == (
+        200 if role == "admin" else 403
+    )
     assert server.call("GET", "/status/{job}", headers).status_code == read
     assert server.call("GET", "/jobs", headers).status_code == read
     # NB: a run_id alone is a valid submission (a sample simulated from the seed)

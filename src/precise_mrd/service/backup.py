@@ -31,6 +31,7 @@ from sqlalchemy.engine import Engine
 
 from precise_mrd import __version__
 from precise_mrd.service.db.models import JobEventRecord, JobRecord
+from precise_mrd.service.jobs.model import job_key_prefix, legacy_job_key_prefix
 from precise_mrd.service.storage.base import ArtifactStore
 from precise_mrd.service.storage.integrity import (
     ArtifactCorruptedError,
@@ -80,7 +81,11 @@ def backup(engine: Engine, store: ArtifactStore, out: Path) -> dict[str, Any]:
     with open(out / "objects.jsonl", "w", encoding="utf-8") as stream:
         for job in jobs:
             recorded = _recorded_checksums(job)
-            for key in store.list_keys(f"jobs/{job['id']}/"):
+            prefixes = (
+                job_key_prefix(job["tenant_id"], job["id"]),
+                legacy_job_key_prefix(job["id"]),
+            )
+            for key in (key for prefix in prefixes for key in store.list_keys(prefix)):
                 target = out / "objects" / key
                 target.parent.mkdir(parents=True, exist_ok=True)
                 store.get_file(key, target)

@@ -95,7 +95,13 @@ from precise_mrd.service.errors import (
     UnprocessableError,
     responses,
 )
-from precise_mrd.service.jobs.model import JobService, JobSpec, JobState, JobView
+from precise_mrd.service.jobs.model import (
+    JobService,
+    JobSpec,
+    JobState,
+    JobView,
+    job_key_prefix,
+)
 from precise_mrd.service.jobs.worker import DEFAULT_READ_STRUCTURES, parse_config
 from precise_mrd.service.observability import ServiceMetrics
 from precise_mrd.service.security.principal import Principal
@@ -387,7 +393,11 @@ def submit_job(
         "targets": targets,
     }
     uploads = _upload_files(
-        store, settings, files, f"jobs/{job_id}/inputs/", create.read_structures
+        store,
+        settings,
+        files,
+        f"{job_key_prefix(principal.tenant_id, job_id)}inputs/",
+        create.read_structures,
     )
     spec = dataclasses.replace(
         spec, inputs=canonical_keys(uploads), checksums=upload_checksums(uploads)
@@ -395,7 +405,7 @@ def submit_job(
     try:
         job = _submit(service, spec, job_id)
     except BaseException:
-        store.delete_prefix(f"jobs/{job_id}/")
+        store.delete_prefix(job_key_prefix(principal.tenant_id, job_id))
         raise
     _wake_executor(request)
     metrics.jobs_submitted.inc()

@@ -96,6 +96,23 @@ class JobStateError(RuntimeError):
         super().__init__(message)
 
 
+def job_key_prefix(tenant_id: str, job_id: str) -> str:
+    """Where a job's uploads and outputs live in the artifact store: under its tenant, so a
+    store policy (an S3 prefix condition, a bucket per tenant behind a proxy) can fence each
+    tenant's objects.
+
+    >>> job_key_prefix("lab-a", "j1")
+    'tenants/lab-a/jobs/j1/'
+    """
+    return f"tenants/{tenant_id}/jobs/{job_id}/"
+
+
+def legacy_job_key_prefix(job_id: str) -> str:
+    """Where jobs stored before the per-tenant layout keep theirs (deletes and backups look
+    there too; their stored keys still read as they were)."""
+    return f"jobs/{job_id}/"
+
+
 class JobService(Protocol):
     """What the API needs from the job layer. Implementations: SQL-backed (service.jobs.service)
     and in-memory (for fast unit tests of the API)."""

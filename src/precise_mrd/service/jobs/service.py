@@ -62,6 +62,8 @@ from precise_mrd.service.jobs.model import (
     JobState,
     JobStateError,
     JobView,
+    job_key_prefix,
+    legacy_job_key_prefix,
 )
 from precise_mrd.service.settings import Settings
 from precise_mrd.service.storage.base import ArtifactNotFoundError, ArtifactStore
@@ -578,7 +580,8 @@ class SqlJobService:
         job = self.load(job_id)
         if not job.state.is_terminal:
             raise JobStateError(job_id, job.state, f"job {job_id} is {job.state}; not deleted")
-        self.store.delete_prefix(f"jobs/{job_id}/")
+        self.store.delete_prefix(job_key_prefix(job.spec.tenant_id, job_id))
+        self.store.delete_prefix(legacy_job_key_prefix(job_id))
         for key in job.spec.inputs.values():
             self.store.delete(key)
         for key in job.artifacts.values():

@@ -27,7 +27,7 @@ from collections.abc import Container
 from datetime import datetime, timedelta
 
 from precise_mrd.service.db.models import JobRecord
-from precise_mrd.service.jobs.model import JobState
+from precise_mrd.service.jobs.model import JobState, job_key_prefix, legacy_job_key_prefix
 from precise_mrd.service.jobs.process import (
     WORKER_OUTPUT,
     JobProcess,
@@ -94,7 +94,11 @@ def check_running(
 def store_output(service: SqlJobService, job: JobProcess) -> None:
     """Keep a dead worker's output beside the job's artifacts (for the post-mortem)."""
     try:
-        service.store.put_file(f"jobs/{job.job_id}/{WORKER_OUTPUT}", job.output_path)
+        prefix = job_key_prefix(service.load(job.job_id).spec.tenant_id, job.job_id)
+    except Exception:  # NB: the database is away: keep the output where old jobs keep theirs
+        prefix = legacy_job_key_prefix(job.job_id)
+    try:
+        service.store.put_file(f"{prefix}{WORKER_OUTPUT}", job.output_path)
     except OSError:
         logger.warning("could not store the output of job %s's worker", job.job_id)
 

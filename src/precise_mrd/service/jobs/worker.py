@@ -56,7 +56,13 @@ from precise_mrd.pipeline.artifacts import ARTIFACTS, VALIDATION_ARTIFACTS
 from precise_mrd.pipeline.params import PipelineParams
 from precise_mrd.pipeline.run import RunInputs
 from precise_mrd.service.db.engine import PoolLimits, create_engine_for_url, make_session_factory
-from precise_mrd.service.jobs.model import JobSpec, JobState, JobView
+from precise_mrd.service.jobs.model import (
+    JobSpec,
+    JobState,
+    JobView,
+    job_key_prefix,
+    legacy_job_key_prefix,
+)
 from precise_mrd.service.jobs.service import SqlJobService
 from precise_mrd.service.settings import Settings
 from precise_mrd.service.storage import ArtifactStore, store_from_settings
@@ -339,7 +345,8 @@ def _run_validation_job(
     # NB: the job's own config download, as a sample job has: submitted again, it runs this job.
     (result.out_dir / ARTIFACTS["config"]).write_text(params.to_yaml(), encoding="utf-8")
     names = {**VALIDATION_ARTIFACTS, "config": ARTIFACTS["config"]}
-    outputs = store_outputs(service.store, job.job_id, result.out_dir, names)
+    prefix = job_key_prefix(job.spec.tenant_id, job.job_id)
+    outputs = store_outputs(service.store, prefix, result.out_dir, names)
     summary = {key: result.summary[key] for key in VALIDATION_SUMMARY_KEYS if key in result.summary}
     return _finish(service, job.job_id, result=summary, outputs=outputs)
 
@@ -351,15 +358,16 @@ class StoredOutputs:
 
 
 def store_outputs(
-    store: ArtifactStore, job_id: str, out_dir: Path, names: Mapping[str, str]
+    store: ArtifactStore, prefix: str, out_dir: Path, names: Mapping[str, str]
 ) -> StoredOutputs:
-    """Store each output file that exists, recording its SHA-256 and size as written."""
+    """Store each output file that exists under ``prefix`` (:func:`job_key_prefix`), recording
+    its SHA-256 and size as written."""
     artifacts: dict[str, str] = {}
     checksums: dict[str, dict[str, Any]] = {}
     for kind, name in names.items():
         path = out_dir / name
         if path.is_file():
-            key = f"jobs/{job_id}/{name}"
+            key = f"{prefix}{name}"
             checksums[key] = checksum_file(path).as_dict()
             store.put_file(key, path)
             artifacts[kind] = key
@@ -442,7 +450,8 @@ def run_job(service: SqlJobService, job_id: str, work_dir: Path, settings: Setti
             progress=ProgressWriter(service, job_id),
             sample_name=sample_name,
         )
-        outputs = store_outputs(store, job_id, result.out_dir, ARTIFACTS)
+        prefix = job_key_prefix(job.spec.tenant_id, job_id)
+        outputs = store_outputs(store, prefix, result.out_dir, ARTIFACTS)
         summary = {**summarize_call(result.sample_call), **_run_figures(result.out_dir)}
         return _finish(service, job_id, result=summary, outputs=outputs)
     except JobLeftRunningError:
@@ -525,6 +534,7 @@ def main(argv: list[str] | None = None) -> int:
     work_dir = settings.work_dir / args.job_id
     work_dir.mkdir(parents=True, exist_ok=True)
     log_path = work_dir / WORKER_LOG
+    job: JobView | None = None
     try:
         job = service.load(args.job_id)
         _configure_logging(log_path, job, args.job_id, settings.log_level)
@@ -533,7 +543,12 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         logging.shutdown()
         if log_path.is_file():
-            service.store.put_file(f"jobs/{args.job_id}/{WORKER_LOG}", log_path)
+            prefix = (
+                job_key_prefix(job.spec.tenant_id, args.job_id)
+                if job is not None
+                else legacy_job_key_prefix(args.job_id)
+            )
+            service.store.put_file(f"{prefix}{WORKER_LOG}", log_path)
         engine.dispose()
     return 0
 
