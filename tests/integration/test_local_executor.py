@@ -187,6 +187,8 @@ def test_cancel_running_and_queued_jobs(make_harness: Callable[..., Harness]) ->
     executor.start()
     wait_for(lambda: harness.service.load(running.job_id).stage == "debug_sleep", 30, "RUNNING job")
     group = _process_group(harness.pid_of(running.job_id))
+    work = harness.settings.work_dir / "default" / running.job_id  # NB: under the tenant
+    assert (work / "worker.log").is_file()
     assert harness.service.cancel(queued.job_id, tenant_id="default").state == S.CANCELED
     assert harness.service.cancel(running.job_id, tenant_id="default").state == S.CANCELING
     executor.notify()
@@ -194,7 +196,6 @@ def test_cancel_running_and_queued_jobs(make_harness: Callable[..., Harness]) ->
     wait_for(lambda: all(_gone(pid) for pid in group), 5, "the worker group to be gone")
     assert harness.service.load(queued.job_id).attempts == 0  # never started
     # NB: the executor removes the work directory just after it writes CANCELED
-    work = harness.settings.work_dir / running.job_id
     wait_for(lambda: not work.exists(), 5, "the work directory to be removed")
 
 

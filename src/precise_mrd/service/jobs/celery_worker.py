@@ -82,7 +82,7 @@ class JobRunner:
             self._give_back(job_id, context)
             return PREEMPTED
         try:
-            process = JobProcess.start(self.settings, job_id)
+            process = JobProcess.start(self.settings, job_id, tenant_id=job.spec.tenant_id)
         except OSError as error:
             self.service.transition(
                 job_id,

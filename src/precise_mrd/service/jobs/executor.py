@@ -194,7 +194,10 @@ class LocalExecutor:
 
     def _spawn(self, job_id: str) -> None:
         try:
-            running = JobProcess.start(self.settings, job_id, self.python_executable)
+            tenant_id = self.service.load(job_id).spec.tenant_id
+            running = JobProcess.start(
+                self.settings, job_id, self.python_executable, tenant_id=tenant_id
+            )
         except OSError as error:
             self.service.transition(
                 job_id,

@@ -9,6 +9,7 @@ queue, is the source of truth for a job's state.
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -105,6 +106,17 @@ def job_key_prefix(tenant_id: str, job_id: str) -> str:
     'tenants/lab-a/jobs/j1/'
     """
     return f"tenants/{tenant_id}/jobs/{job_id}/"
+
+
+def job_work_dir(work_root: Path, tenant_id: str, job_id: str) -> Path:
+    """A running job's scratch directory, under its tenant (``<work root>/<tenant>/<job id>``)."""
+    return work_root / tenant_id / job_id
+
+
+def remove_work_dirs(work_root: Path, job_id: str) -> None:
+    """Remove a job's scratch directory whatever its tenant (and one of the old flat layout)."""
+    for path in [work_root / job_id, *work_root.glob(f"*/{job_id}")]:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def legacy_job_key_prefix(job_id: str) -> str:

@@ -27,6 +27,7 @@ from typing import IO
 
 import psutil
 
+from precise_mrd.service.jobs.model import job_work_dir
 from precise_mrd.service.settings import Settings
 
 logger = logging.getLogger("precise_mrd.service.executor")
@@ -129,24 +130,38 @@ class JobProcess:
     """A started worker subprocess for one job."""
 
     def __init__(
-        self, job_id: str, process: subprocess.Popen[bytes], output_path: Path, output: IO[bytes]
+        self,
+        job_id: str,
+        process: subprocess.Popen[bytes],
+        output_path: Path,
+        output: IO[bytes],
+        work_dir: Path | None = None,
     ) -> None:
         self.job_id = job_id
+        self.work_dir = work_dir if work_dir is not None else output_path.parent
         self.process = process
         self.output_path = output_path
         self._output = output
         self.started = time.monotonic()
 
     @classmethod
-    def start(cls, settings: Settings, job_id: str, python: str = sys.executable) -> JobProcess:
-        """Start the worker of ``job_id``; raises :class:`OSError` when it cannot be started."""
-        work_dir = settings.work_dir / job_id
+    def start(
+        cls,
+        settings: Settings,
+        job_id: str,
+        python: str = sys.executable,
+        *,
+        tenant_id: str = "default",
+    ) -> JobProcess:
+        """Start the worker of ``job_id`` (scratch space under its tenant); raises
+        :class:`OSError` when it cannot be started."""
+        work_dir = job_work_dir(settings.work_dir, tenant_id, job_id)
         work_dir.mkdir(parents=True, exist_ok=True)
         output_path = work_dir / WORKER_OUTPUT
         output = open(output_path, "ab")  # noqa: SIM115 - closed in close()
         try:
             process = subprocess.Popen(
-                worker_command(settings, job_id, python),
+                [*worker_command(settings, job_id, python), "--work-dir", str(work_dir)],
                 env=worker_environment(settings),
                 stdin=subprocess.DEVNULL,
                 stdout=output,
@@ -157,7 +172,7 @@ class JobProcess:
         except OSError:
             output.close()
             raise
-        return cls(job_id, process, output_path, output)
+        return cls(job_id, process, output_path, output, work_dir)
 
     @property
     def pid(self) -> int:
@@ -193,7 +208,9 @@ class JobProcess:
             return ""
         return lines[-1][:300] if lines else ""
 
-    def close(self, work_dir: Path) -> None:
-        """Close the output file and remove the job's work directory."""
+    def close(self, work_dir: Path | None = None) -> None:
+        """Close the output file and remove the job's work directory (``work_dir``: the work
+        root, unused: the process knows its own directory)."""
+        del work_dir
         self._output.close()
-        shutil.rmtree(work_dir / self.job_id, ignore_errors=True)
+        shutil.rmtree(self.work_dir, ignore_errors=True)

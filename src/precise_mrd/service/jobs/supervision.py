@@ -21,13 +21,17 @@ applying these rules at once never disagree: the first wins and the others chang
 from __future__ import annotations
 
 import logging
-import shutil
 import signal
 from collections.abc import Container
 from datetime import datetime, timedelta
 
 from precise_mrd.service.db.models import JobRecord
-from precise_mrd.service.jobs.model import JobState, job_key_prefix, legacy_job_key_prefix
+from precise_mrd.service.jobs.model import (
+    JobState,
+    job_key_prefix,
+    legacy_job_key_prefix,
+    remove_work_dirs,
+)
 from precise_mrd.service.jobs.process import (
     WORKER_OUTPUT,
     JobProcess,
@@ -151,7 +155,7 @@ def recover_orphans(
             continue
         if recover(service, settings, lease, host):
             recovered.append(lease.job_id)
-            shutil.rmtree(settings.work_dir / lease.job_id, ignore_errors=True)
+            remove_work_dirs(settings.work_dir, lease.job_id)
     return recovered
 
 
@@ -200,7 +204,7 @@ def cleanup_finished(
         try:
             if service.delete_job(job_id):
                 deleted += 1
-            shutil.rmtree(settings.work_dir / job_id, ignore_errors=True)
+            remove_work_dirs(settings.work_dir, job_id)
         except Exception:
             logger.exception("could not delete job %s", job_id)
     if deleted:

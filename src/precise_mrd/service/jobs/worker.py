@@ -517,6 +517,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--artifact-root", required=True, type=Path)
     parser.add_argument("--work-root", type=Path, default=None)
+    #: the job's own scratch directory (the executor's, under the tenant); default: under the root
+    parser.add_argument("--work-dir", type=Path, default=None)
     parser.add_argument("--log-level", default="info")
     parser.add_argument("--enable-debug-jobs", action="store_true")
     args = parser.parse_args(argv)
@@ -531,7 +533,7 @@ def main(argv: list[str] | None = None) -> int:
     # NB: one job, one thread: two connections cover a progress write beside a transition
     engine = create_engine_for_url(settings.database_url, PoolLimits(size=2, max_overflow=2))
     service = SqlJobService(make_session_factory(engine), store_from_settings(settings), settings)
-    work_dir = settings.work_dir / args.job_id
+    work_dir = args.work_dir or settings.work_dir / args.job_id
     work_dir.mkdir(parents=True, exist_ok=True)
     log_path = work_dir / WORKER_LOG
     job: JobView | None = None
