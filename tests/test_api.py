@@ -492,7 +492,12 @@ def test_download_every_type(client: TestClient, harness: Harness) -> None:
         assert response.status_code == 200, kind
         assert response.headers["content-type"].split(";")[0] == MEDIA_TYPES[kind]
         assert f'filename="my.run.{name}"' in response.headers["content-disposition"]
-    assert client.get(f"/download/{job_id}/report").content == b"<html>report</html>"
+    report = client.get(f"/download/{job_id}/report")
+    assert report.content == b"<html>report</html>"
+    # a report is patient data and runs no script: a strict policy, never cached
+    policy = report.headers["Content-Security-Policy"]
+    assert "default-src 'none'" in policy and "script-src" not in policy
+    assert report.headers["Cache-Control"] == "no-store"
 
 
 def test_download_before_completion_and_unknown_type(client: TestClient, harness: Harness) -> None:

@@ -469,3 +469,41 @@ def test_tenant_names_are_plain(server: Server, tenant: str) -> None:
         server.keys.create(tenant=tenant, role="viewer")
     response = server.client.get("/jobs", headers=_bearer(_token({"tenant": tenant})))
     assert response.status_code == 401
+
+
+def test_metrics_need_credentials_unless_public(tmp_path: Path) -> None:
+    closed = Server(tmp_path / "closed", auth_mode="api_key")
+    opened = Server(tmp_path / "open", auth_mode="api_key", public_metrics=True)
+    try:
+        assert closed.client.get("/metrics").status_code == 401
+        assert closed.client.get("/metrics", headers=closed.key("ops", "viewer")).status_code == 200
+        assert opened.client.get("/metrics").status_code == 200
+    finally:
+        closed.close()
+        opened.close()
+
+
+def test_cloud_credentials_from_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    secret = tmp_path / "aws_secret"
+    secret.write_text("wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY\n")
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY", raising=False)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY_FILE", str(secret))
+    Settings(data_dir=tmp_path)
+    import os
+
+    assert os.environ["AWS_SECRET_ACCESS_KEY"] == "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY_FILE", str(tmp_path / "missing"))
+    with pytest.raises(ValueError, match="AWS_SECRET_ACCESS_KEY_FILE"):
+        Settings(data_dir=tmp_path)
+
+
+@pytest.mark.parametrize(
+    "kind", ["..%2F..%2Fjobs.db", "../../etc/passwd", "report%00.html", "x" * 300]
+)
+def test_download_types_are_a_closed_list(server: Server, kind: str) -> None:
+    headers = server.key("lab-a", "viewer")
+    response = server.client.get(f"/download/{server.job_a}/{kind}", headers=headers)
+    assert response.status_code in (404, 422), response.text
+    assert "jobs.db" not in response.text or response.status_code == 422
+    assert len(response.content) < 4096

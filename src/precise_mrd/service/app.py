@@ -228,6 +228,7 @@ def create_app(
         AuthenticationMiddleware,
         authenticator=authenticator,
         public_health=settings.public_health,
+        public_metrics=settings.public_metrics,
     )
     # NB: outside authentication, so refusals are recorded; it reads the principal auth leaves
     app.add_middleware(AuditMiddleware, audit_log=app.state.audit_log)

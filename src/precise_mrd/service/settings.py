@@ -39,6 +39,14 @@ SECRET_VARIABLES: dict[str, str] = {
     "storage_url": "PRECISE_MRD_STORAGE_URL",
     "jwt_secret": "PRECISE_MRD_JWT_SECRET",
 }
+#: the object stores' own credential variables, which the SDKs read; each may be ``<NAME>_FILE``
+CLOUD_SECRET_VARIABLES = (
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AZURE_STORAGE_CONNECTION_STRING",
+    "AZURE_STORAGE_ACCOUNT_KEY",
+)
 
 
 def _env(name: str, field: str) -> AliasChoices:
@@ -202,6 +210,10 @@ class Settings(BaseSettings):
     tls_client_ca: str = Field(
         "", validation_alias=_env("PRECISE_MRD_TLS_CLIENT_CA", "tls_client_ca")
     )
+    #: /metrics without credentials (a Prometheus that scrapes over a private network)
+    public_metrics: bool = Field(
+        False, validation_alias=_env("PRECISE_MRD_PUBLIC_METRICS", "public_metrics")
+    )
     jwt_secret: str = Field(
         "", repr=False, validation_alias=_env("PRECISE_MRD_JWT_SECRET", "jwt_secret")
     )
@@ -289,6 +301,16 @@ class Settings(BaseSettings):
     @model_validator(mode="before")
     @classmethod
     def _secrets_from_files(cls, values: Any) -> Any:
+        for variable in CLOUD_SECRET_VARIABLES:  # NB: the SDKs read these from the environment
+            path = os.environ.get(f"{variable}_FILE")
+            if path and not os.environ.get(variable):
+                try:
+                    os.environ[variable] = Path(path).read_text(encoding="utf-8").strip()
+                except OSError as exc:
+                    raise ValueError(
+                        f"{variable}_FILE={path} cannot be read ({exc.strerror}); mount the "
+                        "secret there or unset the variable"
+                    ) from None
         # NB: as Kubernetes and Docker secrets mount them: PRECISE_MRD_JWT_SECRET_FILE=/run/...
         if not isinstance(values, dict):
             return values

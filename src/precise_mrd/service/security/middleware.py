@@ -4,7 +4,8 @@
 headers.
 
 Every path but the public ones (liveness, the API documents, and ``/health`` and
-``/health/ready`` with ``PRECISE_MRD_PUBLIC_HEALTH``) needs credentials; the principal is left in
+``/health/ready`` with ``PRECISE_MRD_PUBLIC_HEALTH``, ``/metrics`` with
+``PRECISE_MRD_PUBLIC_METRICS``) needs credentials; the principal is left in
 the request state for the routes (:func:`precise_mrd.service.api.deps.get_principal`). CORS
 preflights (``OPTIONS``) pass through to the CORS middleware.
 
@@ -38,7 +39,7 @@ _HSTS = "max-age=31536000; includeSubDomains"
 HEALTH_PATHS = ("/health", "/health/ready")
 
 
-def is_public(path: str, public_health: bool) -> bool:
+def is_public(path: str, public_health: bool, public_metrics: bool = False) -> bool:
     """Whether ``path`` is served without credentials.
 
     >>> is_public("/docs/swagger-ui.css", False), is_public("/health", False)
@@ -46,21 +47,30 @@ def is_public(path: str, public_health: bool) -> bool:
     """
     if path in ALWAYS_PUBLIC or path.startswith(_PUBLIC_PREFIXES):
         return True
+    if public_metrics and path == "/metrics":
+        return True
     return public_health and path in HEALTH_PATHS
 
 
 class AuthenticationMiddleware:
-    def __init__(self, app: ASGIApp, authenticator: Authenticator, public_health: bool) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        authenticator: Authenticator,
+        public_health: bool,
+        public_metrics: bool = False,
+    ) -> None:
         self.app = app
         self.authenticator = authenticator
         self.public_health = public_health
+        self.public_metrics = public_metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if (
             scope["type"] != "http"
             or self.authenticator.mode == "none"
             or scope.get("method") == "OPTIONS"
-            or is_public(scope.get("path", ""), self.public_health)
+            or is_public(scope.get("path", ""), self.public_health, self.public_metrics)
         ):
             await self.app(scope, receive, send)
             return
