@@ -7,7 +7,8 @@
 #       127.0.0.1:8000) with a local artifact directory and the local executor. Data lives under
 #       PRECISE_MRD_DATA_DIR (default ./.precise_mrd_data). Ctrl-C stops it; running jobs are
 #       re-queued and resume at the next start.
-#   ./deploy.sh --local-docker     Docker Compose (API, worker, PostgreSQL, Redis, S3 store).
+#   ./deploy.sh --local-docker     Docker Compose (compose.yaml: API, worker, PostgreSQL, Redis,
+#                                  an S3 store) brought up and waited for until healthy.
 #   ./deploy.sh --kubernetes       Apply the manifests to the current kubectl context.
 #
 # Feature switches (environment): ENABLE_ML_CALLING, ENABLE_DEEP_LEARNING (default true: a job
@@ -26,7 +27,7 @@ die() {
 }
 
 usage() {
-    sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'
 }
 
 local_python() {
@@ -53,13 +54,21 @@ PY
 }
 
 local_docker() {
+    local plan="docker compose -f compose.yaml up -d --build --wait (the migration job, then the API on port ${PRECISE_MRD_API_PORT:-8000}, a Celery worker, PostgreSQL, Redis and SeaweedFS; compose.yaml)"
     command -v docker >/dev/null 2>&1 \
-        || die "--local-docker needs Docker, but the docker command is not installed. Install Docker Engine (https://docs.docker.com/engine/install/) or use --local-python."
+        || die "--local-docker needs Docker, but the docker command is not installed. Install Docker Engine (https://docs.docker.com/engine/install/) or use --local-python. It would have run: $plan"
     docker info >/dev/null 2>&1 \
-        || die "--local-docker: no Docker engine is reachable (docker info failed). Start the Docker daemon (or set DOCKER_HOST) and retry, or use --local-python."
-    [[ -f deploy/compose.yaml ]] \
-        || die "--local-docker: deploy/compose.yaml is not part of this version yet; use --local-python."
-    exec docker compose -f deploy/compose.yaml up --build "$@"
+        || die "--local-docker: no Docker engine is reachable (docker info failed). Start the Docker daemon (or set DOCKER_HOST) and retry, or use --local-python. It would have run: $plan"
+    docker compose version >/dev/null 2>&1 \
+        || die "--local-docker needs the Docker Compose plugin (docker compose version failed); install docker-compose-plugin. It would have run: $plan"
+    [[ -f .env ]] || die "--local-docker: no .env; copy .env.example to .env and edit it"
+    local secret
+    for secret in database_url db_password s3_access_key s3_secret_key s3_config.json jwt_secret; do
+        [[ -s "deploy/secrets/$secret" ]] \
+            || die "--local-docker: deploy/secrets/$secret is missing; make the secrets as deploy/secrets/README.md shows"
+    done
+    docker compose -f compose.yaml up -d --build --wait "$@"
+    echo "deploy.sh: the stack is healthy; the API: http://127.0.0.1:${PRECISE_MRD_API_PORT:-8000} (docs: /docs)"
 }
 
 kubernetes() {

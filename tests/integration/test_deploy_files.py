@@ -138,3 +138,19 @@ def test_image_size_estimate() -> None:
     estimate = re.search(r"estimated image: ([\d,]+) MB", done.stdout)
     assert estimate is not None, done.stdout
     assert 300 < int(estimate.group(1).replace(",", "")) < 3000, done.stdout
+
+
+def test_local_docker_without_an_engine_says_what_it_would_do(tmp_path: Path) -> None:
+    env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "DOCKER_HOST": f"unix://{tmp_path}/none.sock"}
+    done = subprocess.run(
+        [str(ROOT / "deploy.sh"), "--local-docker"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 1
+    assert "It would have run: docker compose -f compose.yaml up -d --build --wait" in done.stderr
+    assert "Traceback" not in done.stderr

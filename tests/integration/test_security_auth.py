@@ -507,3 +507,38 @@ def test_download_types_are_a_closed_list(server: Server, kind: str) -> None:
     assert response.status_code in (404, 422), response.text
     assert "jobs.db" not in response.text or response.status_code == 422
     assert len(response.content) < 4096
+
+
+def test_jwks_from_a_url(tmp_path: Path) -> None:
+    """A JWKS served over HTTP on loopback (an identity provider's keys endpoint)."""
+    import http.server
+    import threading
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    _jwks(tmp_path / "jwks.json", [("k1", key)])
+    body = (tmp_path / "jwks.json").read_bytes()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            return None
+
+    httpd = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{httpd.server_address[1]}/.well-known/jwks.json"
+    served = Server(tmp_path / "data", auth_mode="jwt", jwt_jwks=url)
+    try:
+        token = _token({}, key=key, alg="RS256", kid="k1")
+        assert served.client.get("/jobs", headers=_bearer(token)).status_code == 200
+        hs = _token({})  # no HS256 secret on this server
+        assert served.client.get("/jobs", headers=_bearer(hs)).status_code == 401
+    finally:
+        served.close()
+        httpd.shutdown()
+        httpd.server_close()
