@@ -9,7 +9,8 @@
 #       re-queued and resume at the next start.
 #   ./deploy.sh --local-docker     Docker Compose (compose.yaml: API, worker, PostgreSQL, Redis,
 #                                  an S3 store) brought up and waited for until healthy.
-#   ./deploy.sh --kubernetes       Apply the manifests to the current kubectl context.
+#   ./deploy.sh --kubernetes [--overlay dev|staging|prod]   Apply k8s/overlays/<overlay> to the
+#                                  current kubectl context, migrate, and wait for the rollout.
 #
 # Feature switches (environment): ENABLE_ML_CALLING, ENABLE_DEEP_LEARNING (default true: a job
 # may ask for an artefact filter; false makes such a request a 422 naming the variable),
@@ -27,7 +28,7 @@ die() {
 }
 
 usage() {
-    sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'
 }
 
 local_python() {
@@ -72,13 +73,33 @@ local_docker() {
 }
 
 kubernetes() {
+    local overlay=dev
+    while [[ $# -gt 0 ]]; do
+        case "$1" in
+            --overlay) overlay="${2:-}"; shift 2 ;;
+            --overlay=*) overlay="${1#--overlay=}"; shift ;;
+            *) die "--kubernetes: unknown option $1 (use --overlay dev|staging|prod)" ;;
+        esac
+    done
+    [[ -d "k8s/overlays/$overlay" ]] \
+        || die "--kubernetes: no overlay '$overlay'; use one of dev, staging, prod (k8s/overlays/)"
+    local plan="kubectl apply -k k8s/overlays/$overlay (after the namespace and the migration Job), then wait for the precise-mrd-api and precise-mrd-worker rollouts"
     command -v kubectl >/dev/null 2>&1 \
-        || die "--kubernetes needs kubectl, which is not installed. Install it and point it at a cluster, or use --local-python."
+        || die "--kubernetes needs kubectl, which is not installed. Install it and point it at a cluster, or use --local-python. It would have run: $plan"
     kubectl cluster-info --request-timeout=5s >/dev/null 2>&1 \
-        || die "--kubernetes: no Kubernetes cluster is reachable from the current kubectl context ($(kubectl config current-context 2>/dev/null || echo none)). Check KUBECONFIG, or use --local-python."
-    [[ -d deploy/k8s ]] \
-        || die "--kubernetes: deploy/k8s is not part of this version yet; use --local-python."
-    exec kubectl apply -k deploy/k8s "$@"
+        || die "--kubernetes: no Kubernetes cluster is reachable from the current kubectl context ($(kubectl config current-context 2>/dev/null || echo none)). Check KUBECONFIG, or use --local-python. It would have run: $plan"
+    local namespace
+    namespace="$(kubectl kustomize "k8s/overlays/$overlay" | sed -n 's/^  namespace: //p' | head -n 1)"
+    kubectl create namespace "$namespace" --dry-run=client -o yaml | kubectl apply -f -
+    kubectl -n "$namespace" get secret precise-mrd-secrets >/dev/null 2>&1 \
+        || die "--kubernetes: the Secret precise-mrd-secrets is missing in namespace $namespace; make it as k8s/README.md shows"
+    # NB: a Job's template cannot change in place; the previous run's is replaced
+    kubectl -n "$namespace" delete job precise-mrd-migrate --ignore-not-found
+    kubectl apply -k "k8s/overlays/$overlay"
+    kubectl -n "$namespace" wait --for=condition=complete job/precise-mrd-migrate --timeout=600s
+    kubectl -n "$namespace" rollout status deployment/precise-mrd-api --timeout=600s
+    kubectl -n "$namespace" rollout status deployment/precise-mrd-worker --timeout=600s
+    echo "deploy.sh: overlay $overlay rolled out in namespace $namespace"
 }
 
 mode="${1:-}"
