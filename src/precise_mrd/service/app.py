@@ -107,6 +107,7 @@ def create_app(
         sessions = getattr(job_service, "sessions", None)
         authenticator = Authenticator.from_settings(settings, sessions)
     metrics = ServiceMetrics(job_service)
+    metrics.data_dir = settings.data_dir
     from precise_mrd.service.cache import cache_from_settings
 
     cache = cache_from_settings(settings.redis_url, settings.cache_prefix)

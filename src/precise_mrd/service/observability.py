@@ -24,12 +24,14 @@ from __future__ import annotations
 
 import logging
 import re
+import shutil
 import sys
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -181,6 +183,40 @@ class _JobStateCollector(Collector):
         return [jobs, queue, broker]
 
 
+class _DataDiskCollector(Collector):
+    """``precise_mrd_data_disk_free_bytes`` and ``precise_mrd_data_disk_size_bytes``: the
+    filesystem of the data directory (uploads, work directories), read at scrape time."""
+
+    def __init__(self, metrics: ServiceMetrics) -> None:
+        self._metrics = metrics
+
+    @staticmethod
+    def _families() -> tuple[GaugeMetricFamily, GaugeMetricFamily]:
+        return (
+            GaugeMetricFamily(
+                "precise_mrd_data_disk_free_bytes", "Free bytes on the data directory's disk"
+            ),
+            GaugeMetricFamily(
+                "precise_mrd_data_disk_size_bytes", "Size of the data directory's disk in bytes"
+            ),
+        )
+
+    def describe(self) -> Iterable[Metric]:
+        return list(self._families())
+
+    def collect(self) -> Iterable[Metric]:
+        free, size = self._families()
+        if self._metrics.data_dir is None:
+            return [free, size]
+        try:
+            usage = shutil.disk_usage(self._metrics.data_dir)
+        except OSError:
+            return [free, size]
+        free.add_metric([], float(usage.free))
+        size.add_metric([], float(usage.total))
+        return [free, size]
+
+
 class ServiceMetrics:
     """The Prometheus metrics of one app, in a registry of its own."""
 
@@ -190,6 +226,8 @@ class ServiceMetrics:
         #: the executor of this process (set at start-up) and its name for labels
         self.executor: Any = None
         self.executor_name = "none"
+        #: the data directory whose disk /metrics reports (set by the app)
+        self.data_dir: Path | None = None
         self.started_at = datetime.now().astimezone()
         self.tenants: set[str] = {"default"}
         self._seen: dict[str, None] = {}
@@ -258,6 +296,7 @@ class ServiceMetrics:
             registry=self.registry,
         )
         self.registry.register(_JobStateCollector(self))
+        self.registry.register(_DataDiskCollector(self))
         # NB: CPU, memory, open files and the interpreter of this process
         ProcessCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)
