@@ -31,16 +31,20 @@ DatabaseUrl = Annotated[
 ]
 
 
-def parse_expiry(text: str, now: datetime) -> datetime:
-    """``30d``, ``12h``, ``90m`` from now, or an ISO 8601 time (UTC when it has no offset).
+def parse_when(text: str, now: datetime, *, past: bool = False) -> datetime:
+    """``30d``, ``12h``, ``90m`` from now (back from now with ``past``), or an ISO 8601 time
+    (UTC when it has no offset).
 
     >>> now = datetime(2026, 1, 1, tzinfo=UTC)
-    >>> parse_expiry("30d", now).isoformat(), parse_expiry("2026-02-01T00:00", now).isoformat()
+    >>> parse_when("30d", now).isoformat(), parse_when("2026-02-01T00:00", now).isoformat()
     ('2026-01-31T00:00:00+00:00', '2026-02-01T00:00:00+00:00')
+    >>> parse_when("1d", now, past=True).isoformat()
+    '2025-12-31T00:00:00+00:00'
     """
     match = _DURATION.match(text.strip())
     if match:
-        return now + timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
+        delta = timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
+        return now - delta if past else now + delta
     try:
         when = datetime.fromisoformat(text.strip())
     except ValueError:
@@ -93,7 +97,7 @@ def create_key(
     """Make an API key; it is printed once and stored as a hash."""
     now = datetime.now(UTC)
     try:
-        expires_at = parse_expiry(expires, now) if expires else None
+        expires_at = parse_when(expires, now) if expires else None
     except ValueError as error:
         typer.echo(f"error: {error}", err=True)
         raise typer.Exit(EXIT_USER_ERROR) from None
@@ -170,14 +174,8 @@ def audit_export(
     """Write the audit trail as JSON lines, oldest first."""
     from precise_mrd.service.security.audit import AuditLog
 
-    now = datetime.now(UTC)
     try:
-        # NB: a duration counts back from now ("7d": the last seven days)
-        start = (
-            now - (parse_expiry(since, now) - now)
-            if since and _DURATION.match(since)
-            else (parse_expiry(since, now) if since else None)
-        )
+        start = parse_when(since, datetime.now(UTC), past=True) if since else None
     except ValueError:
         typer.echo(f"error: --since {since!r} is neither 7d/12h/90m nor an ISO 8601 time", err=True)
         raise typer.Exit(EXIT_USER_ERROR) from None

@@ -235,11 +235,13 @@ def test_sigkill_mid_job_then_restart_leaves_nothing_running(tmp_path: Path, db_
         "PRECISE_MRD_HEARTBEAT_STALE_SECONDS": "2",
     }
     first = Server(data_dir, **settings)
-    # NB: one service_debug section (a second one was silently dropped before duplicate keys
-    # became an error)
-    job_id = submit(first, config_yaml=TINY + "  sleep_seconds: 8\n")
-    first.wait(job_id, {"RUNNING"}, timeout=60)
-    first.kill()
+    try:
+        # NB: one service_debug section (a second one was silently dropped before duplicate
+        # keys became an error)
+        job_id = submit(first, config_yaml=TINY + "  sleep_seconds: 8\n")
+        first.wait(job_id, {"RUNNING"}, timeout=60)
+    finally:
+        first.kill()  # NB: the crash under test, and the cleanup when a step above fails
     time.sleep(2.5)  # NB: past the heartbeat staleness, so the orphan is recognised
     second = Server(data_dir, **settings)
     try:

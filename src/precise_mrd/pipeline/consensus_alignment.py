@@ -360,12 +360,11 @@ def align_read_rows(
     quals: npt.NDArray[np.uint8],
     rows: I64Array,
     shifts: I64Array,
-    lengths: I64Array,
 ) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.uint8], I64Array]:
     """``bases``/``quals`` with, for every read ``k`` with ``shifts[k] > 0``, a new row holding
-    read ``k`` (row ``rows[k]``, ``lengths[k]`` bases) moved right by ``shifts[k]`` columns (the
-    gap padded as the decoder pads); and the rows, the moved reads pointing at their new rows.
-    Unchanged (no copy) when nothing moves."""
+    read ``k`` (row ``rows[k]``) moved right by ``shifts[k]`` columns (the gap padded as the
+    decoder pads; the padding past each read's end moves with it); and the rows, the moved
+    reads pointing at their new rows. Unchanged (no copy) when nothing moves."""
     moved = np.flatnonzero(shifts > 0)
     if len(moved) == 0:
         return bases, quals, rows
@@ -377,8 +376,6 @@ def align_read_rows(
         which = np.flatnonzero(shifts[moved] == shift)
         new_bases[which, shift:] = bases[src[which], : width - shift]
         new_quals[which, shift:] = quals[src[which], : width - shift]
-    # NB: columns past each read's own length moved in with it as padding, so nothing to clear
-    del lengths
     new_rows = rows.copy()
     new_rows[moved] = bases.shape[0] + np.arange(len(moved), dtype=np.int64)
     return (

@@ -167,9 +167,7 @@ def process_batch(
         bases_in, quals_in, rows_in = _reconcile_raw_pairs(
             reads, fam_order, rows_in, mol, start, cigars, params
         )
-    bases_in, quals_in, rows_in = align_read_rows(
-        bases_in, quals_in, rows_in, shifts, read_lengths[fam_order]
-    )
+    bases_in, quals_in, rows_in = align_read_rows(bases_in, quals_in, rows_in, shifts)
     # NB: fgbio masks columns below min_reads in a simplex family; a duplex molecule's strands
     # are called with min_reads 1 (the duplex filter above applies to the molecule)
     min_depth = np.where(is_duplex_mol[f_mol], 1, params.min_reads[0])
@@ -362,14 +360,13 @@ def _reconcile_raw_pairs(
     paired = np.flatnonzero((flags & 0x1) != 0)
     if len(paired) < 2:
         return reads.bases, reads.quals, rows
-    key_mol, key_name = mol[used][paired], reads.name_hashes[used][paired]
-    is_r2 = (flags[paired] >> 7) & 1
-    order = paired[np.lexsort((is_r2, key_name, key_mol))]
-    same = (mol[used][order[1:]] == mol[used][order[:-1]]) & (
-        reads.name_hashes[used][order[1:]] == reads.name_hashes[used][order[:-1]]
+    used_mol, used_name = mol[used], reads.name_hashes[used]
+    is_r2 = (flags >> 7) & 1
+    order = paired[np.lexsort((is_r2[paired], used_name[paired], used_mol[paired]))]
+    same = (used_mol[order[1:]] == used_mol[order[:-1]]) & (
+        used_name[order[1:]] == used_name[order[:-1]]
     )
-    r2_flag = (flags[order] >> 7) & 1
-    pair = np.flatnonzero(same & (r2_flag[:-1] == 0) & (r2_flag[1:] == 1))
+    pair = np.flatnonzero(same & (is_r2[order[:-1]] == 0) & (is_r2[order[1:]] == 1))
     first, second = order[pair], order[pair + 1]
     read1, read2 = used[first], used[second]
     cigar1, cigar2 = reads.cigar_hashes[read1], reads.cigar_hashes[read2]

@@ -103,8 +103,9 @@ def create_app(
     owns_database = job_service is None
     if job_service is None:
         job_service, engines = _build_sql_service(settings, store)
+    # NB: API keys and the audit trail live in the SQL job database (none beside other services)
+    sessions = getattr(job_service, "sessions", None)
     if authenticator is None:
-        sessions = getattr(job_service, "sessions", None)
         authenticator = Authenticator.from_settings(settings, sessions)
     metrics = ServiceMetrics(job_service)
     metrics.data_dir = settings.data_dir
@@ -193,7 +194,6 @@ def create_app(
     app.state.cache = cache
     app.state.executor = None
     app.state.authenticator = authenticator
-    sessions = getattr(job_service, "sessions", None)
     app.state.audit_log = AuditLog(sessions) if sessions is not None else None
     install_error_handlers(app)
     # NB: with auth on, every route of these two needs credentials (and counts to the limits)

@@ -102,7 +102,7 @@ class JobRunner:
         finally:
             with self._lock:
                 self.running.pop(job_id, None)
-            process.close(self.settings.work_dir)
+            process.close()
 
     def _claim(self, job_id: str) -> Any:
         job = self.service.claim(job_id, worker_host=self.host)

@@ -211,7 +211,7 @@ class LocalExecutor:
         logger.info("job %s started in worker pid %d", job_id, running.pid)
 
     def _forget(self, running: JobProcess) -> None:
-        running.close(self.settings.work_dir)
+        running.close()
         self._running.pop(running.job_id, None)
         self._last_progress.pop(running.job_id, None)
 

@@ -135,10 +135,9 @@ class JobProcess:
         process: subprocess.Popen[bytes],
         output_path: Path,
         output: IO[bytes],
-        work_dir: Path | None = None,
     ) -> None:
         self.job_id = job_id
-        self.work_dir = work_dir if work_dir is not None else output_path.parent
+        self.work_dir = output_path.parent  # NB: the output file sits in the job's directory
         self.process = process
         self.output_path = output_path
         self._output = output
@@ -172,7 +171,7 @@ class JobProcess:
         except OSError:
             output.close()
             raise
-        return cls(job_id, process, output_path, output, work_dir)
+        return cls(job_id, process, output_path, output)
 
     @property
     def pid(self) -> int:
@@ -208,9 +207,7 @@ class JobProcess:
             return ""
         return lines[-1][:300] if lines else ""
 
-    def close(self, work_dir: Path | None = None) -> None:
-        """Close the output file and remove the job's work directory (``work_dir``: the work
-        root, unused: the process knows its own directory)."""
-        del work_dir
+    def close(self) -> None:
+        """Close the output file and remove the job's work directory."""
         self._output.close()
         shutil.rmtree(self.work_dir, ignore_errors=True)
