@@ -78,7 +78,10 @@ def test_schemathesis_finds_no_server_error(tmp_path: Path, credentials: bool) -
         ]
         if credentials:
             command += ["--header", f"X-API-Key: {key}"]
-        done = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
+        # NB: in tmp_path: st keeps a cache (.schemathesis/) in its working directory
+        done = subprocess.run(
+            command, cwd=tmp_path, capture_output=True, text=True, timeout=600, check=False
+        )
     finally:
         server.stop()
     summary = done.stdout[-3000:]
