@@ -10,13 +10,17 @@
 #   docker buildx imagetools inspect python:3.11-slim-bookworm
 # Dependencies are pinned by requirements.lock (the test environment's exact versions), used as
 # constraints: the runtime and ML extras only; the deep-learning filter's torch is optional
-# (--build-arg WITH_TORCH=1, the CPU wheel).
+# (--build-arg WITH_TORCH=1, the CPU wheel). The AWS Lambda functions run this image too, built
+# with --build-arg EXTRAS=ml,aws (Mangum, the Lambda runtime client, boto3; see
+# serverless/template.yaml) and started as `python -m awslambdaric <handler>`.
 # The numba kernels are compiled at build time into /opt/numba-cache, which the runtime only
 # reads: a new pod's first job does not compile, and a read-only root filesystem is fine.
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm@sha256:a36c24f9cbdf4fd0f52d67f0823eeac19c2028c637cecc392d97f980d4fec56b
 
+# checkov:skip=CKV_DOCKER_7:the base is ARG PYTHON_IMAGE above, pinned by tag and sha256 digest (checkov reads the ARG's name, not its value)
 FROM ${PYTHON_IMAGE} AS build
 ARG WITH_TORCH=0
+ARG EXTRAS=ml
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PATH=/opt/venv/bin:$PATH \
@@ -29,9 +33,9 @@ COPY src ./src
 # also pins the test tools, which the image leaves out); torch only on request, CPU build
 RUN if [ "$WITH_TORCH" = "1" ]; then \
         pip install --no-compile --extra-index-url https://download.pytorch.org/whl/cpu \
-            -c requirements.lock ".[ml,dl]"; \
+            -c requirements.lock ".[${EXTRAS},dl]"; \
     else \
-        pip install --no-compile -c requirements.lock ".[ml]"; \
+        pip install --no-compile -c requirements.lock ".[${EXTRAS}]"; \
     fi \
     && precise-mrd warm-cache --cache-dir /opt/numba-cache
 

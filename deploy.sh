@@ -9,8 +9,11 @@
 #       re-queued and resume at the next start.
 #   ./deploy.sh --local-docker     Docker Compose (compose.yaml: API, worker, PostgreSQL, Redis,
 #                                  an S3 store) brought up and waited for until healthy.
-#   ./deploy.sh --kubernetes [--overlay dev|staging|prod]   Apply k8s/overlays/<overlay> to the
-#                                  current kubectl context, migrate, and wait for the rollout.
+#   ./deploy.sh --kubernetes [--overlay dev|staging|prod] [--image REF] [--render]
+#                                  Migrate (the Job alone, waited for), then apply
+#                                  k8s/overlays/<overlay> to the current kubectl context and wait
+#                                  for the rollout; --image pins REGISTRY/NAME@sha256:... (or :TAG);
+#                                  --render prints the manifests instead (no cluster needed).
 #
 # Feature switches (environment): ENABLE_ML_CALLING, ENABLE_DEEP_LEARNING (default true: a job
 # may ask for an artefact filter; false makes such a request a 422 naming the variable),
@@ -28,7 +31,7 @@ die() {
 }
 
 usage() {
-    sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'
 }
 
 local_python() {
@@ -72,34 +75,83 @@ local_docker() {
     echo "deploy.sh: the stack is healthy; the API: http://127.0.0.1:${PRECISE_MRD_API_PORT:-8000} (docs: /docs)"
 }
 
+render_overlay() {
+    # Print the overlay's manifests, with the image replaced by $2 when given (a tag or a digest
+    # reference: REGISTRY/NAME:TAG or REGISTRY/NAME@sha256:...), as they would be applied.
+    local overlay="$1" image="${2:-}"
+    if [[ -z "$image" ]]; then
+        kubectl kustomize "k8s/overlays/$overlay"
+        return
+    fi
+    local work name
+    work="$(mktemp -d)"
+    # NB: kustomize only loads files below the kustomization's root: copy the tree, then layer
+    # an images: override on the overlay (the name its images: entry gives the image)
+    cp -r k8s "$work/"
+    name="$(sed -n 's/^ *newName: //p' "k8s/overlays/$overlay/kustomization.yaml" | head -n 1)"
+    mkdir -p "$work/k8s/deploy"
+    {
+        echo "apiVersion: kustomize.config.k8s.io/v1beta1"
+        echo "kind: Kustomization"
+        echo "resources: [../overlays/$overlay]"
+        echo "images:"
+        echo "  - name: ${name:-precise-mrd-api}"
+        if [[ "$image" == *@sha256:* ]]; then
+            echo "    newName: ${image%@*}"
+            echo "    digest: ${image#*@}"
+        else
+            echo "    newName: ${image%:*}"
+            echo "    newTag: \"${image##*:}\""
+        fi
+    } > "$work/k8s/deploy/kustomization.yaml"
+    kubectl kustomize "$work/k8s/deploy"
+    rm -rf "$work"
+}
+
 kubernetes() {
-    local overlay=dev
+    local overlay=dev image="" render=0
     while [[ $# -gt 0 ]]; do
         case "$1" in
             --overlay) overlay="${2:-}"; shift 2 ;;
             --overlay=*) overlay="${1#--overlay=}"; shift ;;
-            *) die "--kubernetes: unknown option $1 (use --overlay dev|staging|prod)" ;;
+            --image) image="${2:-}"; shift 2 ;;
+            --image=*) image="${1#--image=}"; shift ;;
+            --render) render=1; shift ;;
+            *) die "--kubernetes: unknown option $1 (use --overlay dev|staging|prod, --image REF, --render)" ;;
         esac
     done
     [[ -d "k8s/overlays/$overlay" ]] \
         || die "--kubernetes: no overlay '$overlay'; use one of dev, staging, prod (k8s/overlays/)"
-    local plan="kubectl apply -k k8s/overlays/$overlay (after the namespace and the migration Job), then wait for the precise-mrd-api and precise-mrd-worker rollouts"
+    if [[ -n "$image" && ! "$image" =~ ^[a-z0-9./_-]+(:[A-Za-z0-9._-]+|@sha256:[0-9a-f]{64})$ ]]; then
+        die "--kubernetes: --image '$image' is not REGISTRY/NAME:TAG or REGISTRY/NAME@sha256:<64 hex>"
+    fi
+    local plan="kubectl apply -k k8s/overlays/$overlay${image:+ with the image $image} (the namespace and the migration Job first, waited for), then wait for the precise-mrd-api and precise-mrd-worker rollouts"
     command -v kubectl >/dev/null 2>&1 \
         || die "--kubernetes needs kubectl, which is not installed. Install it and point it at a cluster, or use --local-python. It would have run: $plan"
+    if [[ "$render" == 1 ]]; then
+        render_overlay "$overlay" "$image"
+        return
+    fi
     kubectl cluster-info --request-timeout=5s >/dev/null 2>&1 \
         || die "--kubernetes: no Kubernetes cluster is reachable from the current kubectl context ($(kubectl config current-context 2>/dev/null || echo none)). Check KUBECONFIG, or use --local-python. It would have run: $plan"
-    local namespace
-    namespace="$(kubectl kustomize "k8s/overlays/$overlay" | sed -n 's/^  namespace: //p' | head -n 1)"
+    local manifests namespace
+    manifests="$(mktemp)"
+    trap 'rm -f "$manifests"' RETURN
+    render_overlay "$overlay" "$image" > "$manifests"
+    namespace="$(sed -n 's/^  namespace: //p' "$manifests" | head -n 1)"
     kubectl create namespace "$namespace" --dry-run=client -o yaml | kubectl apply -f -
     kubectl -n "$namespace" get secret precise-mrd-secrets >/dev/null 2>&1 \
         || die "--kubernetes: the Secret precise-mrd-secrets is missing in namespace $namespace; make it as k8s/README.md shows"
-    # NB: a Job's template cannot change in place; the previous run's is replaced
+    # NB: the migration first, alone, and waited for: the new pods start on the new schema. A
+    # Job's template cannot change in place, so the previous run's Job is replaced.
     kubectl -n "$namespace" delete job precise-mrd-migrate --ignore-not-found
-    kubectl apply -k "k8s/overlays/$overlay"
-    kubectl -n "$namespace" wait --for=condition=complete job/precise-mrd-migrate --timeout=600s
+    kubectl apply -f "$manifests" -l app.kubernetes.io/name=precise-mrd-migrate
+    kubectl -n "$namespace" wait --for=condition=complete job/precise-mrd-migrate --timeout=600s \
+        || die "--kubernetes: the migration Job did not complete; see kubectl -n $namespace logs job/precise-mrd-migrate (nothing else was changed)"
+    kubectl apply -f "$manifests"
     kubectl -n "$namespace" rollout status deployment/precise-mrd-api --timeout=600s
     kubectl -n "$namespace" rollout status deployment/precise-mrd-worker --timeout=600s
-    echo "deploy.sh: overlay $overlay rolled out in namespace $namespace"
+    echo "deploy.sh: overlay $overlay rolled out in namespace $namespace${image:+ with $image}"
 }
 
 mode="${1:-}"

@@ -64,7 +64,9 @@ Tumour-informed MRD detection as a job service. Submit a run (`POST /submit`), f
 """
 
 
-def _build_sql_service(settings: Settings, store: ArtifactStore) -> tuple[JobService, list[Any]]:
+def build_sql_service(settings: Settings, store: ArtifactStore) -> tuple[JobService, list[Any]]:
+    """The SQL job service over the settings' database (and read replica); and its engines,
+    for the caller to dispose of."""
     from precise_mrd.service.db import create_engine_from_settings, make_session_factory
     from precise_mrd.service.db.engine import create_read_engine_from_settings
     from precise_mrd.service.jobs.service import SqlJobService
@@ -102,7 +104,7 @@ def create_app(
     engines: list[Any] = []
     owns_database = job_service is None
     if job_service is None:
-        job_service, engines = _build_sql_service(settings, store)
+        job_service, engines = build_sql_service(settings, store)
     # NB: API keys and the audit trail live in the SQL job database (none beside other services)
     sessions = getattr(job_service, "sessions", None)
     if authenticator is None:

@@ -34,6 +34,7 @@ LogLevel = Literal["debug", "info", "warning", "error", "critical"]
 SECRET_VARIABLES: dict[str, str] = {
     "database_url": "PRECISE_MRD_DATABASE_URL",
     "database_read_url": "PRECISE_MRD_DATABASE_READ_URL",
+    "database_password": "PRECISE_MRD_DATABASE_PASSWORD",
     "broker_url": "PRECISE_MRD_BROKER_URL",
     "redis_url": "PRECISE_MRD_REDIS_URL",
     "storage_url": "PRECISE_MRD_STORAGE_URL",
@@ -93,6 +94,11 @@ class Settings(BaseSettings):
         Path(".precise_mrd_data"), validation_alias=_env("PRECISE_MRD_DATA_DIR", "data_dir")
     )
     database_url: str = Field("", validation_alias=_env("PRECISE_MRD_DATABASE_URL", "database_url"))
+    #: the password of the database URLs' user, kept apart from them so a cloud's secret store
+    #: (RDS-managed secrets, Secret Manager, Key Vault) can hold it alone; a URL's own wins
+    database_password: str = Field(
+        "", repr=False, validation_alias=_env("PRECISE_MRD_DATABASE_PASSWORD", "database_password")
+    )
     #: a replica (or a read-only role) for status, results and listings; writes never go there
     database_read_url: str = Field(
         "", validation_alias=_env("PRECISE_MRD_DATABASE_READ_URL", "database_read_url")
@@ -361,8 +367,12 @@ class Settings(BaseSettings):
         self.data_dir = self.data_dir.expanduser().absolute()
         if not self.database_url:
             self.database_url = f"sqlite:///{self.data_dir / 'jobs.db'}"
-        self.database_url = normalize_database_url(self.database_url)
-        self.database_read_url = normalize_database_url(self.database_read_url)
+        self.database_url = with_password(
+            normalize_database_url(self.database_url), self.database_password
+        )
+        self.database_read_url = with_password(
+            normalize_database_url(self.database_read_url), self.database_password
+        )
         if self.executor == "celery" and not self.broker_url:
             raise ValueError(
                 "PRECISE_MRD_EXECUTOR=celery needs PRECISE_MRD_BROKER_URL (e.g. "
@@ -405,6 +415,24 @@ def normalize_database_url(url: str) -> str:
         if url.startswith(prefix):
             return "postgresql+psycopg://" + url[len(prefix) :]
     return url
+
+
+def with_password(url: str, password: str) -> str:
+    """``url`` with ``password`` for its user, unless it has none to give or the URL has one.
+
+    >>> with_password("postgresql+psycopg://mrd@db:5432/mrd", "p@ss/word")
+    'postgresql+psycopg://mrd:p%40ss%2Fword@db:5432/mrd'
+    >>> with_password("postgresql+psycopg://mrd:own@db/mrd", "other")
+    'postgresql+psycopg://mrd:own@db/mrd'
+    """
+    if not url or not password or url.startswith("sqlite"):
+        return url
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url)
+    if parsed.username is None or parsed.password is not None:
+        return url
+    return parsed.set(password=password).render_as_string(hide_password=False)
 
 
 def get_settings(**overrides: Any) -> Settings:

@@ -41,8 +41,6 @@ import hashlib
 import inspect
 import json
 import re
-import shutil
-import uuid
 from collections.abc import Iterator, Mapping
 from typing import Annotated, Any
 
@@ -77,14 +75,9 @@ from precise_mrd.service.api.schemas import (
     SampleCallSummary,
 )
 from precise_mrd.service.api.uploads import (
-    UPLOAD_FIELDS,
-    StoredUpload,
     canonical_keys,
-    check_combination,
-    check_read_structures,
-    store_upload,
+    store_uploads,
     upload_checksums,
-    validate_uploads,
 )
 from precise_mrd.service.errors import (
     ConflictError,
@@ -106,7 +99,7 @@ from precise_mrd.service.jobs.worker import DEFAULT_READ_STRUCTURES, parse_confi
 from precise_mrd.service.observability import ServiceMetrics
 from precise_mrd.service.security.principal import Principal
 from precise_mrd.service.settings import Settings
-from precise_mrd.service.storage import ArtifactStore, ArtifactStoreError, LocalArtifactStore
+from precise_mrd.service.storage import ArtifactStore, ArtifactStoreError
 from precise_mrd.service.storage.base import CHUNK_BYTES
 from precise_mrd.service.storage.integrity import (
     ArtifactCorruptedError,
@@ -236,50 +229,6 @@ def _submit(service: JobService, spec: JobSpec, job_id: str) -> JobView:
     return service.submit(spec)
 
 
-def _upload_files(
-    store: ArtifactStore,
-    settings: Settings,
-    files: dict[str, UploadFile | None],
-    prefix: str,
-    read_structures: str | None,
-) -> dict[str, StoredUpload]:
-    """Stream, sniff and validate the uploads, then keep them under ``prefix``. An object store
-    gets them only once they are valid: they are checked in a local staging directory first
-    (the readers need files) and then streamed to the store; nothing is left on any failure."""
-    staged = store.local_path(prefix + "probe") is None
-    staging_root = settings.work_dir / "staging" / uuid.uuid4().hex
-    target: ArtifactStore = LocalArtifactStore(staging_root) if staged else store
-    uploads: dict[str, StoredUpload] = {}
-    try:
-        for field in UPLOAD_FIELDS:
-            upload = files.get(field)
-            if upload is None or (not upload.filename and upload.size == 0):
-                continue
-            uploads[field] = store_upload(
-                target,
-                field=field,
-                client_name=upload.filename,
-                stream=upload.file,
-                prefix=prefix,
-                max_bytes=settings.max_upload_bytes,
-            )
-        check_combination(uploads)
-        check_read_structures(uploads, read_structures)
-        validate_uploads(
-            target, uploads, read_structures=read_structures or DEFAULT_READ_STRUCTURES
-        )
-        if staged:
-            for stored in uploads.values():
-                store.put_file(stored.key, target.path_for(stored.key))
-    except BaseException:
-        store.delete_prefix(prefix)
-        raise
-    finally:
-        if staged:
-            shutil.rmtree(staging_root, ignore_errors=True)
-    return uploads
-
-
 @router.post(
     "/submit",
     status_code=202,
@@ -392,12 +341,16 @@ def submit_job(
         "variants": variants,
         "targets": targets,
     }
-    uploads = _upload_files(
+    uploads = store_uploads(
         store,
         settings,
-        files,
-        f"{job_key_prefix(principal.tenant_id, job_id)}inputs/",
-        create.read_structures,
+        {
+            field: (upload.filename, upload.file)
+            for field, upload in files.items()
+            if upload is not None and (upload.filename or upload.size != 0)
+        },
+        prefix=f"{job_key_prefix(principal.tenant_id, job_id)}inputs/",
+        read_structures=create.read_structures,
     )
     spec = dataclasses.replace(
         spec, inputs=canonical_keys(uploads), checksums=upload_checksums(uploads)

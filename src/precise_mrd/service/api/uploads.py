@@ -32,6 +32,8 @@ from __future__ import annotations
 
 import itertools
 import re
+import shutil
+import uuid
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -42,7 +44,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from precise_mrd.core.errors import InputError
 from precise_mrd.service.errors import PayloadTooLargeError, UploadInvalidError, error_response
-from precise_mrd.service.storage import ArtifactStore, ArtifactTooLargeError
+from precise_mrd.service.jobs.worker import DEFAULT_READ_STRUCTURES
+from precise_mrd.service.settings import Settings
+from precise_mrd.service.storage import ArtifactStore, ArtifactTooLargeError, LocalArtifactStore
 from precise_mrd.service.storage.integrity import HashingReader
 
 #: form fields that take a file, in the order they are processed
@@ -366,6 +370,52 @@ def validate_uploads(
                 read_bed(store.path_for(current.key), reference)
     except InputError as error:
         raise fail(current, error) from None
+
+
+def store_uploads(
+    store: ArtifactStore,
+    settings: Settings,
+    files: Mapping[str, tuple[str | None, BinaryIO]],
+    *,
+    prefix: str,
+    read_structures: str | None,
+) -> dict[str, StoredUpload]:
+    """Stream, sniff and validate a submission's files (input kind -> (client's file name,
+    stream)), then keep them under ``prefix``. An object store gets them only once they are
+    valid: they are checked in a local staging directory first (the readers need files) and then
+    streamed to the store; nothing is left on any failure."""
+    staged = store.local_path(prefix + "probe") is None
+    staging_root = settings.work_dir / "staging" / uuid.uuid4().hex
+    target: ArtifactStore = LocalArtifactStore(staging_root) if staged else store
+    uploads: dict[str, StoredUpload] = {}
+    try:
+        for field in UPLOAD_FIELDS:
+            if field not in files:
+                continue
+            client_name, stream = files[field]
+            uploads[field] = store_upload(
+                target,
+                field=field,
+                client_name=client_name,
+                stream=stream,
+                prefix=prefix,
+                max_bytes=settings.max_upload_bytes,
+            )
+        check_combination(uploads)
+        check_read_structures(uploads, read_structures)
+        validate_uploads(
+            target, uploads, read_structures=read_structures or DEFAULT_READ_STRUCTURES
+        )
+        if staged:
+            for stored in uploads.values():
+                store.put_file(stored.key, target.path_for(stored.key))
+    except BaseException:
+        store.delete_prefix(prefix)
+        raise
+    finally:
+        if staged:
+            shutil.rmtree(staging_root, ignore_errors=True)
+    return uploads
 
 
 def canonical_keys(uploads: Mapping[str, StoredUpload]) -> dict[str, str]:
