@@ -5,11 +5,14 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
+# e.g. BENCH_ARGS=--benchmark-compare (against the last saved run), plus
+# --benchmark-compare-fail=mean:10% to fail on a slowdown
+BENCH_ARGS ?=
 # Commands the tests drive, each with the Debian package that provides it (installed when missing).
 TEST_TOOLS := chromium=chromium shellcheck=shellcheck
 
 .PHONY: help venv test-tools test test-fast coverage check fmt lint types arch docs demo bench \
-	image serverless-bundle bench-cold-start clean
+	bench-kernels image serverless-bundle bench-cold-start clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -77,6 +80,10 @@ demo: $(STAMP)  ## simulate a small sample, run the pipeline on it, print where 
 
 bench: $(STAMP)  ## benchmark against samtools and umi_tools on the standard sample
 	$(BIN)/python benchmarks/bench_pipeline.py
+
+bench-kernels: $(STAMP)  ## time the hot paths (tests/test_benchmarks.py) into .benchmarks/; BENCH_ARGS=--benchmark-compare
+	$(BIN)/pytest tests/test_benchmarks.py -p no:xdist --benchmark-only --benchmark-autosave \
+		--benchmark-storage=.benchmarks $(BENCH_ARGS)
 
 image:  ## build the container image (needs a Docker engine; none runs on the project's CI machine)
 	@docker info >/dev/null 2>&1 || { echo "make image: no Docker engine answers here; run it where one does (docker build -t precise-mrd-api .)"; exit 1; }

@@ -93,6 +93,11 @@ output "storage_event_function_name" {
   value       = module.aws.storage_event_function_name
 }
 
+output "maintenance_function_name" {
+  description = "The scheduled Lambda function that recovers, re-sends and cleans up jobs every minute."
+  value       = module.aws.maintenance_function_name
+}
+
 output "storage_event_dlq_url" {
   description = "Dead-letter queue of the storage-event function (failed sample events)."
   value       = module.aws.storage_event_dlq_url

@@ -83,6 +83,7 @@ class Server:
         deadline = time.monotonic() + start_timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
+                self._log.close()
                 raise RuntimeError(f"server exited: {self.log_path.read_text()[-3000:]}")
             try:
                 live = requests.get(

@@ -203,6 +203,65 @@ data "aws_iam_policy_document" "lambda_storage_event" {
   }
 }
 
+# NB: no lambda_common: this function writes nothing to S3, so it gets kms:Decrypt only
+# (secrets, environment, artifacts it reads) and GenerateDataKey only through SQS (its DLQ)
+data "aws_iam_policy_document" "lambda_maintenance" {
+  statement {
+    sid       = "WriteLogs"
+    actions   = ["logs:CreateLogStream", "logs:PutLogEvents"]
+    resources = ["${aws_cloudwatch_log_group.main["lambda_mnt"].arn}:*"]
+  }
+
+  statement {
+    sid       = "ReadTheSecrets"
+    actions   = ["secretsmanager:GetSecretValue"]
+    resources = local.app_secret_arns
+  }
+
+  statement {
+    sid       = "DecryptWithTheKey"
+    actions   = ["kms:Decrypt"]
+    resources = [aws_kms_key.main.arn]
+  }
+
+  statement {
+    sid       = "ExpireArtifacts"
+    actions   = ["s3:GetObject", "s3:DeleteObject"]
+    resources = [local.artifacts_arn]
+  }
+
+  statement {
+    sid       = "ListArtifacts"
+    actions   = ["s3:ListBucket"]
+    resources = [local.data_bucket_arn]
+
+    condition {
+      test     = "StringLike"
+      variable = "s3:prefix"
+      values   = ["${local.artifacts_prefix}/*"]
+    }
+  }
+
+  statement {
+    sid       = "DeadLetters"
+    actions   = ["sqs:SendMessage"]
+    resources = [aws_sqs_queue.maintenance_dlq.arn]
+  }
+
+  # NB: sending to the KMS-encrypted DLQ needs a data key; only through SQS
+  statement {
+    sid       = "DeadLettersKey"
+    actions   = ["kms:GenerateDataKey"]
+    resources = [aws_kms_key.main.arn]
+
+    condition {
+      test     = "StringEquals"
+      variable = "kms:ViaService"
+      values   = ["sqs.${local.region}.amazonaws.com"]
+    }
+  }
+}
+
 resource "aws_iam_role" "lambda_api" {
   name_prefix        = "${var.name}-lambda-api-"
   description        = "Precise MRD HTTP API Lambda"
@@ -227,6 +286,18 @@ resource "aws_iam_role_policy" "lambda_storage_event" {
   policy = data.aws_iam_policy_document.lambda_storage_event.json
 }
 
+resource "aws_iam_role" "lambda_maintenance" {
+  name_prefix        = "${var.name}-lambda-mnt-"
+  description        = "Precise MRD scheduled maintenance Lambda"
+  assume_role_policy = data.aws_iam_policy_document.assume_lambda.json
+}
+
+resource "aws_iam_role_policy" "lambda_maintenance" {
+  name   = "maintenance"
+  role   = aws_iam_role.lambda_maintenance.id
+  policy = data.aws_iam_policy_document.lambda_maintenance.json
+}
+
 # NB: the ENI actions (ec2:CreateNetworkInterface, ...) of a VPC function cannot be scoped to
 # resources; the AWS-managed policies are the documented minimum for VPC access and X-Ray
 locals {
@@ -237,6 +308,7 @@ locals {
   lambda_role_policy_attachments = merge(
     { for k, arn in local.lambda_managed_policies : "api-${k}" => { role = aws_iam_role.lambda_api.name, arn = arn } },
     { for k, arn in local.lambda_managed_policies : "evt-${k}" => { role = aws_iam_role.lambda_storage_event.name, arn = arn } },
+    { for k, arn in local.lambda_managed_policies : "mnt-${k}" => { role = aws_iam_role.lambda_maintenance.name, arn = arn } },
   )
 }
 

@@ -1,13 +1,22 @@
-# Two Lambda functions from the same container image (Lambda pulls it from Amazon ECR):
+# Three Lambda functions from the same container image (Lambda pulls it from Amazon ECR):
 #   * api: the HTTP API behind an API Gateway HTTP API (payload 2.0, the $default route);
 #     the application authenticates every request itself (PRECISE_MRD_AUTH_MODE)
 #   * storage_event: one sample, when its incoming/**/manifest.json lands in the data bucket;
 #     reads the sample's files there and writes the artifacts under artifacts/
-# Both in the private subnets (they reach RDS and Redis), X-Ray traced, the environment
+#   * maintenance: every minute (an EventBridge schedule), one at a time: recovers the jobs
+#     whose worker died, re-sends the QUEUED jobs whose broker message was lost, and deletes
+#     the finished jobs older than CLEANUP_OLD_JOBS_HOURS with their artifacts
+# All in the private subnets (they reach RDS and Redis), X-Ray traced, the environment
 # encrypted with the module's key. Secrets: the app resolves each <VAR>_SECRET_ARN at cold start.
 
 resource "aws_sqs_queue" "storage_event_dlq" {
   name                      = "${var.name}-storage-event-dlq"
+  message_retention_seconds = 1209600
+  kms_master_key_id         = aws_kms_key.main.arn
+}
+
+resource "aws_sqs_queue" "maintenance_dlq" {
+  name                      = "${var.name}-maintenance-dlq"
   message_retention_seconds = 1209600
   kms_master_key_id         = aws_kms_key.main.arn
 }
@@ -134,6 +143,86 @@ resource "aws_lambda_permission" "storage_event_from_s3" {
   function_name  = aws_lambda_function.storage_event.function_name
   principal      = "s3.amazonaws.com"
   source_arn     = aws_s3_bucket.data.arn
+  source_account = local.account_id
+}
+
+resource "aws_lambda_function" "maintenance" {
+  #checkov:skip=CKV_AWS_272:code signing applies to .zip packages only; container images are verified by their digest in ECR
+  function_name = "${var.name}-maintenance"
+  description   = "Precise MRD: recovers orphaned jobs, re-sends lost ones, deletes expired ones"
+  role          = aws_iam_role.lambda_maintenance.arn
+  package_type  = "Image"
+  image_uri     = local.lambda_image
+  architectures = ["x86_64"]
+  timeout       = 120
+  memory_size   = 512
+  kms_key_arn   = aws_kms_key.main.arn
+
+  # NB: one run at a time: two would recover or re-send the same jobs
+  reserved_concurrent_executions = 1
+
+  image_config {
+    entry_point = ["python", "-m", "awslambdaric"]
+    command     = ["precise_mrd.service.serverless.aws.maintenance_handler"]
+  }
+
+  environment {
+    variables = local.lambda_env
+  }
+
+  vpc_config {
+    subnet_ids         = local.lambda_vpc.subnet_ids
+    security_group_ids = local.lambda_vpc.security_group_ids
+  }
+
+  tracing_config {
+    mode = "Active"
+  }
+
+  dead_letter_config {
+    target_arn = aws_sqs_queue.maintenance_dlq.arn
+  }
+
+  lifecycle {
+    precondition {
+      condition     = can(regex(local.ecr_image_pattern, local.lambda_image))
+      error_message = "Lambda runs images from Amazon ECR only: set lambda_image (or image) to an ECR URI."
+    }
+  }
+
+  depends_on = [
+    aws_iam_role_policy.lambda_maintenance,
+    aws_iam_role_policy_attachment.lambda,
+    aws_cloudwatch_log_group.main["lambda_mnt"],
+  ]
+}
+
+# NB: no retry and no backlog: the next minute's run does the same work (a run that failed, or
+# an event throttled behind a run still going, goes to the DLQ after two minutes)
+resource "aws_lambda_function_event_invoke_config" "maintenance" {
+  function_name                = aws_lambda_function.maintenance.function_name
+  maximum_retry_attempts       = 0
+  maximum_event_age_in_seconds = 120
+}
+
+resource "aws_cloudwatch_event_rule" "maintenance" {
+  name                = "${var.name}-maintenance"
+  description         = "Precise MRD: runs the maintenance function every minute"
+  schedule_expression = "rate(1 minute)"
+}
+
+resource "aws_cloudwatch_event_target" "maintenance" {
+  rule      = aws_cloudwatch_event_rule.maintenance.name
+  target_id = "maintenance"
+  arn       = aws_lambda_function.maintenance.arn
+}
+
+resource "aws_lambda_permission" "maintenance_from_events" {
+  statement_id   = "AllowEventBridgeSchedule"
+  action         = "lambda:InvokeFunction"
+  function_name  = aws_lambda_function.maintenance.function_name
+  principal      = "events.amazonaws.com"
+  source_arn     = aws_cloudwatch_event_rule.maintenance.arn
   source_account = local.account_id
 }
 

@@ -9,6 +9,7 @@ locals {
     ecs_exec   = "/ecs/${var.name}/exec"
     lambda_api = "/aws/lambda/${var.name}-api"
     lambda_evt = "/aws/lambda/${var.name}-storage-event"
+    lambda_mnt = "/aws/lambda/${var.name}-maintenance"
     api_gw     = "/aws/apigateway/${var.name}"
     redis_slow = "/elasticache/${var.name}/slow-log"
     redis_eng  = "/elasticache/${var.name}/engine-log"

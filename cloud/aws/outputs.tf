@@ -105,6 +105,16 @@ output "storage_event_dlq_url" {
   value       = aws_sqs_queue.storage_event_dlq.url
 }
 
+output "maintenance_function_name" {
+  description = "The scheduled maintenance Lambda function (every minute)."
+  value       = aws_lambda_function.maintenance.function_name
+}
+
+output "maintenance_dlq_url" {
+  description = "Dead-letter queue of the maintenance function (failed or expired scheduled runs)."
+  value       = aws_sqs_queue.maintenance_dlq.url
+}
+
 output "kms_key_arn" {
   description = "The customer-managed KMS key of the deployment's data at rest."
   value       = aws_kms_key.main.arn

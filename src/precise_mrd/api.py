@@ -2,13 +2,16 @@
 
 ::
 
-    python -m precise_mrd.api [--host H] [--port P] [--reload] [--log-level debug]
+    python -m precise_mrd.api [--host H] [--port P] [--workers N] [--reload] [--log-level debug]
 
 Host, port and log level default to ``PRECISE_MRD_API_HOST`` (127.0.0.1), ``PRECISE_MRD_API_PORT``
-(8000) and ``PRECISE_MRD_LOG_LEVEL`` (info); the options win over them. The app is built by
-:func:`app_from_environment` (a factory, so ``--reload`` re-imports it cleanly): SQLite, a local
-artifact directory and the local executor, all under ``PRECISE_MRD_DATA_DIR``. Migrations run at
-start-up. SIGINT/SIGTERM stop the server gracefully: running jobs are put back in the queue.
+(8000) and ``PRECISE_MRD_LOG_LEVEL`` (info); the options win over them. ``--workers N``
+(``PRECISE_MRD_API_WORKERS``, default 1) serves from N processes sharing the port; each builds
+its own app (and, with the local executor, runs up to ``MAX_CONCURRENT_JOBS`` jobs). The app
+is built by :func:`app_from_environment` (a factory, so ``--reload`` re-imports it cleanly):
+SQLite, a local artifact directory and the local executor, all under ``PRECISE_MRD_DATA_DIR``.
+Migrations run at start-up. SIGINT/SIGTERM stop the server gracefully: running jobs are put
+back in the queue.
 
 >>> parse_args(["--port", "0", "--log-level", "DEBUG"]).log_level
 'debug'
@@ -40,6 +43,7 @@ def serve(
     host: str | None = None,
     port: int | None = None,
     reload: bool = False,
+    workers: int | None = None,
     log_level: str | None = None,
     ssl_certfile: str | None = None,
     ssl_keyfile: str | None = None,
@@ -77,6 +81,11 @@ def serve(
     if certfile:
         # NB: the app sends HSTS when it knows TLS is on
         os.environ["PRECISE_MRD_TLS_CERTFILE"] = certfile
+    processes = settings.api_workers if workers is None else workers
+    if processes < 1:
+        raise SystemExit(f"error: --workers must be at least 1; got {processes}")
+    if reload and processes > 1:
+        raise SystemExit("error: --reload serves from one process; drop --workers or --reload")
     uvicorn.run(
         "precise_mrd.api:app_from_environment",
         factory=True,
@@ -87,6 +96,7 @@ def serve(
         ssl_ca_certs=client_ca,
         ssl_cert_reqs=ssl.CERT_REQUIRED if client_ca else ssl.CERT_NONE,
         reload=reload,
+        workers=processes if processes > 1 else None,
         log_config=None,  # NB: the app configures JSON logging itself
         log_level=settings.log_level,
         proxy_headers=True,
@@ -101,6 +111,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--host", default=None, help="bind address (PRECISE_MRD_API_HOST)")
     parser.add_argument("--port", type=int, default=None, help="port (PRECISE_MRD_API_PORT)")
     parser.add_argument("--reload", action="store_true", help="restart on code changes (dev)")
+    parser.add_argument(
+        "--workers", type=int, default=None, help="server processes (PRECISE_MRD_API_WORKERS, 1)"
+    )
     parser.add_argument("--ssl-certfile", default=None, help="TLS certificate (PEM)")
     parser.add_argument("--ssl-keyfile", default=None, help="TLS private key (PEM)")
     parser.add_argument("--ssl-ca-certs", default=None, help="CA of client certificates (mTLS)")
@@ -120,6 +133,7 @@ def main(argv: list[str] | None = None) -> int:
         host=args.host,
         port=args.port,
         reload=args.reload,
+        workers=args.workers,
         log_level=args.log_level,
         ssl_certfile=args.ssl_certfile,
         ssl_keyfile=args.ssl_keyfile,

@@ -27,6 +27,12 @@ def register(app: typer.Typer) -> None:
         reload: Annotated[
             bool, typer.Option(help="Restart on code changes (development).")
         ] = False,
+        workers: Annotated[
+            int | None,
+            typer.Option(
+                min=1, help="Server processes sharing the port (env PRECISE_MRD_API_WORKERS, 1)"
+            ),
+        ] = None,
         log_level: Annotated[
             str | None,
             typer.Option(help=f"One of {', '.join(LOG_LEVELS)} (env PRECISE_MRD_LOG_LEVEL)"),
@@ -57,6 +63,7 @@ def register(app: typer.Typer) -> None:
             host=host,
             port=port,
             reload=reload,
+            workers=workers,
             log_level=log_level.lower() if log_level else None,
             ssl_certfile=ssl_certfile,
             ssl_keyfile=ssl_keyfile,

@@ -14,10 +14,15 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
+#: a Prometheus duration, as the PrometheusRule CRD's pattern has it
+_DURATION = (
+    r"^(0|(([0-9]+)y)?(([0-9]+)w)?(([0-9]+)d)?(([0-9]+)h)?(([0-9]+)m)?(([0-9]+)s)?(([0-9]+)ms)?)$"
+)
 BIN = Path(sys.executable).parent
 OVERLAYS = ("dev", "staging", "prod")
-#: the fields of KEDA's CRDs (keda.sh/v1alpha1) these manifests use, as its CRDs define them
-KEDA_SCHEMAS: dict[str, dict[str, Any]] = {
+#: the fields of the CRDs these manifests use, as the CRDs define them: KEDA's (keda.sh/v1alpha1)
+#: and the Prometheus Operator's PrometheusRule (monitoring.coreos.com/v1)
+CRD_SCHEMAS: dict[str, dict[str, Any]] = {
     "ScaledObject": {
         "type": "object",
         "required": ["spec"],
@@ -83,6 +88,63 @@ KEDA_SCHEMAS: dict[str, dict[str, Any]] = {
             }
         },
     },
+    "PrometheusRule": {
+        "type": "object",
+        "required": ["apiVersion", "spec"],
+        "properties": {
+            "apiVersion": {"const": "monitoring.coreos.com/v1"},
+            "spec": {
+                "type": "object",
+                "required": ["groups"],
+                "additionalProperties": False,
+                "properties": {
+                    "groups": {
+                        "type": "array",
+                        "minItems": 1,
+                        "items": {
+                            "type": "object",
+                            "required": ["name", "rules"],
+                            "additionalProperties": False,
+                            "properties": {
+                                "name": {"type": "string", "minLength": 1},
+                                "interval": {"type": "string", "pattern": _DURATION},
+                                "rules": {
+                                    "type": "array",
+                                    "items": {
+                                        "type": "object",
+                                        "required": ["expr"],
+                                        "additionalProperties": False,
+                                        "oneOf": [
+                                            {"required": ["alert"]},
+                                            {"required": ["record"]},
+                                        ],
+                                        "properties": {
+                                            "alert": {"type": "string"},
+                                            "record": {"type": "string"},
+                                            "expr": {"type": ["string", "integer"]},
+                                            "for": {"type": "string", "pattern": _DURATION},
+                                            "keep_firing_for": {
+                                                "type": "string",
+                                                "pattern": _DURATION,
+                                            },
+                                            "labels": {
+                                                "type": "object",
+                                                "additionalProperties": {"type": "string"},
+                                            },
+                                            "annotations": {
+                                                "type": "object",
+                                                "additionalProperties": {"type": "string"},
+                                            },
+                                        },
+                                    },
+                                },
+                            },
+                        },
+                    }
+                },
+            },
+        },
+    },
 }
 
 
@@ -110,7 +172,7 @@ def test_overlay_validates_strictly(overlay: str, tmp_path: Path) -> None:
     failures = [line for line in done.stdout.splitlines() if line.startswith("ERROR")]
     assert done.returncode == 0 and not failures, done.stdout + done.stderr
     kinds = {obj["kind"] for obj in objects}
-    for crd_kind, schema in KEDA_SCHEMAS.items():
+    for crd_kind, schema in CRD_SCHEMAS.items():
         assert crd_kind in kinds
         for obj in objects:
             if obj["kind"] == crd_kind:

@@ -476,8 +476,11 @@ def test_aws_module_keeps_the_contract() -> None:
     assert ':password::"' in main and "PRECISE_MRD_JWT_SECRET_SECRET_ARN" in main
     assert "PRECISE_MRD_DATABASE_PASSWORD_SECRET_ARN" in main
     lambdas = _text("lambda.tf")
-    for handler in ("api_handler", "storage_event_handler"):
+    for handler in ("api_handler", "storage_event_handler", "maintenance_handler"):
         assert f'"precise_mrd.service.serverless.aws.{handler}"' in lambdas
+    assert _label(_aws("aws_cloudwatch_event_rule.maintenance")["schedule_expression"]) == (
+        "rate(1 minute)"
+    )
     assert 'entry_point = ["python", "-m", "awslambdaric"]' in lambdas
     assert 'payload_format_version = "2.0"' in lambdas and 'route_key = "$default"' in lambdas
 

@@ -60,6 +60,9 @@ mock_provider "aws" {
       invoke_arn = "arn:aws:apigateway:eu-west-1:lambda:path/2015-03-31/functions/arn:aws:lambda:eu-west-1:123456789012:function:mocked/invocations"
     }
   }
+  mock_resource "aws_cloudwatch_event_rule" {
+    defaults = { arn = "arn:aws:events:eu-west-1:123456789012:rule/precise-mrd-maintenance" }
+  }
   mock_resource "aws_lb" {
     defaults = { arn = "arn:aws:elasticloadbalancing:eu-west-1:123456789012:loadbalancer/app/mocked/1" }
   }
@@ -131,6 +134,15 @@ run "the_stack_renders" {
   }
 
   assert {
+    condition = (
+      aws_lambda_function.maintenance.image_config[0].command == tolist(["precise_mrd.service.serverless.aws.maintenance_handler"])
+      && aws_cloudwatch_event_rule.maintenance.schedule_expression == "rate(1 minute)"
+      && aws_lambda_function.maintenance.reserved_concurrent_executions == 1
+    )
+    error_message = "the maintenance function runs maintenance_handler every minute, one at a time"
+  }
+
+  assert {
     condition     = local.ecs_ecr_repository_arns == ["arn:aws:ecr:eu-west-1:123456789012:repository/precise-mrd-api"]
     error_message = "the execution role pulls from the image's ECR repository only"
   }
@@ -143,7 +155,7 @@ run "a_ghcr_image_needs_an_ecr_copy_for_lambda" {
     image = "ghcr.io/acme/precise-mrd-api:0123abc"
   }
 
-  expect_failures = [aws_lambda_function.api, aws_lambda_function.storage_event]
+  expect_failures = [aws_lambda_function.api, aws_lambda_function.storage_event, aws_lambda_function.maintenance]
 }
 
 run "bad_inputs_are_refused" {

@@ -68,6 +68,10 @@ class Settings(BaseSettings):
     api_port: int = Field(
         8000, ge=0, le=65535, validation_alias=_env("PRECISE_MRD_API_PORT", "api_port")
     )
+    #: server processes sharing the port (each with its own app, pools and executor)
+    api_workers: int = Field(
+        1, ge=1, le=64, validation_alias=_env("PRECISE_MRD_API_WORKERS", "api_workers")
+    )
     enable_parallel_processing: bool = Field(
         True, validation_alias=_env("ENABLE_PARALLEL_PROCESSING", "enable_parallel_processing")
     )

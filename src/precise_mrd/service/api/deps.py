@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import Depends, Request
+from starlette.concurrency import run_in_threadpool
 
 from precise_mrd.service.errors import ForbiddenError
 from precise_mrd.service.jobs.model import JobService
@@ -27,43 +28,47 @@ def _state(request: Request, name: str) -> Any:
     return getattr(request.app.state, name)
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     settings: Settings = _state(request, "settings")
     return settings
 
 
-def get_job_service(request: Request) -> JobService:
+async def get_job_service(request: Request) -> JobService:
     service: JobService = _state(request, "job_service")
     return service
 
 
-def get_store(request: Request) -> ArtifactStore:
+async def get_store(request: Request) -> ArtifactStore:
     store: ArtifactStore = _state(request, "store")
     return store
 
 
-def get_metrics(request: Request) -> ServiceMetrics:
+async def get_metrics(request: Request) -> ServiceMetrics:
     metrics: ServiceMetrics = _state(request, "metrics")
     return metrics
 
 
-def get_cache(request: Request) -> Any:
+async def get_cache(request: Request) -> Any:
     """The app's cache (in-process, or Redis with PRECISE_MRD_REDIS_URL)."""
     return _state(request, "cache")
 
 
-def get_request_id(request: Request) -> str | None:
+async def get_request_id(request: Request) -> str | None:
     request_id: str | None = getattr(request.state, "request_id", None)
     return request_id
 
 
-def get_principal(request: Request) -> Principal:
+async def get_principal(request: Request) -> Principal:
     """Who is calling (``PRECISE_MRD_AUTH_MODE``; with ``none``, the anonymous admin of tenant
     ``default``). Kept on ``request.state`` for the logs."""
     found: Principal | None = getattr(request.state, "principal", None)
     if found is None:  # NB: the middleware authenticates every non-public path first
-        found = _state(request, "authenticator").authenticate(request.headers)
-        request.state.principal = found
+        authenticator = _state(request, "authenticator")
+        if authenticator.mode == "none":  # the anonymous admin: nothing to look up
+            principal: Principal = authenticator.authenticate(request.headers)
+        else:  # NB: an API key is looked up in the database: not on the event loop
+            principal = await run_in_threadpool(authenticator.authenticate, request.headers)
+        request.state.principal = found = principal
     return found
 
 
@@ -78,7 +83,7 @@ def require_role(principal: Principal, role: str) -> None:
 
 
 def _needs(role: str) -> Any:
-    def check(principal: Annotated[Principal, Depends(get_principal)]) -> Principal:
+    async def check(principal: Annotated[Principal, Depends(get_principal)]) -> Principal:
         require_role(principal, role)
         return principal
 

@@ -47,6 +47,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, File, Form, Query, Request, Response, UploadFile
 from fastapi.responses import FileResponse, RedirectResponse, StreamingResponse
 from pydantic import ValidationError
+from starlette.concurrency import run_in_threadpool
 
 from precise_mrd.core.errors import ConfigError
 from precise_mrd.pipeline.artifacts import DOWNLOAD_TYPES, MEDIA_TYPES
@@ -380,12 +381,18 @@ def submit_job(
     summary="A job's state and progress",
     responses=responses(404),
 )
-def job_status(
+async def job_status(
     job_id: str, service: JobServiceDep, principal: CurrentPrincipal, metrics: MetricsDep
 ) -> JobRead:
     """State (GA4GH WES names), progress 0..1, current stage, timestamps, and the reason when the
     job failed or was canceled."""
-    job = service.get(job_id, tenant_id=job_scope(principal))
+    scope = job_scope(principal)
+    # NB: a finished job read lately is answered from memory, on the event loop; anything else
+    # is a database read, in a worker thread
+    cached = getattr(service, "cached", None)
+    job: JobView | None = cached(job_id, tenant_id=scope) if cached is not None else None
+    if job is None:
+        job = await run_in_threadpool(service.get, job_id, tenant_id=scope)
     metrics.observe_job(job)
     return job_read(job)
 

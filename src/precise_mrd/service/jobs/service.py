@@ -50,11 +50,23 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, and_, delete, func, or_, select, update
+from sqlalchemy import (
+    CursorResult,
+    Engine,
+    Row,
+    and_,
+    bindparam,
+    delete,
+    func,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.orm import Session, sessionmaker
 
 from precise_mrd.pipeline.artifacts import DOWNLOAD_TYPES
 from precise_mrd.service.db.models import JobEventRecord, JobRecord, TenantGenerationRecord
+from precise_mrd.service.jobs.finished_cache import FinishedJobs
 from precise_mrd.service.jobs.model import (
     TERMINAL_STATES,
     JobNotFoundError,
@@ -167,8 +179,12 @@ def spec_from_json(data: Mapping[str, Any]) -> JobSpec:
     return JobSpec(**{key: value for key, value in data.items() if key in names})
 
 
-def to_view(record: JobRecord) -> JobView:
-    """A read-only view of a row."""
+#: one job's row by id (a Core statement: compiled once, cached by SQLAlchemy)
+_SELECT_JOB = select(JobRecord.__table__).where(JobRecord.__table__.c.id == bindparam("job_id"))
+
+
+def to_view(record: JobRecord | Row[Any]) -> JobView:
+    """A read-only view of a row (an ORM record or a Core row of the jobs table)."""
     return JobView(
         job_id=record.id,
         spec=spec_from_json(record.spec),
@@ -204,6 +220,7 @@ class SqlJobService:
         self._reads = read_sessions or session_factory
         self.store = store
         self.settings = settings
+        self._finished = FinishedJobs()
 
     @property
     def sessions(self) -> sessionmaker[Session]:
@@ -252,18 +269,35 @@ class SqlJobService:
         return int(value or 0)
 
     def get(self, job_id: str, *, tenant_id: str | None) -> JobView:
+        job = self.cached(job_id, tenant_id=tenant_id)
+        if job is not None:
+            return job
         record = self._record(self._reads, job_id)
         if record is None and self._reads is not self._sessions:
             # NB: a job submitted a moment ago may not have reached the replica yet
             record = self._record(self._sessions, job_id)
         if record is None or (tenant_id is not None and record.tenant_id != tenant_id):
             raise JobNotFoundError(f"no job {job_id!r} for this tenant")
-        return to_view(record)
+        job = to_view(record)
+        self._finished.remember(job)
+        return job
+
+    def cached(self, job_id: str, *, tenant_id: str | None) -> JobView | None:
+        """A finished job this process has read lately, without I/O (see
+        :mod:`~precise_mrd.service.jobs.finished_cache`); None when it must be read."""
+        job = self._finished.find(job_id)
+        if job is not None and tenant_id is not None and job.spec.tenant_id != tenant_id:
+            raise JobNotFoundError(f"no job {job_id!r} for this tenant")
+        return job
 
     @staticmethod
-    def _record(sessions: sessionmaker[Session], job_id: str) -> JobRecord | None:
-        with sessions() as session:
-            return session.get(JobRecord, job_id)
+    def _record(sessions: sessionmaker[Session], job_id: str) -> Row[Any] | None:
+        # NB: a Core read of the one row, on a pooled connection, without a Session, its
+        # identity map or ORM instance loading: a third of the cost, and /status, the most
+        # frequent request, is this read (docs/performance.md)
+        engine: Engine = sessions.kw["bind"]
+        with engine.connect() as connection:
+            return connection.execute(_SELECT_JOB, {"job_id": job_id}).first()
 
     def _get_primary(self, job_id: str, *, tenant_id: str | None) -> JobView:
         record = self._record(self._sessions, job_id)
@@ -586,6 +620,7 @@ class SqlJobService:
             self.store.delete(key)
         for key in job.artifacts.values():
             self.store.delete(key)
+        self._finished.forget(job_id)
         with self._sessions.begin() as session:
             _bump_generation(session, job.spec.tenant_id)
             session.execute(delete(JobEventRecord).where(JobEventRecord.job_id == job_id))

@@ -89,6 +89,20 @@ class RateLimiter:
             routes=parse_routes(settings.rate_limit_routes),
         )
 
+    @property
+    def is_active(self) -> bool:
+        """False when every limit is off: nothing to count."""
+        return (
+            self._caller is not None
+            or self._tenant is not None
+            or any(rate is not None for _, _, rate in self._routes)
+        )
+
+    @property
+    def is_local(self) -> bool:
+        """True when the counters live in this process (a check is microseconds, no I/O)."""
+        return getattr(self._cache, "name", "") == "local"
+
     def _route(self, method: str, path: str) -> tuple[str, Rate | None]:
         for route_method, prefix, rate in self._routes:
             if (route_method is None or route_method == method) and path.startswith(prefix):

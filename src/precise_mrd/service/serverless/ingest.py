@@ -153,7 +153,7 @@ def ingest(runtime: ServerlessRuntime, arrival: Arrival) -> IngestOutcome:
         try:
             spec = _job_spec(runtime, arrival, tenant, sample, job_id)
         except ManifestError as error:
-            logger.error("rejected %s: %s", arrival.key, error)
+            logger.error("rejected: %s", error)
             return IngestOutcome(arrival.key, "rejected", reason=str(error))
         if not _submit(runtime, spec, job_id):
             return IngestOutcome(arrival.key, "duplicate", job_id)

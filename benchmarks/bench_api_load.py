@@ -1,0 +1,220 @@
+"""The API under load, side by side with its peers, in one run (loopback only, bounded).
+
+1. ``GET /status/{id}`` of a finished job with ``wrk`` (Debian's; 100 connections, 2 threads):
+   the project's server beside a bare FastAPI app with the same route on the same uvicorn, one
+   process each; then the project's server with ``--workers 2``.
+2. The mixed load of ``tests/test_load.py`` (status, listings, results, downloads, queue-only
+   submissions; 100 closed-loop clients), per endpoint, on SQLite + the local executor and on
+   PostgreSQL + Celery workers (Redis), each with two API processes.
+
+    .venv/bin/python benchmarks/bench_api_load.py [--seconds 15] [--mixed-seconds 30]
+
+Rate limits are off (one client address would hit them at once: a load balancer in front is
+where a deployment limits); logs at ``warning``, as in production behind an access-logging proxy
+(``--log-level info`` adds a JSON access line per request, and its cost).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import requests
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+
+from brokers import Background, shared_broker  # noqa: E402
+from databases import postgres_database  # noqa: E402
+from loaddriver import drive, format_table  # noqa: E402
+from servers import Server, free_port  # noqa: E402
+
+QUEUE_ONLY = "service_debug:\n  no_pipeline: true\n"
+BARE_APP = textwrap.dedent(
+    """
+    from fastapi import FastAPI
+
+    app = FastAPI()
+
+
+    @app.get("/status/{job_id}")
+    def status(job_id: str) -> dict:
+        return {"job_id": job_id, "state": "COMPLETE", "progress": 1.0}
+    """
+)
+
+
+def wrk(url: str, seconds: int, connections: int = 100) -> dict[str, float]:
+    """requests/s, p50 and p99 (ms) and non-2xx count of one wrk run."""
+    done = subprocess.run(
+        ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--latency", url],
+        capture_output=True, text=True, check=True, timeout=seconds + 60,
+    )  # fmt: skip
+    out = done.stdout
+
+    def ms(label: str) -> float:
+        found = re.search(rf"^\s+{label}%\s+([\d.]+)(us|ms|s)\s*$", out, flags=re.MULTILINE)
+        assert found, out
+        value, unit = float(found.group(1)), found.group(2)
+        return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
+
+    rate = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    bad = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    errors = re.search(r"Socket errors: .*", out)
+    assert rate, out
+    return {
+        "per_second": float(rate.group(1)),
+        "p50_ms": ms("50"),
+        "p99_ms": ms("99"),
+        "non_2xx": float(bad.group(1)) if bad else 0.0,
+        "socket_errors": 0.0 if not errors else 1.0,
+    }
+
+
+@contextlib.contextmanager
+def bare_server(directory: Path) -> Iterator[str]:
+    (directory / "bare_app.py").write_text(BARE_APP)
+    port = free_port()
+    process = Background(
+        [sys.executable, "-m", "uvicorn", "bare_app:app", "--port", str(port),
+         "--log-level", "warning", "--app-dir", str(directory)],
+        directory / "bare.log",
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            with contextlib.suppress(requests.ConnectionError):
+                if requests.get(f"http://127.0.0.1:{port}/status/x", timeout=1).ok:
+                    break
+            time.sleep(0.2)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        process.stop()
+
+
+def project_server(directory: Path, workers: int = 1, **env: str) -> Server:
+    return Server(
+        directory,
+        [sys.executable, "-m", "precise_mrd.api", "--workers", str(workers)],
+        PRECISE_MRD_LOG_LEVEL="warning",
+        PRECISE_MRD_ENABLE_DEBUG_JOBS="true",
+        PRECISE_MRD_WARM_KERNELS_ON_START="false",
+        **env,
+    )
+
+
+def finished_job(server: Server, *, real: bool = False) -> str:
+    data = {"run_id": "bench", "seed": "3"}
+    if not real:
+        data["config_yaml"] = QUEUE_ONLY
+    job_id: str = requests.post(f"{server.url}/submit", data=data, timeout=30).json()["job_id"]
+    server.wait(job_id, {"COMPLETE"}, timeout=300)
+    return job_id
+
+
+def status_side_by_side(work: Path, seconds: int) -> None:
+    print(
+        f"\n1. GET /status/{{id}} of a finished job: wrk, 2 threads, 100 connections, {seconds} s"
+    )
+    print(f"{'server':<44}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'non-2xx':>9}")
+    rows = {}
+    with bare_server(work) as bare_url:
+        server = project_server(work / "one")
+        try:
+            job_id = finished_job(server)
+            rows["bare FastAPI, same route (1 process)"] = wrk(
+                f"{bare_url}/status/{job_id}", seconds
+            )
+            rows["Precise MRD, SQLite (1 process)"] = wrk(f"{server.url}/status/{job_id}", seconds)
+        finally:
+            server.stop()
+    server = project_server(work / "two", workers=2)
+    try:
+        job_id = finished_job(server)
+        rows["Precise MRD, SQLite (--workers 2)"] = wrk(f"{server.url}/status/{job_id}", seconds)
+    finally:
+        server.stop()
+    for name, row in rows.items():
+        print(
+            f"{name:<44}{row['per_second']:>10.0f}{row['p50_ms']:>9.1f}{row['p99_ms']:>9.1f}"
+            f"{row['non_2xx']:>9.0f}"
+        )
+    bare = rows["bare FastAPI, same route (1 process)"]
+    ours = rows["Precise MRD, SQLite (1 process)"]
+    throughput = ours["per_second"] / bare["per_second"]
+    print(
+        f"ratio to the bare app, 1 process: throughput {throughput:.2f}x (target >= 0.7x), "
+        f"p99 {ours['p99_ms'] / bare['p99_ms']:.2f}x (target <= 1.5x)"
+    )
+
+
+def mixed(work: Path, seconds: float) -> None:
+    from test_load import CLIENTS, _mixed_step
+
+    print(f"\n2. Mixed load: {CLIENTS} closed-loop clients, {seconds:.0f} s, 2 API processes")
+
+    def run(label: str, server: Server) -> None:
+        real_id = finished_job(server, real=True)
+        known = [finished_job(server) for _ in range(5)]
+        tally, elapsed = asyncio.run(
+            drive([server.url], _mixed_step(real_id, known, []), clients=CLIENTS,
+                  seconds=seconds, max_requests=500_000)
+        )  # fmt: skip
+        print(format_table(f"{label} ({tally.requests / elapsed:.0f} req/s in all)",
+                           tally.rows(seconds=elapsed)))  # fmt: skip
+
+    server = project_server(work / "mixed-sqlite", workers=2)
+    try:
+        run("SQLite, local executor", server)
+    finally:
+        server.stop()
+    with postgres_database("pmrd_bench") as url, shared_broker("redis") as (broker, queue):
+        env = {
+            "PRECISE_MRD_DATABASE_URL": url, "PRECISE_MRD_EXECUTOR": "celery",
+            "PRECISE_MRD_BROKER_URL": broker, "PRECISE_MRD_CELERY_QUEUE": queue,
+        }  # fmt: skip
+        server = project_server(work / "mixed-pg", workers=2, **env)
+        clean = {"PATH": "/usr/bin:/bin", "PRECISE_MRD_DATA_DIR": str(work / "mixed-pg"), **env,
+                 "PRECISE_MRD_ENABLE_DEBUG_JOBS": "true"}  # fmt: skip
+        workers = [
+            Background([sys.executable, "-m", "precise_mrd.cli", "worker", "--concurrency", "1",
+                        "--hostname", f"bench{i}@%h"], work / f"worker{i}.log", env=clean)
+            for i in range(2)
+        ]  # fmt: skip
+        try:
+            for worker in workers:
+                worker.wait_for(" ready.", timeout=90)
+            run("PostgreSQL, 2 Celery workers (Redis)", server)
+        finally:
+            for worker in workers:
+                worker.stop()
+            server.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=int, default=15, help="each wrk run")
+    parser.add_argument("--mixed-seconds", type=float, default=30, help="each mixed run")
+    parser.add_argument("--skip-mixed", action="store_true")
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        raise SystemExit("wrk is not installed: apt-get install wrk")
+    with tempfile.TemporaryDirectory(prefix="pmrd-load-") as tmp:
+        work = Path(tmp)
+        status_side_by_side(work, args.seconds)
+        if not args.skip_mixed:
+            mixed(work, args.mixed_seconds)
+
+
+if __name__ == "__main__":
+    main()

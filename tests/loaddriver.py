@@ -1,0 +1,143 @@
+"""A closed-loop HTTP load driver: N clients, each sending its next request when the last one is
+answered, for a bounded time and a bounded count, to loopback servers only.
+
+Used by ``tests/test_load.py`` (asserts no error and no lost job) and by
+``benchmarks/bench_api_load.py`` (prints the figures). Latencies are per endpoint (the route
+template, not the path), from the request's start to the last byte of its body.
+
+>>> summary = Tally()
+>>> for ms in (1.0, 2.0, 3.0, 4.0, 100.0):
+...     summary.add("status", 200, ms / 1000)
+>>> row = summary.rows(seconds=1.0)["status"]
+>>> row["requests"], row["errors"], row["p50_ms"], row["p99_ms"]
+(5, 0, 3.0, 96.2)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import random
+import time
+from collections import Counter, defaultdict
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+import numpy as np
+
+#: hosts a load may be sent to (the workplace's rule: loopback only)
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+@dataclass
+class Tally:
+    """Latencies and statuses by endpoint; an error is a transport failure or a 5xx."""
+
+    latencies: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
+    statuses: dict[str, Counter[int]] = field(default_factory=lambda: defaultdict(Counter))
+    failures: Counter[str] = field(default_factory=Counter)
+
+    def add(self, endpoint: str, status: int, seconds: float) -> None:
+        self.latencies[endpoint].append(seconds)
+        self.statuses[endpoint][status] += 1
+
+    def fail(self, endpoint: str, error: BaseException) -> None:
+        self.failures[f"{endpoint}: {type(error).__name__}"] += 1
+        self.statuses[endpoint][0] += 1
+
+    @property
+    def errors(self) -> int:
+        return sum(
+            count
+            for counts in self.statuses.values()
+            for status, count in counts.items()
+            if status == 0 or status >= 500
+        )
+
+    @property
+    def requests(self) -> int:
+        return sum(sum(counts.values()) for counts in self.statuses.values())
+
+    def rows(self, *, seconds: float) -> dict[str, dict[str, Any]]:
+        """Per endpoint: requests, errors, requests/s, p50/p95/p99 in ms, statuses."""
+        table = {}
+        for endpoint in sorted(self.statuses):
+            values = np.array(self.latencies.get(endpoint) or [np.nan]) * 1000
+            counts = self.statuses[endpoint]
+            table[endpoint] = {
+                "requests": sum(counts.values()),
+                "errors": sum(n for s, n in counts.items() if s == 0 or s >= 500),
+                "per_second": round(sum(counts.values()) / seconds, 1),
+                "p50_ms": round(float(np.percentile(values, 50)), 1),
+                "p95_ms": round(float(np.percentile(values, 95)), 1),
+                "p99_ms": round(float(np.percentile(values, 99)), 1),
+                "statuses": dict(sorted(counts.items())),
+            }
+        return table
+
+
+#: one client step: given the client and a seeded generator, send one request and return
+#: (endpoint name, response); the driver times it
+Step = Callable[[httpx.AsyncClient, random.Random], Awaitable[tuple[str, httpx.Response]]]
+
+
+def check_loopback(urls: Sequence[str]) -> None:
+    for url in urls:
+        host = urlsplit(url).hostname
+        if host not in LOOPBACK:
+            raise ValueError(f"load goes to loopback only; {url} is not")
+
+
+async def drive(
+    base_urls: Sequence[str],
+    step: Step,
+    *,
+    clients: int,
+    seconds: float,
+    max_requests: int,
+    seed: int = 7,
+    timeout: float = 30.0,
+) -> tuple[Tally, float]:
+    """Run ``clients`` closed loops of ``step`` until ``seconds`` pass or ``max_requests`` are
+    sent; client i talks to ``base_urls[i % len(base_urls)]`` (two API processes get half each).
+    Returns the tally and the elapsed seconds."""
+    check_loopback(base_urls)
+    tally = Tally()
+    budget = itertools.count()
+    deadline = time.monotonic() + seconds
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+
+    async def client_loop(index: int) -> None:
+        rng = random.Random(seed * 1_000_003 + index)
+        base = base_urls[index % len(base_urls)]
+        async with httpx.AsyncClient(base_url=base, timeout=timeout, limits=limits) as client:
+            while time.monotonic() < deadline and next(budget) < max_requests:
+                started = time.perf_counter()
+                try:
+                    endpoint, response = await step(client, rng)
+                except (httpx.HTTPError, OSError) as error:
+                    tally.fail("transport", error)
+                    continue
+                tally.add(endpoint, response.status_code, time.perf_counter() - started)
+
+    started = time.monotonic()
+    await asyncio.gather(*(client_loop(i) for i in range(clients)))
+    return tally, time.monotonic() - started
+
+
+def format_table(title: str, rows: dict[str, dict[str, Any]]) -> str:
+    """A fixed-width table of :meth:`Tally.rows`."""
+    lines = [
+        title,
+        f"{'endpoint':<28}{'requests':>9}{'errors':>7}{'req/s':>9}{'p50 ms':>9}{'p95 ms':>9}"
+        f"{'p99 ms':>9}",
+    ]
+    for endpoint, row in rows.items():
+        lines.append(
+            f"{endpoint:<28}{row['requests']:>9}{row['errors']:>7}{row['per_second']:>9}"
+            f"{row['p50_ms']:>9}{row['p95_ms']:>9}{row['p99_ms']:>9}"
+        )
+    return "\n".join(lines)
