@@ -161,6 +161,25 @@ def test_processes_migrating_together_migrate_once() -> None:
             engine.dispose()
 
 
+def test_processes_migrating_one_new_sqlite_file_together_all_succeed(tmp_path: Path) -> None:
+    """``serve --workers N`` on a new SQLite file: N processes migrate at once (without the
+    lock beside the file, the second found no table, created it too, and died)."""
+    for trial in range(3):
+        url = f"sqlite:///{tmp_path / f'jobs-{trial}.db'}"
+        together = [
+            subprocess.Popen(
+                [CLI, "db", "upgrade", "--database-url", url],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for _ in range(4)
+        ]
+        outcomes = [process.communicate(timeout=120) for process in together]
+        assert [process.returncode for process in together] == [0, 0, 0, 0], outcomes
+        assert current_revision(url) == head_revision()
+
+
 @pytest.mark.postgres
 def test_the_service_guide_postgresql_example(tmp_path: Path) -> None:
     """docs/service.md's PostgreSQL block, as written up to serving (which test_api_server covers

@@ -17,13 +17,16 @@ True
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+from collections.abc import Iterator
 from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import text
+from sqlalchemy import Engine, text
 
 from precise_mrd.service.db.engine import create_engine_for_url
 
@@ -48,11 +51,14 @@ def upgrade_database(url: str, revision: str = "head") -> None:
     :data:`MIGRATION_LOCK_KEY` (``pg_advisory_xact_lock``: released at commit or rollback, and
     valid behind PgBouncer in transaction mode, unlike a session lock). Processes that start
     together therefore migrate one after the other: the first applies the revisions, the others
-    wait, then find the database at head and do nothing. SQLite serialises writers by itself.
+    wait, then find the database at head and do nothing. On a SQLite file the same holds through
+    an exclusive lock on ``<database>.migrate.lock`` (``serve --workers N`` starts N processes
+    that migrate at once; SQLite's own locking starts only at the first write, after Alembic has
+    looked for its table).
     """
     engine = create_engine_for_url(url)
     try:
-        with engine.begin() as connection:
+        with _sqlite_file_lock(engine), engine.begin() as connection:
             if connection.dialect.name == "postgresql":
                 connection.execute(
                     text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY}
@@ -62,6 +68,21 @@ def upgrade_database(url: str, revision: str = "head") -> None:
             command.upgrade(config, revision)
     finally:
         engine.dispose()
+
+
+@contextlib.contextmanager
+def _sqlite_file_lock(engine: Engine) -> Iterator[None]:
+    """An exclusive lock beside a SQLite database file (nothing for other databases)."""
+    database = engine.url.database if engine.dialect.name == "sqlite" else None
+    if not database or database == ":memory:" or database.startswith("file:"):
+        yield
+        return
+    with open(f"{database}.migrate.lock", "a+b") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def head_revision() -> str | None:

@@ -2,10 +2,12 @@
 
 ``GET /status`` is the request clients repeat most; for a finished job the answer is fixed, so
 each API process keeps the last :data:`MAX_ENTRIES` finished jobs it read, for
-:data:`TTL_SECONDS`, and answers them without the database or a thread. The one change a
-finished job still sees is its deletion (retention, ``CLEANUP_OLD_JOBS_HOURS``): this process
-forgets a job it deletes at once; another process may show a deleted job's last status for up to
-:data:`TTL_SECONDS` (its results and files are gone at once: those reads are not cached).
+:data:`TTL_SECONDS`, and answers them (status, and the summary ``GET /results`` shows) without
+the database, and ``/status`` without a thread. The one change a finished job still sees is its
+deletion (retention, ``CLEANUP_OLD_JOBS_HOURS``): this process forgets a job it deletes at once;
+another process may show a deleted job's status and summary for up to :data:`TTL_SECONDS` (its
+files are gone at once: downloads read the store). A finished job stays readable from memory
+while the database is down.
 
 >>> from datetime import UTC, datetime
 >>> from precise_mrd.service.jobs.model import JobSpec, JobState, JobView

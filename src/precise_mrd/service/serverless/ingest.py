@@ -28,6 +28,7 @@ True
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -282,10 +283,15 @@ def _submit(runtime: ServerlessRuntime, spec: JobSpec, job_id: str) -> bool:
     try:
         runtime.service.submit(spec, job_id=job_id)
     except IntegrityError:
-        runtime.store.delete_prefix(job_key_prefix(spec.tenant_id, job_id))
+        # NB: the same write delivered twice at once: the other delivery's job owns these
+        # inputs (the same keys, the same bytes), so nothing is deleted
         return False
     except BaseException:
-        runtime.store.delete_prefix(job_key_prefix(spec.tenant_id, job_id))
+        with contextlib.suppress(Exception):  # NB: unsure whether a job owns them: keep them
+            try:
+                runtime.service.get(job_id, tenant_id=None)
+            except JobNotFoundError:  # no job owns the copied inputs: leave nothing behind
+                runtime.store.delete_prefix(job_key_prefix(spec.tenant_id, job_id))
         raise
     logger.info("job %s queued for %s", job_id, spec.run_id)
     return True
