@@ -196,6 +196,46 @@ def job_scope(principal: Principal) -> str | None:
     return None if principal.allows("admin") else principal.tenant_id
 
 
+def resolved_job_spec(
+    create: JobCreate,
+    settings: Settings,
+    *,
+    tenant_id: str,
+    owner_id: str,
+    request_id: str | None,
+) -> tuple[JobSpec, PipelineParams]:
+    """The job a checked submission asks for (without its files) and its effective parameters:
+    the server's feature switches applied to the flags, the config resolved and stored with the
+    seed, then parsed by the worker's own function (so the 202's hash is the run's) and its own
+    filter sections checked against the same switches. ``POST /submit`` and a landed sample's
+    manifest (:mod:`precise_mrd.service.serverless.ingest`) both go through here."""
+    check_features(create, settings)
+    stored = resolve_config(
+        settings,
+        config_yaml=create.config_yaml,
+        config_template=create.config_template,
+        seed=create.seed,
+    )
+    spec = JobSpec(
+        run_id=create.run_id,
+        seed=stored.seed,
+        config_yaml=stored.yaml,
+        tenant_id=tenant_id,
+        owner_id=owner_id,
+        use_ml_calling=create.use_ml_calling,
+        ml_model_type=create.ml_model_type if create.use_ml_calling else None,
+        use_deep_learning=create.use_deep_learning,
+        dl_model_type=create.dl_model_type if create.use_deep_learning else None,
+        use_parallel=create.use_parallel,
+        config_template=create.config_template,
+        read_structures=create.read_structures,
+        request_id=request_id,
+    )
+    params, _ = parse_config(spec, enable_debug_jobs=settings.enable_debug_jobs)
+    check_config_features(params, create, settings)
+    return spec, params
+
+
 def _check_tenant_quota(service: JobService, tenant_id: str, cap: int) -> None:
     """429 when the tenant already has ``cap`` unfinished jobs."""
     if service.active_jobs(tenant_id) >= cap:
@@ -308,32 +348,15 @@ def submit_job(
         raise UnprocessableError(
             f"{field}: {first['msg']}", field=field, fix="see /docs for the allowed values"
         ) from None
-    check_features(create, settings)
+    check_features(create, settings)  # NB: a disabled feature is a 422 before any quota
     _check_tenant_quota(service, principal.tenant_id, settings.tenant_max_active_jobs)
-    stored = resolve_config(
+    spec, params = resolved_job_spec(
+        create,
         settings,
-        config_yaml=create.config_yaml,
-        config_template=create.config_template,
-        seed=create.seed,
-    )
-    spec = JobSpec(
-        run_id=create.run_id,
-        seed=stored.seed,
-        config_yaml=stored.yaml,
         tenant_id=principal.tenant_id,
         owner_id=principal.owner_id,
-        use_ml_calling=create.use_ml_calling,
-        ml_model_type=create.ml_model_type if create.use_ml_calling else None,
-        use_deep_learning=create.use_deep_learning,
-        dl_model_type=create.dl_model_type if create.use_deep_learning else None,
-        use_parallel=create.use_parallel,
-        config_template=create.config_template,
-        read_structures=create.read_structures,
         request_id=request_id,
     )
-    # NB: the worker's own function on the stored spec: the 202's hash is the run's hash.
-    params, _ = parse_config(spec, enable_debug_jobs=settings.enable_debug_jobs)
-    check_config_features(params, create, settings)
     job_id = _new_job_id()
     files = {
         "reads": reads,

@@ -166,11 +166,9 @@ def _job_spec(
     runtime: ServerlessRuntime, arrival: Arrival, tenant: str, sample: str, job_id: str
 ) -> JobSpec:
     """The job the manifest asks for, its files copied into the job's inputs."""
-    from precise_mrd.service.api.configs import resolve_config
-    from precise_mrd.service.api.jobs import check_config_features, check_features
+    from precise_mrd.service.api.jobs import resolved_job_spec
     from precise_mrd.service.api.schemas import JobCreate
     from precise_mrd.service.api.uploads import canonical_keys, store_uploads, upload_checksums
-    from precise_mrd.service.jobs.worker import parse_config
     from precise_mrd.service.storage.factory import open_store
 
     settings = runtime.settings
@@ -191,30 +189,13 @@ def _job_spec(
             config_template=manifest.config_template,
             read_structures=manifest.read_structures,
         )
-        check_features(create, settings)
-        stored = resolve_config(
+        spec, _ = resolved_job_spec(
+            create,
             settings,
-            config_yaml=create.config_yaml,
-            config_template=create.config_template,
-            seed=create.seed,
-        )
-        spec = JobSpec(
-            run_id=create.run_id,
-            seed=stored.seed,
-            config_yaml=stored.yaml,
             tenant_id=tenant,
             owner_id=f"manifest:{arrival.key}",
-            use_ml_calling=create.use_ml_calling,
-            ml_model_type=create.ml_model_type if create.use_ml_calling else None,
-            use_deep_learning=create.use_deep_learning,
-            dl_model_type=create.dl_model_type if create.use_deep_learning else None,
-            use_parallel=create.use_parallel,
-            config_template=create.config_template,
-            read_structures=create.read_structures,
             request_id=f"{arrival.bucket_url}/{arrival.key}#{arrival.version}"[-200:],
         )
-        params, _ = parse_config(spec, enable_debug_jobs=settings.enable_debug_jobs)
-        check_config_features(params, create, settings)
         files: dict[str, tuple[str | None, BinaryIO]] = {}
         for field, name in manifest.files.items():
             if not re.match(_FILE_NAME, name):
