@@ -113,6 +113,21 @@ def test_an_unreachable_database_is_one_line_naming_it() -> None:
     assert "fix: check PRECISE_MRD_DATABASE_URL" in message
 
 
+def _upgrade_together(url: str, n_processes: int) -> None:
+    """``precise-mrd db upgrade`` from ``n_processes`` processes at once; each must succeed."""
+    together = [
+        subprocess.Popen(
+            [CLI, "db", "upgrade", "--database-url", url],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(n_processes)
+    ]
+    outcomes = [process.communicate(timeout=120) for process in together]
+    assert [process.returncode for process in together] == [0] * n_processes, outcomes
+
+
 @pytest.mark.postgres
 def test_processes_migrating_together_migrate_once() -> None:
     """The advisory lock: an upgrade waits while another holds it, and three at once agree."""
@@ -141,17 +156,7 @@ def test_processes_migrating_together_migrate_once() -> None:
             holder.dispose()
         assert current_revision(url) == head_revision()
     with postgres_database() as url:
-        together = [
-            subprocess.Popen(
-                [CLI, "db", "upgrade", "--database-url", url],
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-            )
-            for _ in range(3)
-        ]
-        outcomes = [process.communicate(timeout=120) for process in together]
-        assert [process.returncode for process in together] == [0, 0, 0], outcomes
+        _upgrade_together(url, 3)
         engine = create_engine_for_url(url)
         try:
             with engine.connect() as connection:
@@ -166,17 +171,7 @@ def test_processes_migrating_one_new_sqlite_file_together_all_succeed(tmp_path: 
     lock beside the file, the second found no table, created it too, and died)."""
     for trial in range(3):
         url = f"sqlite:///{tmp_path / f'jobs-{trial}.db'}"
-        together = [
-            subprocess.Popen(
-                [CLI, "db", "upgrade", "--database-url", url],
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-            )
-            for _ in range(4)
-        ]
-        outcomes = [process.communicate(timeout=120) for process in together]
-        assert [process.returncode for process in together] == [0, 0, 0, 0], outcomes
+        _upgrade_together(url, 4)
         assert current_revision(url) == head_revision()
 
 
