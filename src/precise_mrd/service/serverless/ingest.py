@@ -214,9 +214,7 @@ def _job_spec(
             read_structures=create.read_structures,
         )
     except ValidationError as error:
-        first = error.errors()[0]
-        where = ".".join(str(part) for part in first["loc"])
-        raise ManifestError(f"{arrival.key}: {where}: {first['msg']}") from None
+        raise _invalid(arrival.key, error) from None
     except ArtifactNotFoundError as error:
         raise ManifestError(
             f"{arrival.key}: {error.key} is not there; fix: write the sample's files before "
@@ -252,9 +250,14 @@ def _read_manifest(landing: Any, key: str) -> SampleManifest:
     try:
         return SampleManifest.model_validate(data)
     except ValidationError as error:
-        first = error.errors()[0]
-        where = ".".join(str(part) for part in first["loc"])
-        raise ManifestError(f"{key}: {where}: {first['msg']}") from None
+        raise _invalid(key, error) from None
+
+
+def _invalid(key: str, error: ValidationError) -> ManifestError:
+    """The manifest's first invalid field, as one line naming it."""
+    first = error.errors()[0]
+    where = ".".join(str(part) for part in first["loc"])
+    return ManifestError(f"{key}: {where}: {first['msg']}")
 
 
 def _submit(runtime: ServerlessRuntime, spec: JobSpec, job_id: str) -> bool:
