@@ -36,10 +36,9 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from brokers import Background, shared_broker  # noqa: E402
 from databases import postgres_database  # noqa: E402
-from loaddriver import drive, format_table  # noqa: E402
+from loaddriver import QUEUE_ONLY, drive, format_table, mixed_step  # noqa: E402
 from servers import Server, free_port  # noqa: E402
 
-QUEUE_ONLY = "service_debug:\n  no_pipeline: true\n"
 BARE_APP = textwrap.dedent(
     """
     from fastapi import FastAPI
@@ -159,15 +158,13 @@ def status_side_by_side(work: Path, seconds: int) -> None:
 
 
 def mixed(work: Path, seconds: float) -> None:
-    from test_load import CLIENTS, _mixed_step
-
-    print(f"\n2. Mixed load: {CLIENTS} closed-loop clients, {seconds:.0f} s, 2 API processes")
+    print(f"\n2. Mixed load: 100 closed-loop clients, {seconds:.0f} s, 2 API processes")
 
     def run(label: str, server: Server) -> None:
         real_id = finished_job(server, real=True)
         known = [finished_job(server) for _ in range(5)]
         tally, elapsed = asyncio.run(
-            drive([server.url], _mixed_step(real_id, known, []), clients=CLIENTS,
+            drive([server.url], mixed_step(real_id, known, []), clients=100,
                   seconds=seconds, max_requests=500_000)
         )  # fmt: skip
         print(format_table(f"{label} ({tally.requests / elapsed:.0f} req/s in all)",

@@ -22,14 +22,17 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 import httpx
 import numpy as np
+import requests
 
 #: hosts a load may be sent to (the workplace's rule: loopback only)
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
+#: a job that takes the queue's claims and transitions and runs no pipeline (debug jobs on)
+QUEUE_ONLY = "service_debug:\n  no_pipeline: true\n"
 
 
 @dataclass
@@ -84,6 +87,69 @@ class Tally:
 Step = Callable[[httpx.AsyncClient, random.Random], Awaitable[tuple[str, httpx.Response]]]
 
 
+class JobServer(Protocol):
+    """What :func:`finished_jobs` needs of a server (``tests/servers.py``'s ``Server``)."""
+
+    url: str
+
+    def wait(self, job_id: str, states: set[str], timeout: float = ...) -> dict[str, Any]: ...
+
+
+def finished_jobs(server: JobServer, *, n_quick: int = 5) -> tuple[str, list[str]]:
+    """A real finished job (for results and downloads) and ``n_quick`` queue-only ones (for
+    status reads), submitted and waited for."""
+    real = requests.post(
+        f"{server.url}/submit", data={"run_id": "load-real", "seed": 5}, timeout=30
+    )
+    assert real.status_code == 202, real.text
+    real_id = real.json()["job_id"]
+    quick = []
+    for index in range(n_quick):
+        done = requests.post(
+            f"{server.url}/submit",
+            data={"run_id": f"load-pre-{index}", "seed": index, "config_yaml": QUEUE_ONLY},
+            timeout=30,
+        )
+        assert done.status_code == 202, done.text
+        quick.append(done.json()["job_id"])
+    for job_id in [real_id, *quick]:
+        assert server.wait(job_id, {"COMPLETE"}, timeout=300)["state"] == "COMPLETE"
+    return real_id, quick
+
+
+def mixed_step(
+    real_id: str, known: list[str], accepted: list[str], *, submit_share: float = 0.02
+) -> Step:
+    """52% status, 20% listings, 14% results, 12% downloads, 2% queue-only submissions (about
+    what two Celery workers or four local slots finish as they arrive: a job is a process);
+    ``submit_share`` changes the submissions' share, the reads keeping their proportions.
+    Accepted job ids are appended to ``accepted``."""
+    read_scale = 0.98 / (1 - submit_share)
+
+    async def step(client: httpx.AsyncClient, rng: random.Random) -> tuple[str, httpx.Response]:
+        roll = rng.random() * read_scale  # NB: >= 0.98 is a submission
+        if roll < 0.52:
+            job_id = rng.choice(known if rng.random() < 0.7 or not accepted else accepted[-50:])
+            return "GET /status/{id}", await client.get(f"/status/{job_id}")
+        if roll < 0.72:
+            return "GET /jobs", await client.get("/jobs", params={"limit": 20})
+        if roll < 0.86:
+            return "GET /results/{id}", await client.get(f"/results/{real_id}")
+        if roll < 0.98:
+            kind = rng.choice(["config", "calls", "sample_call", "metrics"])
+            response = await client.get(f"/download/{real_id}/{kind}")
+            return f"GET /download/{{id}}/{kind}", response
+        response = await client.post(
+            "/submit",
+            data={"run_id": f"load-{rng.getrandbits(32)}", "seed": "1", "config_yaml": QUEUE_ONLY},
+        )
+        if response.status_code == 202:
+            accepted.append(response.json()["job_id"])
+        return "POST /submit", response
+
+    return step
+
+
 def check_loopback(urls: Sequence[str]) -> None:
     for url in urls:
         host = urlsplit(url).hostname
@@ -100,12 +166,14 @@ async def drive(
     max_requests: int,
     seed: int = 7,
     timeout: float = 30.0,
+    tally: Tally | None = None,
 ) -> tuple[Tally, float]:
     """Run ``clients`` closed loops of ``step`` until ``seconds`` pass or ``max_requests`` are
     sent; client i talks to ``base_urls[i % len(base_urls)]`` (two API processes get half each).
+    Counts into ``tally`` (a new one by default: pass one to watch it from another thread).
     Returns the tally and the elapsed seconds."""
     check_loopback(base_urls)
-    tally = Tally()
+    tally = Tally() if tally is None else tally
     budget = itertools.count()
     deadline = time.monotonic() + seconds
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)

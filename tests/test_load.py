@@ -24,22 +24,17 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from random import Random
-from typing import Any
 
-import httpx
 import pytest
-import requests
 
 from brokers import Background, shared_broker
 from databases import postgres_database
-from loaddriver import Tally, drive, format_table
+from loaddriver import Tally, drive, finished_jobs, format_table, mixed_step
 from servers import ROOT, Server
 
 CLIENTS = 100
 LOAD_SECONDS = float(os.environ.get("LOAD_SECONDS", "30"))
 MAX_REQUESTS = 200_000
-QUEUE_ONLY = "service_debug:\n  no_pipeline: true\n"
 
 pytestmark = [pytest.mark.xdist_group(name="load"), pytest.mark.postgres, pytest.mark.redis]
 
@@ -84,63 +79,14 @@ class Deployment:
         self.server.stop()
 
 
-def _finished_jobs(server: Server) -> tuple[str, list[str]]:
-    """A real finished job (results, downloads) and a few queue-only ones (status reads)."""
-    real = requests.post(
-        f"{server.url}/submit", data={"run_id": "load-real", "seed": 5}, timeout=30
-    )
-    assert real.status_code == 202, real.text
-    real_id = real.json()["job_id"]
-    quick = []
-    for index in range(5):
-        done = requests.post(
-            f"{server.url}/submit",
-            data={"run_id": f"load-pre-{index}", "seed": index, "config_yaml": QUEUE_ONLY},
-            timeout=30,
-        )
-        assert done.status_code == 202, done.text
-        quick.append(done.json()["job_id"])
-    for job_id in [real_id, *quick]:
-        assert server.wait(job_id, {"COMPLETE"}, timeout=300)["state"] == "COMPLETE"
-    return real_id, quick
-
-
-def _mixed_step(real_id: str, known: list[str], accepted: list[str]) -> Any:
-    """52% status, 20% listings, 14% results, 12% downloads, 2% queue-only submissions (about
-    what two Celery workers or four local slots finish as they arrive: a job is a process)."""
-
-    async def step(client: httpx.AsyncClient, rng: Random) -> tuple[str, httpx.Response]:
-        roll = rng.random()
-        if roll < 0.52:
-            job_id = rng.choice(known if rng.random() < 0.7 or not accepted else accepted[-50:])
-            return "GET /status/{id}", await client.get(f"/status/{job_id}")
-        if roll < 0.72:
-            return "GET /jobs", await client.get("/jobs", params={"limit": 20})
-        if roll < 0.86:
-            return "GET /results/{id}", await client.get(f"/results/{real_id}")
-        if roll < 0.98:
-            kind = rng.choice(["config", "calls", "sample_call", "metrics"])
-            response = await client.get(f"/download/{real_id}/{kind}")
-            return f"GET /download/{{id}}/{kind}", response
-        response = await client.post(
-            "/submit",
-            data={"run_id": f"load-{rng.getrandbits(32)}", "seed": "1", "config_yaml": QUEUE_ONLY},
-        )
-        if response.status_code == 202:
-            accepted.append(response.json()["job_id"])
-        return "POST /submit", response
-
-    return step
-
-
 def _run_load(deployment: Deployment, label: str) -> tuple[Tally, float, list[str]]:
     server = deployment.server
-    real_id, known = _finished_jobs(server)
+    real_id, known = finished_jobs(server)
     accepted: list[str] = []
     tally, seconds = asyncio.run(
         drive(
             [server.url],
-            _mixed_step(real_id, known, accepted),
+            mixed_step(real_id, known, accepted),
             clients=CLIENTS,
             seconds=LOAD_SECONDS,
             max_requests=MAX_REQUESTS,
@@ -215,7 +161,7 @@ def test_load_on_postgresql_and_celery_workers(scaled_out: Deployment) -> None:
 def test_driver_refuses_anything_but_loopback() -> None:
     with pytest.raises(ValueError, match="loopback only"):
         asyncio.run(
-            drive(["http://10.0.0.1:8000"], _mixed_step("x", ["x"], []), clients=1,
+            drive(["http://10.0.0.1:8000"], mixed_step("x", ["x"], []), clients=1,
                   seconds=1, max_requests=1)
         )  # fmt: skip
     assert ROOT.is_dir()

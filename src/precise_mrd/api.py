@@ -10,8 +10,10 @@ Host, port and log level default to ``PRECISE_MRD_API_HOST`` (127.0.0.1), ``PREC
 its own app (and, with the local executor, runs up to ``MAX_CONCURRENT_JOBS`` jobs). The app
 is built by :func:`app_from_environment` (a factory, so ``--reload`` re-imports it cleanly):
 SQLite, a local artifact directory and the local executor, all under ``PRECISE_MRD_DATA_DIR``.
-Migrations run at start-up. SIGINT/SIGTERM stop the server gracefully: running jobs are put
-back in the queue.
+Migrations run at start-up. SIGINT/SIGTERM stop the server gracefully: in-flight requests
+finish (up to 30 s) and running jobs are put back in the queue. With
+``PRECISE_MRD_SHUTDOWN_DRAIN_SECONDS``, SIGTERM first turns readiness to 503 and keeps serving
+that long, so a load balancer stops sending before the server stops listening.
 
 >>> parse_args(["--port", "0", "--log-level", "DEBUG"]).log_level
 'debug'
@@ -60,6 +62,7 @@ def serve(
     import uvicorn
 
     from precise_mrd.service.security.auth import check_bind_address
+    from precise_mrd.service.serving import HeaderDeadlineProtocol
     from precise_mrd.service.settings import get_settings
 
     if log_level is not None:
@@ -100,6 +103,8 @@ def serve(
         log_config=None,  # NB: the app configures JSON logging itself
         log_level=settings.log_level,
         proxy_headers=True,
+        # NB: httptools with a deadline for request headers (slow clients; serving.py)
+        http=HeaderDeadlineProtocol,
         timeout_graceful_shutdown=30,
     )
 

@@ -45,6 +45,7 @@ from precise_mrd.service.observability import (
     configure_logging,
     get_logger,
 )
+from precise_mrd.service.overload import OverloadMiddleware, drain_on_sigterm
 from precise_mrd.service.security.audit import AuditLog, AuditMiddleware
 from precise_mrd.service.security.auth import Authenticator
 from precise_mrd.service.security.limits import RateLimiter
@@ -170,9 +171,16 @@ def create_app(
             max_concurrent_jobs=settings.max_concurrent_jobs,
             enable_ml_calling=settings.enable_ml_calling,
         )
+        restore_sigterm = drain_on_sigterm(
+            settings.shutdown_drain_seconds,
+            on_begin=lambda: log.info(
+                "draining before shutdown", seconds=settings.shutdown_drain_seconds
+            ),
+        )
         try:
             yield
         finally:
+            restore_sigterm()
             if warmer is not None:
                 warmer.stop()
             if executor is not None:
@@ -235,6 +243,12 @@ def create_app(
     )
     # NB: outside authentication, so refusals are recorded; it reads the principal auth leaves
     app.add_middleware(AuditMiddleware, audit_log=app.state.audit_log)
+    # NB: outside auth and limits, so a refusal for overload costs next to nothing
+    app.add_middleware(
+        OverloadMiddleware,
+        max_inflight=settings.max_inflight_requests,
+        body_timeout_seconds=settings.client_body_timeout_seconds,
+    )
     app.add_middleware(SecurityHeadersMiddleware, tls=bool(settings.tls_certfile))
     app.add_middleware(RequestContextMiddleware, metrics=metrics)
     logging.getLogger("precise_mrd.service").debug("app created")

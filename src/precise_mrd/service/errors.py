@@ -5,12 +5,14 @@
     ServiceError                    base; carries status, code, message, field and fix
     ├── BadRequestError        400  the request is malformed beyond schema validation
     ├── NotFoundError          404  unknown job (or another tenant's), unknown download type
+    ├── RequestTimeoutError    408  the request body stopped arriving (a stalled client)
     ├── ConflictError          409  the job's state does not allow it (results of a RUNNING job)
     ├── PayloadTooLargeError   413  an upload or the request body is over the size limit
+    ├── TooManyRequestsError   429  over a rate limit or the tenant's job quota (Retry-After)
     ├── UnprocessableError     422  the request is well-formed but wrong
     │   ├── FeatureDisabledError    a flag asks for a feature that an environment variable turns off
     │   └── UploadInvalidError      an uploaded file is not what its field says (names the file)
-    └── UnavailableError       503  a backend (database, store, executor) is not answering
+    └── UnavailableError       503  a backend is not answering, or the service is at capacity
 
 Domain errors from the layers below are mapped by the same handler, so routers raise whatever is
 natural: :class:`~precise_mrd.service.jobs.model.JobNotFoundError` -> 404,
@@ -116,6 +118,13 @@ class ConflictError(ServiceError):
     code = "conflict"
 
 
+class RequestTimeoutError(ServiceError):
+    """The client stopped sending its request body (a slow or stalled client)."""
+
+    status_code = 408
+    code = "request_timeout"
+
+
 class PayloadTooLargeError(ServiceError):
     status_code = 413
     code = "payload_too_large"
@@ -169,6 +178,8 @@ class ErrorBody(BaseModel):
     error: ErrorDetail
 
 
+#: 503 codes of a service shedding load on purpose (not a backend failing)
+SHEDDING_CODES = frozenset({"busy", "queue_full"})
 #: what a 503 for an unreachable database asks the client to wait
 DATABASE_RETRY_AFTER_SECONDS = 5
 
@@ -259,7 +270,9 @@ def error_body(exc: BaseException, *, request_id: str | None) -> dict[str, Any]:
 def error_response(exc: BaseException, *, request_id: str | None) -> JSONResponse:
     """A JSON response with the right status code and headers for ``exc``."""
     error = _describe(exc)
-    if error.status_code == 503:
+    if error.code in SHEDDING_CODES:
+        logger.debug("load shed: %s", error.message)  # NB: by design, and maybe 1000s a second
+    elif error.status_code == 503:
         logger.warning("backend unavailable: %s (%s)", error.message, type(exc).__name__)
     elif error.status_code >= 500 and isinstance(exc, ServiceError):
         logger.error("%s: %s", error.code, error.message)  # NB: raised on purpose: no traceback
@@ -306,11 +319,12 @@ def responses(*status_codes: int) -> dict[int | str, dict[str, Any]]:
         401: "No credentials, or credentials that do not verify (with auth on)",
         403: "The caller's role does not allow this (on its own tenant's jobs)",
         404: "Unknown job (or another tenant's job) or unknown resource",
+        408: "The request body stopped arriving (PRECISE_MRD_CLIENT_BODY_TIMEOUT_SECONDS)",
         409: "The job's state does not allow this yet (the body carries the state)",
         413: "Upload or request body over the size limit",
         422: "Invalid input: the body names the field or file, the problem and the fix",
         429: "Over the rate limit: Retry-After says when to try again",
-        503: "A backend is unavailable",
+        503: "A backend is unavailable, or the service is at capacity (Retry-After says when)",
     }
     return {
         code: {"model": ErrorBody, "description": descriptions.get(code, "Error")}

@@ -72,6 +72,36 @@ class Settings(BaseSettings):
     api_workers: int = Field(
         1, ge=1, le=64, validation_alias=_env("PRECISE_MRD_API_WORKERS", "api_workers")
     )
+    #: on SIGTERM, answer readiness 503 and keep serving this long before shutting down, so
+    #: the load balancer stops sending first (0: shut down at once; SIGINT never waits)
+    shutdown_drain_seconds: float = Field(
+        0,
+        ge=0,
+        le=300,
+        validation_alias=_env("PRECISE_MRD_SHUTDOWN_DRAIN_SECONDS", "shutdown_drain_seconds"),
+    )
+    #: requests one API process serves at once; past it a 503 with Retry-After (not a queue)
+    max_inflight_requests: int = Field(
+        512,
+        ge=1,
+        validation_alias=_env("PRECISE_MRD_MAX_INFLIGHT_REQUESTS", "max_inflight_requests"),
+    )
+    #: a connection must finish sending its request headers within this (slow clients)
+    client_header_timeout_seconds: float = Field(
+        30,
+        gt=0,
+        validation_alias=_env(
+            "PRECISE_MRD_CLIENT_HEADER_TIMEOUT_SECONDS", "client_header_timeout_seconds"
+        ),
+    )
+    #: longest wait for the next piece of a request body; past it a 408 (slow clients)
+    client_body_timeout_seconds: float = Field(
+        60,
+        gt=0,
+        validation_alias=_env(
+            "PRECISE_MRD_CLIENT_BODY_TIMEOUT_SECONDS", "client_body_timeout_seconds"
+        ),
+    )
     enable_parallel_processing: bool = Field(
         True, validation_alias=_env("ENABLE_PARALLEL_PROCESSING", "enable_parallel_processing")
     )
@@ -204,6 +234,11 @@ class Settings(BaseSettings):
         1000,
         ge=1,
         validation_alias=_env("PRECISE_MRD_TENANT_MAX_ACTIVE_JOBS", "tenant_max_active_jobs"),
+    )
+    #: queued jobs in all; a submission past it is a 503 with Retry-After (the workers are
+    #: behind: shed load at the door rather than queue work that will wait for hours)
+    max_queued_jobs: int = Field(
+        10_000, ge=1, validation_alias=_env("PRECISE_MRD_MAX_QUEUED_JOBS", "max_queued_jobs")
     )
     #: audit events older than this are removed by `precise-mrd admin audit-purge`
     audit_retention_days: int = Field(

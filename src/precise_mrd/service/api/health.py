@@ -1,7 +1,8 @@
 """Health endpoints and Prometheus metrics.
 
 * ``GET /health/live``: the process answers (never touches a backend; for liveness probes).
-* ``GET /health/ready``: every backend answers; 503 otherwise (for readiness probes).
+* ``GET /health/ready``: every backend answers; 503 otherwise, or while the process drains before
+  a shutdown (for readiness probes and load balancers).
 * ``GET /health``: the same checks with each one's timing and error, 200 or 503.
 * ``GET /metrics``: Prometheus text format from the app's own registry.
 
@@ -25,6 +26,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from precise_mrd import __version__
 from precise_mrd.service.api.schemas import CheckRead, HealthRead, LiveRead
 from precise_mrd.service.observability import ServiceMetrics, timed
+from precise_mrd.service.overload import DRAIN
 
 router = APIRouter(tags=["health"])
 #: checks whose failure leaves the service serving (``degraded``, HTTP 200)
@@ -112,7 +114,12 @@ def live() -> LiveRead:
     responses=_HEALTH_RESPONSES,
 )
 def ready(request: Request) -> Any:
-    """200 when every backend answers, 503 otherwise."""
+    """200 when every backend answers, 503 otherwise, and 503 ``draining`` once the process has
+    been asked to stop (``PRECISE_MRD_SHUTDOWN_DRAIN_SECONDS``): it still serves, but the load
+    balancer should send it nothing new."""
+    if DRAIN.is_draining:
+        report = HealthRead(status="draining", version=__version__, checks={})
+        return JSONResponse(report.model_dump(mode="json"), status_code=503)
     return health(request)
 
 

@@ -86,6 +86,7 @@ from precise_mrd.service.errors import (
     NotFoundError,
     ServiceError,
     TooManyRequestsError,
+    UnavailableError,
     UnprocessableError,
     responses,
 )
@@ -247,6 +248,23 @@ def _check_tenant_quota(service: JobService, tenant_id: str, cap: int) -> None:
         )
 
 
+#: what a 503 for a full queue asks the client to wait (about what a worker slot takes per job)
+QUEUE_FULL_RETRY_AFTER_SECONDS = 60
+
+
+def _check_queue_depth(service: JobService, cap: int) -> None:
+    """503 when ``cap`` jobs already wait for a worker, whoever submitted them: the workers are
+    behind, and a job accepted now would only wait longer."""
+    if service.queued_jobs() >= cap:
+        raise UnavailableError(
+            f"the service is at capacity: {cap} jobs are waiting for a worker",
+            code="queue_full",
+            fix="retry after the Retry-After seconds (or ask the operator to add workers or "
+            "raise PRECISE_MRD_MAX_QUEUED_JOBS)",
+            headers={"Retry-After": str(QUEUE_FULL_RETRY_AFTER_SECONDS)},
+        )
+
+
 def _new_job_id() -> str:
     from precise_mrd.service.jobs.service import new_job_id
 
@@ -275,7 +293,7 @@ def _submit(service: JobService, spec: JobSpec, job_id: str) -> JobView:
     status_code=202,
     response_model=JobAccepted,
     summary="Submit a job",
-    responses=responses(403, 413, 422),
+    responses=responses(403, 408, 413, 422, 503),
 )
 def submit_job(
     request: Request,
@@ -350,6 +368,7 @@ def submit_job(
         ) from None
     check_features(create, settings)  # NB: a disabled feature is a 422 before any quota
     _check_tenant_quota(service, principal.tenant_id, settings.tenant_max_active_jobs)
+    _check_queue_depth(service, settings.max_queued_jobs)
     spec, params = resolved_job_spec(
         create,
         settings,

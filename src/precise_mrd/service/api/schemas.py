@@ -148,7 +148,7 @@ class CheckRead(_Response):
 class HealthRead(_Response):
     """``GET /health``: every backend checked, with timings."""
 
-    status: Literal["ok", "degraded"]
+    status: Literal["ok", "degraded", "draining"]
     version: str
     checks: dict[str, CheckRead]
 

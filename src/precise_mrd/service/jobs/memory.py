@@ -148,6 +148,10 @@ class InMemoryJobService:
                 ]
             )
 
+    def queued_jobs(self) -> int:
+        with self._lock:
+            return sum(1 for job in self._jobs.values() if job.state == JobState.QUEUED)
+
     def counts_by_state(self) -> dict[JobState, int]:
         counts = dict.fromkeys(JobState, 0)
         with self._lock:

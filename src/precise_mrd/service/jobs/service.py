@@ -397,6 +397,17 @@ class SqlJobService:
                 ).scalar_one()
             )
 
+    def queued_jobs(self) -> int:
+        """Jobs waiting for a worker, all tenants (an index lookup on ``state``)."""
+        with self._sessions() as session:
+            return int(
+                session.execute(
+                    select(func.count())
+                    .select_from(JobRecord)
+                    .where(JobRecord.state == JobState.QUEUED.value)
+                ).scalar_one()
+            )
+
     # ------------------------------------------------------------------ for executors/workers
     def load(self, job_id: str) -> JobView:
         """A job by id, whatever its tenant (executors and workers only)."""

@@ -1,0 +1,274 @@
+"""A soak run: steady mixed load on the API for a long time, sampling what leaks.
+
+A server with two API processes (SQLite and the local executor, or ``--backend postgresql``:
+PostgreSQL and two Celery workers on the machine's Redis) takes the mixed load of
+``tests/test_load.py`` (status, listings, results, downloads, queue-only submissions) from
+``--clients`` closed-loop clients, loopback only, for ``--minutes`` (30 by default; not in CI).
+Every ``--every`` seconds (10) one row goes to ``<out>/soak.csv``:
+
+* ``rss_mb`` and ``fds``: resident memory and open file descriptors of the API processes (the
+  uvicorn supervisor and its workers; not the job processes, which come and go);
+* ``db_connections``: PostgreSQL backends on the job database, or, for SQLite, open handles on
+  the database file across the API processes;
+* ``queue_length``: QUEUED jobs (``precise_mrd_queue_length`` from ``/metrics``);
+* ``requests`` and ``errors`` so far.
+
+At the end it plots the four series (``soak.png``) and prints the leak check: the slope of a
+least-squares line through RSS and fds after the first fifth of the run (warm-up: caches fill,
+the allocator settles), per hour, and whether either grows past its bound over the run.
+
+    .venv/bin/python benchmarks/soak_api.py [--minutes 30] [--backend sqlite|postgresql]
+        [--clients 20] [--submit-share 0.004] [--every 10] [--out soak-out]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import csv
+import re
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import psutil
+import requests
+import sqlalchemy as sa
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+
+from brokers import Background, shared_broker  # noqa: E402
+from databases import postgres_database  # noqa: E402
+from loaddriver import Tally, drive, finished_jobs, format_table, mixed_step  # noqa: E402
+from servers import Server  # noqa: E402
+
+COLUMNS = ("seconds", "rss_mb", "fds", "db_connections", "queue_length", "requests", "errors")
+#: the leak check's bounds over the measured part of the run
+MAX_RSS_GROWTH = 0.10  # of the RSS at the start of the fit
+MAX_FD_GROWTH = 20
+
+
+def api_processes(server: Server) -> list[psutil.Process]:
+    """The uvicorn supervisor and its direct children (the API workers), not the job processes."""
+    root = psutil.Process(server.process.pid)
+    return [root, *root.children(recursive=False)]
+
+
+def sqlite_handles(processes: list[psutil.Process], database: Path) -> int:
+    count = 0
+    for process in processes:
+        with contextlib.suppress(psutil.Error):
+            count += sum(1 for f in process.open_files() if Path(f.path) == database)
+    return count
+
+
+def queue_length(server: Server) -> int:
+    text = requests.get(f"{server.url}/metrics", timeout=10).text
+    found = re.search(r"^precise_mrd_queue_length\{[^}]*\}\s+([\d.e+]+)$", text, re.MULTILINE)
+    return int(float(found.group(1))) if found else -1
+
+
+class Sampler(threading.Thread):
+    """Writes one row every ``every`` seconds until stopped."""
+
+    def __init__(
+        self, server: Server, tally: Tally, csv_path: Path, every: float, database_url: str
+    ) -> None:
+        super().__init__(daemon=True)
+        self.server, self.tally, self.csv_path, self.every = server, tally, csv_path, every
+        self.database_url = database_url
+        self.stopped = threading.Event()
+        self.rows: list[dict[str, float]] = []
+
+    def db_connections(self, processes: list[psutil.Process]) -> int:
+        if self.database_url.startswith("sqlite"):
+            return sqlite_handles(processes, Path(self.database_url.removeprefix("sqlite:///")))
+        name = sa.engine.make_url(self.database_url).database
+        admin = sa.create_engine(self.database_url.replace(f"/{name}", "/postgres"))
+        try:
+            with admin.connect() as connection:
+                return int(
+                    connection.execute(
+                        sa.text("SELECT count(*) FROM pg_stat_activity WHERE datname = :name"),
+                        {"name": name},
+                    ).scalar_one()
+                )
+        finally:
+            admin.dispose()
+
+    def sample(self, started: float) -> dict[str, float]:
+        processes = api_processes(self.server)
+        rss = fds = 0
+        for process in processes:
+            with contextlib.suppress(psutil.Error):
+                rss += process.memory_info().rss
+                fds += process.num_fds()
+        return {
+            "seconds": round(time.monotonic() - started, 1),
+            "rss_mb": round(rss / 1024**2, 1),
+            "fds": fds,
+            "db_connections": self.db_connections(processes),
+            "queue_length": queue_length(self.server),
+            "requests": self.tally.requests,
+            "errors": self.tally.errors,
+        }
+
+    def run(self) -> None:
+        started = time.monotonic()
+        with self.csv_path.open("w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=COLUMNS)
+            writer.writeheader()
+            while not self.stopped.is_set():
+                row = self.sample(started)
+                self.rows.append(row)
+                writer.writerow(row)
+                handle.flush()
+                print(", ".join(f"{key} {value}" for key, value in row.items()), flush=True)
+                self.stopped.wait(self.every)
+
+
+def leak_check(rows: list[dict[str, float]]) -> list[str]:
+    """Per-hour slopes of RSS and fds after the warm-up, and the verdict against the bounds."""
+    measured = rows[len(rows) // 5 :]
+    if len(measured) < 3:
+        return ["too few samples for a leak check (run longer)"]
+    seconds = np.array([row["seconds"] for row in measured])
+    span_hours = (seconds[-1] - seconds[0]) / 3600
+    lines = []
+    for column, bound, unit in (("rss_mb", None, "MB"), ("fds", MAX_FD_GROWTH, "fds")):
+        values = np.array([row[column] for row in measured], dtype=float)
+        slope = float(np.polyfit(seconds / 3600, values, 1)[0])
+        growth = slope * span_hours
+        limit = bound if bound is not None else MAX_RSS_GROWTH * values[0]
+        verdict = "LEAK SUSPECTED" if growth > limit else "no leak"
+        lines.append(
+            f"{column}: {values[0]:.1f} -> {values[-1]:.1f}; slope {slope:+.2f} {unit}/hour, "
+            f"{growth:+.2f} {unit} over the {span_hours * 60:.0f} measured minutes "
+            f"(bound {limit:.1f}): {verdict}"
+        )
+    return lines
+
+
+def plot(rows: list[dict[str, float]], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    minutes = [row["seconds"] / 60 for row in rows]
+    figure, axes = plt.subplots(4, 1, figsize=(8, 9), sharex=True)
+    for axis, column, label in zip(
+        axes,
+        ("rss_mb", "fds", "db_connections", "queue_length"),
+        ("RSS of the API processes (MB)", "open file descriptors", "database connections",
+         "queued jobs"),
+        strict=True,
+    ):  # fmt: skip
+        axis.plot(minutes, [row[column] for row in rows], marker=".", linewidth=1)
+        axis.set_ylabel(label, fontsize=8)
+        axis.set_ylim(bottom=0)
+        axis.grid(alpha=0.3)
+    axes[-1].set_xlabel("minutes")
+    figure.suptitle(title, fontsize=10)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+@contextlib.contextmanager
+def deployment(backend: str, work: Path) -> Iterator[tuple[Server, str]]:
+    env = {
+        "PRECISE_MRD_ENABLE_DEBUG_JOBS": "true",
+        "PRECISE_MRD_WARM_KERNELS_ON_START": "false",
+        "PRECISE_MRD_LOG_LEVEL": "warning",
+        "MAX_CONCURRENT_JOBS": "2",
+    }
+    command = [sys.executable, "-m", "precise_mrd.api", "--workers", "2"]
+    if backend == "sqlite":
+        server = Server(work / "data", command, **env)
+        try:
+            yield server, f"sqlite:///{work / 'data' / 'jobs.db'}"
+        finally:
+            server.stop()
+        return
+    with postgres_database("pmrd_soak") as url, shared_broker("redis") as (broker, queue):
+        env |= {
+            "PRECISE_MRD_DATABASE_URL": url, "PRECISE_MRD_EXECUTOR": "celery",
+            "PRECISE_MRD_BROKER_URL": broker, "PRECISE_MRD_CELERY_QUEUE": queue,
+        }  # fmt: skip
+        server = Server(work / "data", command, **env)
+        worker_env = {"PATH": "/usr/bin:/bin", "PRECISE_MRD_DATA_DIR": str(work / "data"), **env,
+                      "PRECISE_MRD_LOG_LEVEL": "info"}  # fmt: skip
+        workers: list[Background] = []
+        try:
+            for index in range(2):
+                workers.append(
+                    Background(
+                        [sys.executable, "-m", "precise_mrd.cli", "worker", "--concurrency", "1",
+                         "--hostname", f"soak{index}@%h"],
+                        work / f"worker-{index}.log", env=worker_env,
+                    )
+                )  # fmt: skip
+                workers[-1].wait_for(" ready.", timeout=90)
+            yield server, url
+        finally:
+            for worker in workers:
+                worker.stop()
+            server.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--minutes", type=float, default=30)
+    parser.add_argument("--backend", choices=("sqlite", "postgresql"), default="sqlite")
+    parser.add_argument("--clients", type=int, default=20)
+    parser.add_argument(
+        "--submit-share", type=float, default=0.004,
+        help="share of requests that submit a queue-only job (keep it under what the executor "
+        "finishes, or the queue grows: a soak is steady)",
+    )  # fmt: skip
+    parser.add_argument("--every", type=float, default=10, help="seconds between samples")
+    parser.add_argument("--out", type=Path, default=Path("soak-out"))
+    args = parser.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    with (
+        tempfile.TemporaryDirectory(prefix="pmrd-soak-") as tmp,
+        deployment(args.backend, Path(tmp)) as (server, database_url),
+    ):
+        real_id, known = finished_jobs(server)
+        tally = Tally()
+        sampler = Sampler(server, tally, args.out / "soak.csv", args.every, database_url)
+        sampler.start()
+        accepted: list[str] = []
+        step = mixed_step(real_id, known, accepted, submit_share=args.submit_share)
+        try:
+            _, elapsed = asyncio.run(
+                drive([server.url], step, clients=args.clients, seconds=args.minutes * 60,
+                      max_requests=50_000_000, tally=tally)
+            )  # fmt: skip
+        finally:
+            sampler.stopped.set()
+            sampler.join(timeout=60)
+        rows = sampler.rows
+    title = (
+        f"soak: {args.backend}, 2 API processes, {args.clients} clients, "
+        f"{args.minutes:.0f} min, {tally.requests} requests, {tally.errors} errors"
+    )
+    plot(rows, args.out / "soak.png", title)
+    print("\n" + format_table(title, tally.rows(seconds=elapsed)))
+    print(f"accepted submissions: {len(accepted)}")
+    report: list[Any] = leak_check(rows)
+    print("\n".join(["leak check (after the first fifth of the run):", *report]))
+    print(f"samples: {args.out / 'soak.csv'}; plot: {args.out / 'soak.png'}")
+    return 1 if tally.errors or any("LEAK" in line for line in report) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

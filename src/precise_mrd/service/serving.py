@@ -1,0 +1,87 @@
+"""The HTTP server's own guard against slow clients: a deadline for request headers.
+
+uvicorn closes a keep-alive connection that stays idle, but not one that trickles its request
+headers a byte at a time (slowloris): each such connection holds a socket and a parser for as
+long as the client likes. :class:`HeaderDeadlineProtocol` (uvicorn's httptools protocol, which
+the server runs) gives every request ``PRECISE_MRD_CLIENT_HEADER_TIMEOUT_SECONDS`` from the
+connection's start, or from the previous response, to finish its headers; past it the client
+gets ``408 Request Timeout`` and the connection is closed. Bodies are the app's to time
+(:mod:`precise_mrd.service.overload`); behind NGINX, its ``client_header_timeout`` does the same
+first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from asyncio import TimerHandle
+from typing import Any
+
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from precise_mrd.service.settings import get_settings
+
+_TIMEOUT_BODY = json.dumps(
+    {
+        "error": {
+            "code": "request_timeout",
+            "message": "the request headers did not arrive in time",
+            "fix": "send the request headers without pauses",
+        }
+    }
+).encode()
+_TIMEOUT_RESPONSE = (
+    b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\nconnection: close\r\n"
+    + f"content-length: {len(_TIMEOUT_BODY)}\r\n\r\n".encode()
+    + _TIMEOUT_BODY
+)
+
+
+def _header_timeout_seconds() -> float:
+    return float(get_settings().client_header_timeout_seconds)
+
+
+class HeaderDeadlineProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with a deadline for each request's headers."""
+
+    header_timeout_seconds: float | None = None  # NB: read once per process, on first use
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if HeaderDeadlineProtocol.header_timeout_seconds is None:
+            HeaderDeadlineProtocol.header_timeout_seconds = _header_timeout_seconds()
+        self._header_deadline: TimerHandle | None = None
+
+    def _arm_header_deadline(self) -> None:
+        self._disarm_header_deadline()
+        seconds = HeaderDeadlineProtocol.header_timeout_seconds or 30.0
+        self._header_deadline = self.loop.call_later(seconds, self._headers_too_slow)
+
+    def _disarm_header_deadline(self) -> None:
+        if self._header_deadline is not None:
+            self._header_deadline.cancel()
+            self._header_deadline = None
+
+    def _headers_too_slow(self) -> None:
+        self._header_deadline = None
+        between_requests = self.cycle is None or self.cycle.response_complete
+        if between_requests and not self.pipeline and not self.transport.is_closing():
+            self.transport.write(_TIMEOUT_RESPONSE)
+            self.transport.close()
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm_header_deadline()
+
+    def on_headers_complete(self) -> None:
+        self._disarm_header_deadline()
+        super().on_headers_complete()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if not self.transport.is_closing() and not self.pipeline:
+            self._arm_header_deadline()  # NB: the next request's headers, keep-alive or not
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm_header_deadline()
+        super().connection_lost(exc)
