@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 # --benchmark-compare-fail=mean:10% to fail on a slowdown
 BENCH_ARGS ?=
 # Commands the tests drive, each with the Debian package that provides it (installed when missing).
-TEST_TOOLS := chromium=chromium shellcheck=shellcheck
+TEST_TOOLS := chromium=chromium shellcheck=shellcheck nginx=nginx
 
 .PHONY: help venv test-tools test test-fast coverage check fmt lint types arch docs demo bench \
 	bench-kernels image serverless-bundle bench-cold-start clean

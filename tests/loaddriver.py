@@ -60,6 +60,13 @@ class Tally:
             if status == 0 or status >= 500
         )
 
+    def status_counts(self) -> Counter[int]:
+        """Answers by HTTP status over every endpoint (0: a transport failure)."""
+        total: Counter[int] = Counter()
+        for counts in self.statuses.values():
+            total.update(counts)
+        return total
+
     @property
     def requests(self) -> int:
         return sum(sum(counts.values()) for counts in self.statuses.values())

@@ -44,9 +44,10 @@ class Server:
         start_timeout: float = 60,
         verify: str | bool = True,
         cert: tuple[str, str] | None = None,
+        port: int | None = None,
         **env: str,
     ) -> None:
-        self.port = free_port()
+        self.port = free_port() if port is None else port  # NB: a restart keeps its port
         tls = "PRECISE_MRD_TLS_CERTFILE" in env
         self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}"
         #: what a client needs to reach a TLS server (the CA file; a client certificate for mTLS)
