@@ -7,7 +7,7 @@
    submissions; 100 closed-loop clients), per endpoint, on SQLite + the local executor and on
    PostgreSQL + Celery workers (Redis), each with two API processes.
 
-    .venv/bin/python benchmarks/bench_api_load.py [--seconds 15] [--mixed-seconds 30]
+    .venv/bin/python benchmarks/bench_api_load.py [--seconds 15] [--warmup 0] [--mixed-seconds 30]
 
 Rate limits are off (one client address would hit them at once: a load balancer in front is
 where a deployment limits); logs at ``warning``, as in production behind an access-logging proxy
@@ -53,8 +53,17 @@ BARE_APP = textwrap.dedent(
 )
 
 
+#: seconds of the same wrk load before each measured run (0: measure a cold server)
+WARMUP_SECONDS = 0
+
+
 def wrk(url: str, seconds: int, connections: int = 100) -> dict[str, float]:
-    """requests/s, p50 and p99 (ms) and non-2xx count of one wrk run."""
+    """requests/s, p50 and p99 (ms) and non-2xx count of one wrk run (after the warm-up)."""
+    if WARMUP_SECONDS:
+        subprocess.run(
+            ["wrk", "-t2", f"-c{connections}", f"-d{WARMUP_SECONDS}s", url],
+            capture_output=True, check=True, timeout=WARMUP_SECONDS + 60,
+        )  # fmt: skip
     done = subprocess.run(
         ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--latency", url],
         capture_output=True, text=True, check=True, timeout=seconds + 60,
@@ -203,7 +212,13 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=15, help="each wrk run")
     parser.add_argument("--mixed-seconds", type=float, default=30, help="each mixed run")
     parser.add_argument("--skip-mixed", action="store_true")
+    parser.add_argument(
+        "--warmup", type=int, default=0,
+        help="seconds of the same load before each measured wrk run, for every server alike",
+    )  # fmt: skip
     args = parser.parse_args()
+    global WARMUP_SECONDS
+    WARMUP_SECONDS = args.warmup
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not installed: apt-get install wrk")
     with tempfile.TemporaryDirectory(prefix="pmrd-load-") as tmp:
