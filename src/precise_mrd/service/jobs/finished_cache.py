@@ -22,6 +22,15 @@ True
 <JobState.COMPLETE: 'COMPLETE'>
 >>> cache.forget("j1"); cache.find("j1") is None
 True
+
+Memory follows the last minute's reads, not the 10,000 bound: expired jobs leave as new ones come.
+
+>>> short = FinishedJobs(ttl_seconds=0.0)
+>>> for n in range(3):
+...     short.remember(JobView(f"j{n}", JobSpec("r", 1, ""), JobState.COMPLETE, 1.0, None, None,
+...                            datetime.now(UTC), None, None, 1, None, {}))
+>>> len(short)
+1
 """
 
 from __future__ import annotations
@@ -39,7 +48,8 @@ TTL_SECONDS = 60.0
 
 
 class FinishedJobs:
-    """A bounded, expiring map of job id -> its final view (thread-safe)."""
+    """A bounded, expiring map of job id -> its final view (thread-safe); expired entries are
+    dropped as new ones arrive."""
 
     def __init__(self, max_entries: int = MAX_ENTRIES, ttl_seconds: float = TTL_SECONDS) -> None:
         self._entries: OrderedDict[str, tuple[float, JobView]] = OrderedDict()
@@ -51,11 +61,20 @@ class FinishedJobs:
         """Keep ``job`` if it is finished (anything else may still change)."""
         if not job.state.is_terminal:
             return
+        now = time.monotonic()
         with self._lock:
-            self._entries[job.job_id] = (time.monotonic() + self._ttl, job)
+            self._entries[job.job_id] = (now + self._ttl, job)
             self._entries.move_to_end(job.job_id)
-            while len(self._entries) > self._max_entries:
+            # NB: oldest first, and all share one TTL: the expired are at the front
+            while self._entries and (
+                len(self._entries) > self._max_entries
+                or next(iter(self._entries.values()))[0] < now
+            ):
                 self._entries.popitem(last=False)
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._entries)
 
     def find(self, job_id: str) -> JobView | None:
         """The kept final view of ``job_id``, or None (never kept, expired or forgotten)."""
