@@ -49,16 +49,33 @@ class Cache(Protocol):
     def check(self) -> None: ...
 
 
+#: what the in-process cache may hold, in bytes of JSON text (each API process has its own)
+LOCAL_CACHE_MAX_BYTES = 32 * 1024**2
+
+
 class LocalCache:
-    """A bounded in-process cache with expiry (the embedded default)."""
+    """A bounded in-process cache with expiry (the embedded default).
+
+    Bounded in entries and in bytes (least recently used out first), and an expired entry
+    leaves once it reaches the front: a ``/jobs`` page of an older generation, never asked for
+    again, must not stay until 10,000 newer ones push it out (at ~30 KB a page, 300 MB).
+
+    >>> small = LocalCache(max_bytes=100)
+    >>> for n in range(5):
+    ...     small.set_json(f"page{n}", "x" * 30, ttl_seconds=60)
+    >>> small.get_json("page0") is None, small.get_json("page4") is not None, small.n_bytes <= 100
+    (True, True, True)
+    """
 
     name = "local"
 
-    def __init__(self, max_entries: int = 10_000) -> None:
+    def __init__(self, max_entries: int = 10_000, max_bytes: int = LOCAL_CACHE_MAX_BYTES) -> None:
         self._entries: OrderedDict[str, tuple[float, str]] = OrderedDict()
         self._counters: dict[str, tuple[float, int]] = {}
         self._lock = threading.Lock()
         self._max = max_entries
+        self._max_bytes = max_bytes
+        self.n_bytes = 0
 
     def get_json(self, key: str) -> Any | None:
         with self._lock:
@@ -68,17 +85,27 @@ class LocalCache:
             expires, text = entry
             if expires < time.monotonic():
                 del self._entries[key]
+                self.n_bytes -= len(text)
                 return None
             self._entries.move_to_end(key)
         return json.loads(text)
 
     def set_json(self, key: str, value: Any, *, ttl_seconds: float) -> None:
         text = json.dumps(value, default=str)
+        now = time.monotonic()
         with self._lock:
-            self._entries[key] = (time.monotonic() + ttl_seconds, text)
-            self._entries.move_to_end(key)
-            while len(self._entries) > self._max:
+            previous = self._entries.pop(key, None)
+            if previous is not None:
+                self.n_bytes -= len(previous[1])
+            self._entries[key] = (now + ttl_seconds, text)
+            self.n_bytes += len(text)
+            while self._entries:
+                expires, oldest = next(iter(self._entries.values()))
+                over = len(self._entries) > self._max or self.n_bytes > self._max_bytes
+                if not over and expires >= now:
+                    break
                 self._entries.popitem(last=False)
+                self.n_bytes -= len(oldest)
 
     def incr(self, key: str, *, window_seconds: float) -> int:
         now = time.monotonic()
