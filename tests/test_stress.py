@@ -54,9 +54,10 @@ MAX_INFLIGHT = 16
 TIMEOUT_SECONDS = 2
 #: database connections a process keeps (and may open beyond, briefly)
 POOL_SIZE = 4
-#: descriptors a settled server may hold over its idle count: each pooled SQLite connection
-#: (the file and its WAL) and a few sockets closing; a leak per request or upload is far more
-FD_MARGIN = 2 * POOL_SIZE + 4
+#: descriptors a settled server may hold over its idle count: the pool's and its overflow's
+#: SQLite connections (the file and its WAL each), the running job's log and pipes, a few
+#: sockets closing; a leak per connection or upload (40 slowloris, 15 uploads) is more
+FD_MARGIN = 2 * (POOL_SIZE + POOL_SIZE) + 6
 #: how far above its idle size the server's RSS may go, whatever the pressure
 RSS_CEILING_MB = 80
 #: a job that holds the one slot for a while (the queue fills faster than it drains)
