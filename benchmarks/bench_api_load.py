@@ -2,7 +2,10 @@
 
 1. ``GET /status/{id}`` of a finished job with ``wrk`` (Debian's; 100 connections, 2 threads):
    the project's server beside a bare FastAPI app with the same route on the same uvicorn, one
-   process each; then the project's server with ``--workers 2``.
+   process each. The bare route twice: as a plain ``def`` (FastAPI runs it in its thread pool)
+   and as an ``async def`` (on the event loop, as the project's is), each on uvicorn's default
+   loop (uvloop) and on the standard library's (the project's default,
+   ``PRECISE_MRD_EVENT_LOOP``). Then the project's server on uvloop, and with ``--workers 2``.
 2. The mixed load of ``tests/test_load.py`` (status, listings, results, downloads, queue-only
    submissions; 100 closed-loop clients), per endpoint, on SQLite + the local executor and on
    PostgreSQL + Celery workers (Redis), each with two API processes.
@@ -43,13 +46,27 @@ BARE_APP = textwrap.dedent(
     """
     from fastapi import FastAPI
 
-    app = FastAPI()
+    sync_app = FastAPI()
+    async_app = FastAPI()
 
 
-    @app.get("/status/{job_id}")
+    @sync_app.get("/status/{job_id}")
     def status(job_id: str) -> dict:
         return {"job_id": job_id, "state": "COMPLETE", "progress": 1.0}
+
+
+    @async_app.get("/status/{job_id}")
+    async def async_status(job_id: str) -> dict:
+        return {"job_id": job_id, "state": "COMPLETE", "progress": 1.0}
     """
+)
+
+#: (row label, app in BARE_APP, uvicorn --loop) of the bare rows
+BARE_ROWS = (
+    ("bare FastAPI, def route, uvloop", "sync_app", "auto"),
+    ("bare FastAPI, def route, asyncio loop", "sync_app", "asyncio"),
+    ("bare FastAPI, async route, uvloop", "async_app", "auto"),
+    ("bare FastAPI, async route, asyncio loop", "async_app", "asyncio"),
 )
 
 
@@ -90,13 +107,13 @@ def wrk(url: str, seconds: int, connections: int = 100) -> dict[str, float]:
 
 
 @contextlib.contextmanager
-def bare_server(directory: Path) -> Iterator[str]:
+def bare_server(directory: Path, app: str, loop: str) -> Iterator[str]:
     (directory / "bare_app.py").write_text(BARE_APP)
     port = free_port()
     process = Background(
-        [sys.executable, "-m", "uvicorn", "bare_app:app", "--port", str(port),
-         "--log-level", "warning", "--app-dir", str(directory)],
-        directory / "bare.log",
+        [sys.executable, "-m", "uvicorn", f"bare_app:{app}", "--port", str(port),
+         "--loop", loop, "--log-level", "warning", "--app-dir", str(directory)],
+        directory / f"bare-{app}-{loop}.log",
     )  # fmt: skip
     try:
         deadline = time.monotonic() + 30
@@ -134,36 +151,37 @@ def status_side_by_side(work: Path, seconds: int) -> None:
     print(
         f"\n1. GET /status/{{id}} of a finished job: wrk, 2 threads, 100 connections, {seconds} s"
     )
-    print(f"{'server':<44}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'non-2xx':>9}")
-    rows = {}
-    with bare_server(work) as bare_url:
-        server = project_server(work / "one")
+    rows: dict[str, dict[str, float]] = {}
+    for label, app, loop in BARE_ROWS:
+        with bare_server(work, app, loop) as bare_url:
+            rows[f"{label} (1 process)"] = wrk(f"{bare_url}/status/some-job", seconds)
+    ours = "Precise MRD, SQLite (1 process)"
+    for label, workers, env in (
+        (ours, 1, {}),
+        ("Precise MRD, SQLite, EVENT_LOOP=uvloop (1 process)", 1,
+         {"PRECISE_MRD_EVENT_LOOP": "uvloop"}),
+        ("Precise MRD, SQLite (--workers 2)", 2, {}),
+    ):  # fmt: skip
+        server = project_server(work / f"{workers}-{len(rows)}", workers=workers, **env)
         try:
             job_id = finished_job(server)
-            rows["bare FastAPI, same route (1 process)"] = wrk(
-                f"{bare_url}/status/{job_id}", seconds
-            )
-            rows["Precise MRD, SQLite (1 process)"] = wrk(f"{server.url}/status/{job_id}", seconds)
+            rows[label] = wrk(f"{server.url}/status/{job_id}", seconds)
         finally:
             server.stop()
-    server = project_server(work / "two", workers=2)
-    try:
-        job_id = finished_job(server)
-        rows["Precise MRD, SQLite (--workers 2)"] = wrk(f"{server.url}/status/{job_id}", seconds)
-    finally:
-        server.stop()
+    print(f"{'server':<54}{'req/s':>8}{'p50 ms':>9}{'p99 ms':>9}{'non-2xx':>9}")
     for name, row in rows.items():
         print(
-            f"{name:<44}{row['per_second']:>10.0f}{row['p50_ms']:>9.1f}{row['p99_ms']:>9.1f}"
+            f"{name:<54}{row['per_second']:>8.0f}{row['p50_ms']:>9.1f}{row['p99_ms']:>9.1f}"
             f"{row['non_2xx']:>9.0f}"
         )
-    bare = rows["bare FastAPI, same route (1 process)"]
-    ours = rows["Precise MRD, SQLite (1 process)"]
-    throughput = ours["per_second"] / bare["per_second"]
-    print(
-        f"ratio to the bare app, 1 process: throughput {throughput:.2f}x (target >= 0.7x), "
-        f"p99 {ours['p99_ms'] / bare['p99_ms']:.2f}x (target <= 1.5x)"
-    )
+    print(f"ratios of '{ours}' (targets: throughput >= 0.7x, p99 <= 1.5x):")
+    for label, _, _ in BARE_ROWS:
+        bare = rows[f"{label} (1 process)"]
+        print(
+            f"  to {label + ':':<44} throughput "
+            f"{rows[ours]['per_second'] / bare['per_second']:.2f}x, "
+            f"p99 {rows[ours]['p99_ms'] / bare['p99_ms']:.2f}x"
+        )
 
 
 def mixed(work: Path, seconds: float) -> None:

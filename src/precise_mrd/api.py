@@ -37,7 +37,7 @@ def app_from_environment() -> FastAPI:
     from precise_mrd.service.app import create_app
     from precise_mrd.service.settings import get_settings
 
-    return create_app(get_settings())
+    return create_app(get_settings(), freeze_heap_on_start=True)
 
 
 def serve(
@@ -60,15 +60,19 @@ def serve(
     import ssl
 
     import uvicorn
+    from pydantic import ValidationError
 
     from precise_mrd.service.security.auth import check_bind_address
     from precise_mrd.service.serving import HeaderDeadlineProtocol
-    from precise_mrd.service.settings import get_settings
+    from precise_mrd.service.settings import get_settings, settings_problems
 
     if log_level is not None:
         # NB: --reload serves from a child process that reads settings again; pass it on.
         os.environ["PRECISE_MRD_LOG_LEVEL"] = log_level
-    settings = get_settings()
+    try:
+        settings = get_settings()
+    except ValidationError as error:
+        raise SystemExit("\n".join(f"error: {line}" for line in settings_problems(error))) from None
     bind = host or settings.api_host
     try:
         check_bind_address(bind, settings.auth_mode, settings.allow_unauthenticated)
@@ -105,6 +109,7 @@ def serve(
         proxy_headers=True,
         # NB: httptools with a deadline for request headers (slow clients; serving.py)
         http=HeaderDeadlineProtocol,
+        loop=settings.event_loop,
         timeout_graceful_shutdown=30,
     )
 

@@ -24,15 +24,13 @@ def settings_or_exit(**overrides: object) -> object:
     """The service settings from the environment, or one line per invalid setting and exit 2."""
     from pydantic import ValidationError
 
-    from precise_mrd.service.settings import get_settings
+    from precise_mrd.service.settings import get_settings, settings_problems
 
     try:
         return get_settings(**overrides)
     except ValidationError as error:
-        for problem in error.errors():
-            where = ".".join(str(part) for part in problem["loc"]) or "settings"
-            message = problem["msg"].removeprefix("Value error, ")
-            typer.echo(f"error: {where}: {message}", err=True)
+        for line in settings_problems(error):
+            typer.echo(f"error: {line}", err=True)
         raise typer.Exit(EXIT_USER_ERROR) from None
 
 

@@ -180,3 +180,93 @@ def test_safe_file_names() -> None:
     for bad in ("../x.bam", "a/../b", "x\x00.bam", "x\n.bam", "dir/"):
         with pytest.raises(UploadInvalidError):
             safe_file_name("reads", bad)
+
+
+def test_the_server_runs_on_the_configured_event_loop_and_names_a_bad_one(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import uvicorn
+
+    from precise_mrd.api import serve
+
+    calls: list[dict[str, object]] = []
+    monkeypatch.setattr(uvicorn, "run", lambda *args, **kwargs: calls.append(kwargs))
+    monkeypatch.setenv("PRECISE_MRD_DATA_DIR", str(tmp_path))
+    monkeypatch.delenv("PRECISE_MRD_EVENT_LOOP", raising=False)
+    serve(port=0)
+    monkeypatch.setenv("PRECISE_MRD_EVENT_LOOP", "uvloop")
+    serve(port=0)
+    assert [call["loop"] for call in calls] == ["asyncio", "uvloop"]
+    monkeypatch.setenv("PRECISE_MRD_EVENT_LOOP", "fastest")
+    with pytest.raises(SystemExit) as refused:
+        serve(port=0)
+    assert str(refused.value) == (
+        "error: PRECISE_MRD_EVENT_LOOP: Input should be 'asyncio' or 'uvloop' (got 'fastest')"
+    )
+    assert len(calls) == 2
+
+
+def test_a_server_process_freezes_what_start_up_built(tmp_path: Path) -> None:
+    import gc
+
+    from precise_mrd.service.app import create_app
+    from precise_mrd.service.jobs.memory import InMemoryJobService
+    from precise_mrd.service.settings import Settings
+    from precise_mrd.service.storage import LocalArtifactStore
+
+    def app(freeze: bool) -> object:
+        return create_app(
+            Settings(data_dir=tmp_path),
+            job_service=InMemoryJobService(),
+            store=LocalArtifactStore(tmp_path / "a"),
+            start_executor=False,
+            freeze_heap_on_start=freeze,
+        )
+
+    assert gc.get_freeze_count() == 0
+    with TestClient(app(False)) as client:
+        assert client.get("/health/live").status_code == 200
+        assert gc.get_freeze_count() == 0  # NB: apps built in tests and notebooks never freeze
+    try:
+        with TestClient(app(True)) as client:
+            assert client.get("/health/live").status_code == 200
+            assert gc.get_freeze_count() > 10_000  # the imported libraries, at least
+    finally:
+        gc.unfreeze()
+
+
+def test_connections_accepted_from_a_protocol_zero_socket_send_without_delay() -> None:
+    """uvicorn's ``--workers N`` listening socket has protocol number 0, so asyncio leaves
+    Nagle's algorithm on for what it accepts; the server's protocol turns it off."""
+    import asyncio
+    import socket
+
+    from precise_mrd.service.serving import _send_without_delay
+
+    async def accepted_nodelay() -> tuple[int, int]:
+        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)  # NB: proto 0, as uvicorn's
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        made: asyncio.Future[asyncio.BaseTransport] = asyncio.get_running_loop().create_future()
+
+        class Keep(asyncio.Protocol):
+            def connection_made(self, transport: asyncio.BaseTransport) -> None:
+                made.set_result(transport)
+
+        server = await asyncio.get_running_loop().create_server(Keep, sock=listener)
+        client = socket.create_connection(listener.getsockname())
+        try:
+            transport = await asyncio.wait_for(made, 5)
+            sock = transport.get_extra_info("socket")
+            before = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+            _send_without_delay(transport)
+            after = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+            transport.close()
+            return before, after
+        finally:
+            client.close()
+            server.close()
+            await server.wait_closed()
+
+    before, after = asyncio.run(accepted_nodelay())
+    assert before == 0 and after != 0

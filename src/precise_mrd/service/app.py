@@ -98,9 +98,12 @@ def create_app(
     store: ArtifactStore | None = None,
     start_executor: bool = True,
     authenticator: Authenticator | None = None,
+    freeze_heap_on_start: bool = False,
 ) -> FastAPI:
     """The API over ``settings``; pass ``job_service``/``store`` to replace the embedded ones
-    (and ``authenticator`` for API-key auth beside a job service that is not the SQL one)."""
+    (and ``authenticator`` for API-key auth beside a job service that is not the SQL one).
+    ``freeze_heap_on_start`` (server processes) exempts what start-up built from the garbage
+    collector (:func:`~precise_mrd.service.serving.freeze_startup_heap`)."""
     store = store if store is not None else store_from_settings(settings)
     engines: list[Any] = []
     owns_database = job_service is None
@@ -177,6 +180,10 @@ def create_app(
                 "draining before shutdown", seconds=settings.shutdown_drain_seconds
             ),
         )
+        if freeze_heap_on_start:
+            from precise_mrd.service.serving import freeze_startup_heap
+
+            log.debug("start-up heap frozen", objects=freeze_startup_heap())
         try:
             yield
         finally:

@@ -24,7 +24,7 @@ import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AliasChoices, Field, field_validator, model_validator
+from pydantic import AliasChoices, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 LogLevel = Literal["debug", "info", "warning", "error", "critical"]
@@ -71,6 +71,11 @@ class Settings(BaseSettings):
     #: server processes sharing the port (each with its own app, pools and executor)
     api_workers: int = Field(
         1, ge=1, le=64, validation_alias=_env("PRECISE_MRD_API_WORKERS", "api_workers")
+    )
+    #: the server's event loop: the standard library's serves a saturated process fairly
+    #: (p99 near its median); uvloop's shows second-long tails under load (performance.md)
+    event_loop: Literal["asyncio", "uvloop"] = Field(
+        "asyncio", validation_alias=_env("PRECISE_MRD_EVENT_LOOP", "event_loop")
     )
     #: on SIGTERM, answer readiness 503 and keep serving this long before shutting down, so
     #: the load balancer stops sending first (0: shut down at once; SIGINT never waits)
@@ -477,3 +482,22 @@ def with_password(url: str, password: str) -> str:
 def get_settings(**overrides: Any) -> Settings:
     """Settings from the environment, with keyword overrides (field names) on top."""
     return Settings(**overrides)
+
+
+def settings_problems(error: ValidationError) -> list[str]:
+    """One line per invalid setting, named as the environment spells it.
+
+    >>> try:
+    ...     Settings(event_loop="fast")
+    ... except ValidationError as error:
+    ...     settings_problems(error)
+    ["event_loop: Input should be 'asyncio' or 'uvloop' (got 'fast')"]
+    """
+    lines = []
+    for problem in error.errors():
+        where = ".".join(str(part) for part in problem["loc"]) or "settings"
+        message = problem["msg"].removeprefix("Value error, ")
+        given = problem.get("input")
+        shown = f" (got {given!r})" if isinstance(given, str | int | float) else ""
+        lines.append(f"{where}: {message}{shown}")
+    return lines
