@@ -44,6 +44,7 @@ from pydantic import BaseModel
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.exc import TimeoutError as SqlPoolTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import Message, Send
 
 from precise_mrd.core.errors import ConfigError, InputError
 from precise_mrd.service.jobs.model import JobNotFoundError, JobStateError
@@ -286,6 +287,21 @@ def error_response(exc: BaseException, *, request_id: str | None) -> JSONRespons
     return JSONResponse(
         error_body(exc, request_id=request_id), status_code=error.status_code, headers=headers
     )
+
+
+async def send_error(
+    exc: BaseException, send: Send, *, request_id: str | None, close: bool = False
+) -> None:
+    """Answer with ``exc`` straight from an ASGI middleware, in place of the app (the request's
+    body is not read); ``close`` ends the connection after it (the body may still be coming)."""
+    response = error_response(exc, request_id=request_id)
+    if close:
+        response.headers["connection"] = "close"
+    await response({"type": "http"}, _disconnected, send)
+
+
+async def _disconnected() -> Message:
+    return {"type": "http.disconnect"}
 
 
 async def handle_error(request: Request, exc: Exception) -> JSONResponse:

@@ -39,7 +39,7 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from precise_mrd.service.errors import RequestTimeoutError, UnavailableError, error_response
+from precise_mrd.service.errors import RequestTimeoutError, UnavailableError, send_error
 
 #: paths answered even past the in-flight limit (probes, the autoscaler's metrics)
 NEVER_SHED = frozenset({"/health/live", "/health/ready", "/health", "/metrics"})
@@ -202,11 +202,5 @@ class OverloadMiddleware:
     async def _send_error(
         error: UnavailableError | RequestTimeoutError, request_id: str | None, send: Send
     ) -> None:
-        response = error_response(error, request_id=request_id)
-        if isinstance(error, RequestTimeoutError):
-            response.headers["connection"] = "close"
-        await response({"type": "http"}, _no_receive, send)
-
-
-async def _no_receive() -> Message:
-    return {"type": "http.disconnect"}
+        close = isinstance(error, RequestTimeoutError)
+        await send_error(error, send, request_id=request_id, close=close)

@@ -43,7 +43,7 @@ from typing import Any, BinaryIO
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from precise_mrd.core.errors import InputError
-from precise_mrd.service.errors import PayloadTooLargeError, UploadInvalidError, error_response
+from precise_mrd.service.errors import PayloadTooLargeError, UploadInvalidError, send_error
 from precise_mrd.service.jobs.worker import DEFAULT_READ_STRUCTURES
 from precise_mrd.service.settings import Settings
 from precise_mrd.service.storage import ArtifactStore, ArtifactTooLargeError, LocalArtifactStore
@@ -491,10 +491,4 @@ class BodySizeLimitMiddleware:
             f"the request body is larger than {self.max_body_bytes} bytes",
             fix="send smaller files, or raise PRECISE_MRD_MAX_UPLOAD_BYTES on the server",
         )
-        response = error_response(error, request_id=request_id)
-        response.headers["connection"] = "close"
-        await response({"type": "http"}, _no_receive, send)
-
-
-async def _no_receive() -> Message:
-    return {"type": "http.disconnect"}
+        await send_error(error, send, request_id=request_id, close=True)

@@ -25,7 +25,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from precise_mrd.service.errors import ServiceError, TooManyRequestsError, error_response
+from precise_mrd.service.errors import ServiceError, TooManyRequestsError, send_error
 from precise_mrd.service.security.auth import Authenticator
 from precise_mrd.service.security.limits import RateLimiter
 
@@ -81,8 +81,7 @@ class AuthenticationMiddleware:
                 self.authenticator.authenticate, Headers(scope=scope)
             )
         except ServiceError as exc:
-            response = error_response(exc, request_id=state.get("request_id"))
-            await response(scope, receive, send)
+            await send_error(exc, send, request_id=state.get("request_id"))
             return
         await self.app(scope, receive, send)
 
@@ -123,7 +122,7 @@ class RateLimitMiddleware:
                 fix=f"retry after {verdict.headers.get('Retry-After', '1')} s",
                 headers=verdict.headers,
             )
-            await error_response(error, request_id=state.get("request_id"))(scope, receive, send)
+            await send_error(error, send, request_id=state.get("request_id"))
             return
         extra = [(name.lower().encode(), value.encode()) for name, value in verdict.headers.items()]
 
