@@ -18,7 +18,7 @@ least-squares line through RSS and fds after the first fifth of the run (warm-up
 the allocator settles), per hour, and whether either grows past its bound over the run.
 
     .venv/bin/python benchmarks/soak_api.py [--minutes 30] [--backend sqlite|postgresql]
-        [--clients 20] [--submit-share 0.004] [--every 10] [--out soak-out]
+        [--cache process|redis] [--clients 20] [--submit-share 0.004] [--every 10] [--out soak-out]
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -47,8 +48,10 @@ sys.path.insert(0, str(ROOT / "tests"))
 from brokers import Background, shared_broker  # noqa: E402
 from databases import postgres_database  # noqa: E402
 from loaddriver import Tally, drive, finished_jobs, format_table, mixed_step  # noqa: E402
+from precise_mrd.service.jobs.model import TERMINAL_STATES  # noqa: E402
 from servers import Server  # noqa: E402
 
+FINAL_STATES = {state.value for state in TERMINAL_STATES}
 COLUMNS = ("seconds", "rss_mb", "fds", "db_connections", "queue_length", "requests", "errors")
 #: the leak check's bounds over the measured part of the run
 MAX_RSS_GROWTH = 0.10  # of the RSS at the start of the fit
@@ -183,13 +186,16 @@ def plot(rows: list[dict[str, float]], path: Path, title: str) -> None:
 
 
 @contextlib.contextmanager
-def deployment(backend: str, work: Path) -> Iterator[tuple[Server, str]]:
+def deployment(backend: str, work: Path, cache: str = "process") -> Iterator[tuple[Server, str]]:
     env = {
         "PRECISE_MRD_ENABLE_DEBUG_JOBS": "true",
         "PRECISE_MRD_WARM_KERNELS_ON_START": "false",
         "PRECISE_MRD_LOG_LEVEL": "warning",
         "MAX_CONCURRENT_JOBS": "2",
     }
+    if cache == "redis":  # NB: entries expire (PRECISE_MRD_CACHE_TTL_SECONDS): nothing to clean
+        env["PRECISE_MRD_REDIS_URL"] = "redis://127.0.0.1:6379/0"
+        env["PRECISE_MRD_CACHE_PREFIX"] = f"pmrd-soak-{work.name}:"
     command = [sys.executable, "-m", "precise_mrd.api", "--workers", "2"]
     if backend == "sqlite":
         server = Server(work / "data", command, **env)
@@ -234,13 +240,17 @@ def main(argv: list[str] | None = None) -> int:
         help="share of requests that submit a queue-only job (keep it under what the executor "
         "finishes, or the queue grows: a soak is steady)",
     )  # fmt: skip
+    parser.add_argument(
+        "--cache", choices=("process", "redis"), default="process",
+        help="the API's response cache: in each process (bounded, 32 MB) or the machine's Redis",
+    )  # fmt: skip
     parser.add_argument("--every", type=float, default=10, help="seconds between samples")
     parser.add_argument("--out", type=Path, default=Path("soak-out"))
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     with (
         tempfile.TemporaryDirectory(prefix="pmrd-soak-") as tmp,
-        deployment(args.backend, Path(tmp)) as (server, database_url),
+        deployment(args.backend, Path(tmp), args.cache) as (server, database_url),
     ):
         real_id, known = finished_jobs(server)
         tally = Tally()
@@ -257,17 +267,22 @@ def main(argv: list[str] | None = None) -> int:
             sampler.stopped.set()
             sampler.join(timeout=60)
         rows = sampler.rows
+        # NB: every accepted job must end; the queue drains in seconds (queue-only jobs)
+        outcomes = Counter(
+            server.wait(job_id, FINAL_STATES, timeout=300)["state"] for job_id in accepted
+        )
     title = (
-        f"soak: {args.backend}, 2 API processes, {args.clients} clients, "
+        f"soak: {args.backend}, {args.cache} cache, 2 API processes, {args.clients} clients, "
         f"{args.minutes:.0f} min, {tally.requests} requests, {tally.errors} errors"
     )
     plot(rows, args.out / "soak.png", title)
     print("\n" + format_table(title, tally.rows(seconds=elapsed)))
-    print(f"accepted submissions: {len(accepted)}")
+    print(f"accepted submissions: {len(accepted)}, final states: {dict(outcomes)}")
     report: list[Any] = leak_check(rows)
     print("\n".join(["leak check (after the first fifth of the run):", *report]))
     print(f"samples: {args.out / 'soak.csv'}; plot: {args.out / 'soak.png'}")
-    return 1 if tally.errors or any("LEAK" in line for line in report) else 0
+    lost = len(accepted) - outcomes["COMPLETE"]
+    return 1 if tally.errors or lost or any("LEAK" in line for line in report) else 0
 
 
 if __name__ == "__main__":
