@@ -22,13 +22,14 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
+import os
 import re
 import shutil
 import sys
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime
 from pathlib import Path
@@ -60,9 +61,34 @@ def is_valid_request_id(value: str) -> bool:
     return bool(_REQUEST_ID.match(value))
 
 
+class _RequestIds:
+    """Request ids without a system call each: 16 random hex digits drawn once per process (again
+    in a forked child), then a 16-digit counter. ``uuid4`` read ``os.urandom`` per request, which
+    lets go of the GIL; taking it back behind the executor's thread cost ~20 us a request."""
+
+    def __init__(self) -> None:
+        self.draw()
+        os.register_at_fork(after_in_child=self.draw)
+
+    def draw(self) -> None:
+        self.prefix = os.urandom(8).hex()
+        self.counter = itertools.count()
+
+    def next(self) -> str:
+        return f"{self.prefix}{next(self.counter):016x}"
+
+
+_request_ids = _RequestIds()
+
+
 def new_request_id() -> str:
-    """A fresh request id (32 hex digits)."""
-    return uuid.uuid4().hex
+    """A fresh request id (32 hex digits, unique across processes and restarts).
+
+    >>> first, second = new_request_id(), new_request_id()
+    >>> len(first), first[:16] == second[:16], int(second[16:], 16) - int(first[16:], 16)
+    (32, True, 1)
+    """
+    return _request_ids.next()
 
 
 class _CurrentStderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
