@@ -430,6 +430,43 @@ def test_status_progress_and_reason(client: TestClient, harness: Harness) -> Non
     assert body["reason"] == "timeout" and body["is_finished"]
 
 
+def test_status_body_is_the_listings_job_read(client: TestClient, harness: Harness) -> None:
+    """/status renders its JobRead itself (StatusBodies); FastAPI renders /jobs' items. Same."""
+    job_id = submit(client).json()["job_id"]
+    for finish in (None, lambda: harness.complete(job_id, decision="positive")):
+        if finish is not None:
+            finish()
+        status = client.get(f"/status/{job_id}")
+        assert status.headers["content-type"] == "application/json"
+        listed = client.get("/jobs").json()["jobs"]
+        assert [status.json()] == listed
+        assert status.content == client.get(f"/status/{job_id}").content
+    assert status.json()["state"] == "COMPLETE"
+
+
+def test_status_bodies_kept_for_the_same_finished_view_only() -> None:
+    from dataclasses import replace
+    from datetime import UTC, datetime
+
+    from precise_mrd.service.api.jobs import StatusBodies
+    from precise_mrd.service.jobs.model import JobSpec, JobView
+
+    now = datetime.now(UTC)
+    running = JobView("j1", JobSpec("r", 1, ""), JobState.RUNNING, 0.5, "consensus", None,
+                      now, now, None, 1, None, {})  # fmt: skip
+    bodies = StatusBodies(max_entries=2)
+    assert json.loads(bodies.body(running))["state"] == "RUNNING" and len(bodies) == 0
+    done = replace(running, state=JobState.COMPLETE, progress=1.0, finished_at=now)
+    first = bodies.body(done)
+    assert bodies.body(done) is first and len(bodies) == 1
+    # a view read again (another object) is rendered again, and replaces the kept one
+    again = replace(done, stage="report")
+    assert json.loads(bodies.body(again))["stage"] == "report" and len(bodies) == 1
+    for n in range(3):
+        bodies.body(replace(done, job_id=f"k{n}"))
+    assert len(bodies) == 2
+
+
 def test_unknown_job_is_404_everywhere(client: TestClient) -> None:
     for method, path in [
         ("GET", "/status/nope"),
@@ -443,17 +480,20 @@ def test_unknown_job_is_404_everywhere(client: TestClient) -> None:
 
 
 def test_other_tenants_job_is_404(client: TestClient, harness: Harness) -> None:
-    from precise_mrd.service.api.deps import get_principal
     from precise_mrd.service.security.principal import Principal
 
     job_id = submit(client).json()["job_id"]
     mallory = Principal("other", "mallory", "viewer")
-    harness.app.dependency_overrides[get_principal] = lambda: mallory
-    try:
-        assert client.get(f"/status/{job_id}").status_code == 404
-        assert client.get("/jobs").json()["jobs"] == []
-    finally:
-        harness.app.dependency_overrides.clear()
+
+    async def as_mallory(scope: Any, receive: Any, send: Any) -> None:
+        # NB: where the authentication middleware leaves the caller it verified
+        scope.setdefault("state", {})["principal"] = mallory
+        await harness.app(scope, receive, send)
+
+    other = TestClient(as_mallory)
+    assert other.get(f"/status/{job_id}").status_code == 404
+    assert other.get("/jobs").json()["jobs"] == []
+    assert client.get(f"/status/{job_id}").status_code == 200
 
 
 def test_results_409_until_finished_then_call_and_downloads(

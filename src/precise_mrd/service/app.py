@@ -208,6 +208,7 @@ def create_app(
     app.state.job_service = job_service
     app.state.store = store
     app.state.metrics = metrics
+    app.state.status_bodies = jobs.StatusBodies()
     app.state.cache = cache
     app.state.executor = None
     app.state.authenticator = authenticator

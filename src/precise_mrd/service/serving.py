@@ -62,7 +62,12 @@ def _send_without_delay(transport: asyncio.BaseTransport) -> None:
 
 
 class HeaderDeadlineProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol with a deadline for each request's headers."""
+    """uvicorn's httptools protocol with a deadline for each request's headers.
+
+    One timer per connection, not one per request: a request only notes when the wait for the
+    next headers began (a float), and the timer, when it fires, closes the connection if that
+    wait is over the limit, or sets itself again for when it would be. Arming and cancelling a
+    timer for each request cost ~8% of a bare app's throughput."""
 
     header_timeout_seconds: float | None = None  # NB: read once per process, on first use
 
@@ -71,40 +76,51 @@ class HeaderDeadlineProtocol(HttpToolsProtocol):
         if HeaderDeadlineProtocol.header_timeout_seconds is None:
             HeaderDeadlineProtocol.header_timeout_seconds = _header_timeout_seconds()
         self._header_deadline: TimerHandle | None = None
+        #: loop time at which the wait for the next request's headers began; None during one
+        self._waiting_since: float | None = None
 
-    def _arm_header_deadline(self) -> None:
-        self._disarm_header_deadline()
-        seconds = HeaderDeadlineProtocol.header_timeout_seconds or 30.0
-        self._header_deadline = self.loop.call_later(seconds, self._headers_too_slow)
+    @property
+    def _header_limit(self) -> float:
+        return HeaderDeadlineProtocol.header_timeout_seconds or 30.0
 
-    def _disarm_header_deadline(self) -> None:
-        if self._header_deadline is not None:
-            self._header_deadline.cancel()
-            self._header_deadline = None
-
-    def _headers_too_slow(self) -> None:
+    def _check_header_deadline(self) -> None:
         self._header_deadline = None
-        between_requests = self.cycle is None or self.cycle.response_complete
-        if between_requests and not self.pipeline and not self.transport.is_closing():
-            self.transport.write(_TIMEOUT_RESPONSE)
-            self.transport.close()
+        if self.transport.is_closing():
+            return
+        since = self._waiting_since
+        now = self.loop.time()
+        if since is not None and now - since >= self._header_limit:
+            between_requests = self.cycle is None or self.cycle.response_complete
+            if between_requests and not self.pipeline:
+                self.transport.write(_TIMEOUT_RESPONSE)
+                self.transport.close()
+                return
+        due = (since if since is not None else now) + self._header_limit
+        self._header_deadline = self.loop.call_at(
+            max(due, now + 0.001), self._check_header_deadline
+        )
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         _send_without_delay(transport)
-        self._arm_header_deadline()
+        self._waiting_since = self.loop.time()
+        self._header_deadline = self.loop.call_later(
+            self._header_limit, self._check_header_deadline
+        )
 
     def on_headers_complete(self) -> None:
-        self._disarm_header_deadline()
+        self._waiting_since = None
         super().on_headers_complete()
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
-        if not self.transport.is_closing() and not self.pipeline:
-            self._arm_header_deadline()  # NB: the next request's headers, keep-alive or not
+        if not self.pipeline:  # NB: the next request's headers, keep-alive or not
+            self._waiting_since = self.loop.time()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._disarm_header_deadline()
+        if self._header_deadline is not None:
+            self._header_deadline.cancel()
+            self._header_deadline = None
         super().connection_lost(exc)
 
 

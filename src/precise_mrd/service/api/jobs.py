@@ -41,6 +41,7 @@ import hashlib
 import inspect
 import json
 import re
+from collections import OrderedDict
 from collections.abc import Iterator, Mapping
 from typing import Annotated, Any
 
@@ -62,6 +63,7 @@ from precise_mrd.service.api.deps import (
     SettingsDep,
     StoreDep,
     Submitter,
+    get_principal,
     require_role,
 )
 from precise_mrd.service.api.schemas import (
@@ -190,6 +192,36 @@ def check_config_features(params: PipelineParams, request: JobCreate, settings: 
         from precise_mrd.ml.deep import check_torch_installed
 
         check_torch_installed("ml.use_deep_learning")
+
+
+class StatusBodies:
+    """``GET /status`` bodies of finished jobs, rendered once.
+
+    A finished job never changes, and the job service hands back the same view object for as
+    long as it keeps the job in memory (:mod:`~precise_mrd.service.jobs.finished_cache`), so
+    its rendered :class:`JobRead` is kept beside that view and reused while the view is the
+    same object; a view read again from the database is rendered again. Holds at most
+    ``max_entries`` (the oldest leave first). Used on the event loop only: no lock."""
+
+    def __init__(self, max_entries: int = 4096) -> None:
+        self._bodies: OrderedDict[str, tuple[JobView, bytes]] = OrderedDict()
+        self._max_entries = max_entries
+
+    def __len__(self) -> int:
+        return len(self._bodies)
+
+    def body(self, job: JobView) -> bytes:
+        """The JSON of ``job_read(job)``, as the route's response model renders it."""
+        kept = self._bodies.get(job.job_id)
+        if kept is not None and kept[0] is job:
+            return kept[1]
+        body = job_read(job).model_dump_json(by_alias=True).encode()
+        if job.state.is_terminal:
+            self._bodies[job.job_id] = (job, body)
+            self._bodies.move_to_end(job.job_id)
+            if len(self._bodies) > self._max_entries:
+                self._bodies.popitem(last=False)
+        return body
 
 
 def job_scope(principal: Principal) -> str | None:
@@ -423,20 +455,23 @@ def submit_job(
     summary="A job's state and progress",
     responses=responses(404),
 )
-async def job_status(
-    job_id: str, service: JobServiceDep, principal: CurrentPrincipal, metrics: MetricsDep
-) -> JobRead:
+async def job_status(job_id: str, request: Request) -> Response:
     """State (GA4GH WES names), progress 0..1, current stage, timestamps, and the reason when the
     job failed or was canceled."""
-    scope = job_scope(principal)
+    # NB: the most frequent request, kept lean (docs/performance.md): the app's state is read
+    # here, not through three more dependencies, and the body is a JobRead rendered by
+    # StatusBodies, not validated and rendered again by FastAPI
+    state = request.app.state
+    service: JobService = state.job_service
+    scope = job_scope(await get_principal(request))
     # NB: a finished job read lately is answered from memory, on the event loop; anything else
     # is a database read, in a worker thread
     cached = getattr(service, "cached", None)
     job: JobView | None = cached(job_id, tenant_id=scope) if cached is not None else None
     if job is None:
         job = await run_in_threadpool(service.get, job_id, tenant_id=scope)
-    metrics.observe_job(job)
-    return job_read(job)
+    state.metrics.observe_job(job)
+    return Response(state.status_bodies.body(job), media_type="application/json")
 
 
 def _summary(result: Any) -> SampleCallSummary | None:

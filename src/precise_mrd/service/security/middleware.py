@@ -22,7 +22,7 @@ script; the documents' pages bring their own policy with the hashes of their inl
 from __future__ import annotations
 
 from starlette.concurrency import run_in_threadpool
-from starlette.datastructures import Headers, MutableHeaders
+from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from precise_mrd.service.errors import ServiceError, TooManyRequestsError, send_error
@@ -134,8 +134,20 @@ class RateLimitMiddleware:
         await self.app(scope, receive, send_with_limits)
 
 
+#: (name, value) of the headers every response gets, and those a response of a kind gets
+_EVERY_RESPONSE = (
+    (b"x-content-type-options", b"nosniff"),
+    (b"x-frame-options", b"DENY"),
+    (b"referrer-policy", b"no-referrer"),
+)
+_NO_STORE = (b"cache-control", b"no-store")
+_HSTS_HEADER = (b"strict-transport-security", _HSTS.encode())
+_HTML_POLICY_HEADER = (b"content-security-policy", HTML_POLICY.encode())
+
+
 class SecurityHeadersMiddleware:
-    """The headers every response carries (see the module)."""
+    """The headers every response carries (see the module); a header the route set itself is
+    kept as it is."""
 
     def __init__(self, app: ASGIApp, tls: bool = False) -> None:
         self.app = app
@@ -145,21 +157,20 @@ class SecurityHeadersMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        static = scope.get("path", "").startswith("/static/")
-        secure = self.tls or scope.get("scheme") == "https"
+        added = list(_EVERY_RESPONSE)
+        if not scope.get("path", "").startswith("/static/"):
+            added.append(_NO_STORE)
+        if self.tls or scope.get("scheme") == "https":
+            added.append(_HSTS_HEADER)
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
-                headers = MutableHeaders(scope=message)
-                headers.setdefault("X-Content-Type-Options", "nosniff")
-                headers.setdefault("X-Frame-Options", "DENY")
-                headers.setdefault("Referrer-Policy", "no-referrer")
-                if not static:
-                    headers.setdefault("Cache-Control", "no-store")
-                if headers.get("content-type", "").startswith("text/html"):
-                    headers.setdefault("Content-Security-Policy", HTML_POLICY)
-                if secure:
-                    headers.setdefault("Strict-Transport-Security", _HSTS)
+                headers = list(message.get("headers", []))
+                present = {name.lower(): value for name, value in headers}
+                if present.get(b"content-type", b"").startswith(b"text/html"):
+                    added.append(_HTML_POLICY_HEADER)
+                headers.extend(header for header in added if header[0] not in present)
+                message["headers"] = headers
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
