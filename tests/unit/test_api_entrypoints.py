@@ -7,9 +7,11 @@ import json
 import warnings
 import zlib
 from pathlib import Path
+from typing import Any
 
 import pytest
 import typer
+from fastapi import Request
 from typer.testing import CliRunner
 
 from precise_mrd.api import parse_args
@@ -270,3 +272,62 @@ def test_connections_accepted_from_a_protocol_zero_socket_send_without_delay() -
 
     before, after = asyncio.run(accepted_nodelay())
     assert before == 0 and after != 0
+
+
+async def _status_like(request: Request, job_id: str) -> Any:
+    from fastapi import Response
+
+    if job_id == "boom":
+        from precise_mrd.service.errors import NotFoundError
+
+        raise NotFoundError("no such thing", fix="ask for another")
+    return Response(f'{{"job_id": "{job_id}"}}', media_type="application/json")
+
+
+async def _with_query(request: Request, job_id: str, limit: int = 5) -> Any: ...
+
+
+async def _int_path(request: Request, job_id: int) -> Any: ...
+
+
+def _sync(request: Request, job_id: str) -> Any: ...
+
+
+async def _untyped_request(request: Any, job_id: str) -> Any: ...
+
+
+@pytest.mark.parametrize(
+    ("path", "endpoint"),
+    [
+        ("/x/{job_id}", _with_query),
+        ("/x/{job_id}", _int_path),
+        ("/x/{job_id:int}", _status_like),
+        ("/x/{job_id}", _sync),
+        ("/x/{other}", _status_like),
+        ("/x/{job_id}", _untyped_request),
+    ],
+)
+def test_request_route_refuses_an_endpoint_it_would_call_wrongly(path: str, endpoint: Any) -> None:
+    from fastapi import APIRouter
+
+    from precise_mrd.service.api.routing import RequestRoute
+
+    with pytest.raises(TypeError, match="RequestRoute endpoint takes request"):
+        APIRouter().add_api_route(path, endpoint, route_class_override=RequestRoute)
+
+
+def test_request_route_calls_with_path_parameters_and_errors_go_to_the_handlers() -> None:
+    from fastapi import FastAPI
+
+    from precise_mrd.service.api.routing import RequestRoute
+    from precise_mrd.service.errors import install_error_handlers
+
+    app = FastAPI()
+    install_error_handlers(app)
+    app.router.add_api_route("/x/{job_id}", _status_like, route_class_override=RequestRoute)
+    client = TestClient(app)
+    assert client.get("/x/abc?limit=3").json() == {"job_id": "abc"}
+    missing = client.get("/x/boom")
+    assert missing.status_code == 404 and missing.json()["error"]["fix"] == "ask for another"
+    parameters = app.openapi()["paths"]["/x/{job_id}"]["get"]["parameters"]
+    assert [(p["name"], p["in"]) for p in parameters] == [("job_id", "path")]

@@ -66,6 +66,7 @@ from precise_mrd.service.api.deps import (
     get_principal,
     require_role,
 )
+from precise_mrd.service.api.routing import RequestRoute
 from precise_mrd.service.api.schemas import (
     DlModelType,
     JobAccepted,
@@ -449,18 +450,12 @@ def submit_job(
     )
 
 
-@router.get(
-    "/status/{job_id}",
-    response_model=JobRead,
-    summary="A job's state and progress",
-    responses=responses(404),
-)
-async def job_status(job_id: str, request: Request) -> Response:
+async def job_status(request: Request, job_id: str) -> Response:
     """State (GA4GH WES names), progress 0..1, current stage, timestamps, and the reason when the
     job failed or was canceled."""
-    # NB: the most frequent request, kept lean (docs/performance.md): the app's state is read
-    # here, not through three more dependencies, and the body is a JobRead rendered by
-    # StatusBodies, not validated and rendered again by FastAPI
+    # NB: the most frequent request, kept lean (docs/performance.md): a RequestRoute (no
+    # dependencies solved; the app's state read here) answering with the JobRead rendered by
+    # StatusBodies (not validated and rendered again by FastAPI)
     state = request.app.state
     service: JobService = state.job_service
     scope = job_scope(await get_principal(request))
@@ -472,6 +467,17 @@ async def job_status(job_id: str, request: Request) -> Response:
         job = await run_in_threadpool(service.get, job_id, tenant_id=scope)
     state.metrics.observe_job(job)
     return Response(state.status_bodies.body(job), media_type="application/json")
+
+
+router.add_api_route(
+    "/status/{job_id}",
+    job_status,
+    methods=["GET"],
+    response_model=JobRead,
+    summary="A job's state and progress",
+    responses=responses(404),
+    route_class_override=RequestRoute,
+)
 
 
 def _summary(result: Any) -> SampleCallSummary | None:
