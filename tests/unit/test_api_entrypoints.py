@@ -237,6 +237,35 @@ def test_a_server_process_freezes_what_start_up_built(tmp_path: Path) -> None:
         gc.unfreeze()
 
 
+def test_a_server_process_freezes_the_readers_a_submission_imports(tmp_path: Path) -> None:
+    """Imported by the first submission instead, numba's and pysam's objects would stay in the
+    collector's reach and lengthen every full collection (a fresh interpreter: this one has
+    imported them long ago)."""
+    import subprocess
+    import sys
+
+    code = f"""
+import gc, warnings
+warnings.simplefilter("ignore")
+from fastapi.testclient import TestClient
+from precise_mrd.service.app import create_app
+from precise_mrd.service.jobs.memory import InMemoryJobService
+from precise_mrd.service.settings import Settings
+from precise_mrd.service.storage import LocalArtifactStore
+app = create_app(Settings(data_dir={str(tmp_path)!r}), job_service=InMemoryJobService(),
+                 store=LocalArtifactStore({str(tmp_path / "a")!r}), start_executor=False,
+                 freeze_heap_on_start=True)
+with TestClient(app):
+    from precise_mrd.io.bam import open_bam
+    print("collectable", any(o is open_bam for o in gc.get_objects()))
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split()[-2:] == ["collectable", "False"], done.stdout
+
+
 def test_connections_accepted_from_a_protocol_zero_socket_send_without_delay() -> None:
     """uvicorn's ``--workers N`` listening socket has protocol number 0, so asyncio leaves
     Nagle's algorithm on for what it accepts; the server's protocol turns it off."""

@@ -181,8 +181,10 @@ def create_app(
             ),
         )
         if freeze_heap_on_start:
+            from precise_mrd.service.api.uploads import import_readers
             from precise_mrd.service.serving import freeze_startup_heap
 
+            import_readers()  # NB: what the first submission would import, frozen with the rest
             log.debug("start-up heap frozen", objects=freeze_startup_heap())
         try:
             yield
