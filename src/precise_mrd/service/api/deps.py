@@ -5,6 +5,11 @@ through these aliases, so tests swap any of them with ``app.dependency_overrides
 
     SettingsDep, JobServiceDep, StoreDep, MetricsDep, RequestIdDep, CurrentPrincipal
 
+One route takes none: ``GET /status/{job_id}``, the most frequent request, is a
+:class:`~precise_mrd.service.api.routing.RequestRoute` that reads ``app.state`` and calls
+:func:`get_principal` itself (an override does not reach it; put the principal in the request
+state, as the authentication middleware does).
+
 :class:`Principal` is who is asking (:mod:`precise_mrd.service.security`); ``Viewer``,
 ``Submitter`` and ``Admin`` also check the role. Every job is scoped by the caller's tenant.
 """

@@ -337,7 +337,7 @@ READER_MODULES = (
 def import_readers() -> None:
     """Import :data:`READER_MODULES` now. A server process does it before it freezes its
     start-up heap (:func:`~precise_mrd.service.serving.freeze_startup_heap`): imported by the
-    first submission instead, their ~45,000 objects stay in the collector's reach and each full
+    first submission instead, their objects stay in the collector's reach and each full
     collection under load takes ~14 ms instead of ~3 ms (docs/performance.md)."""
     for name in READER_MODULES:
         importlib.import_module(name)
