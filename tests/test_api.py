@@ -11,6 +11,7 @@ along itself with ``InMemoryJobService.update``. Uploads are real files built by
 
 from __future__ import annotations
 
+import gc
 import gzip
 import io
 import json
@@ -462,8 +463,13 @@ def test_status_bodies_kept_for_the_same_finished_view_only() -> None:
     # a view read again (another object) is rendered again, and replaces the kept one
     again = replace(done, stage="report")
     assert json.loads(bodies.body(again))["stage"] == "report" and len(bodies) == 1
-    for n in range(3):
-        bodies.body(replace(done, job_id=f"k{n}"))
+    # a body goes with its view: the bodies keep no view alive
+    del again
+    gc.collect()
+    assert len(bodies) == 0
+    views = [replace(done, job_id=f"k{n}") for n in range(3)]
+    for view in views:
+        bodies.body(view)
     assert len(bodies) == 2
 
 

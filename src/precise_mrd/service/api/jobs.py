@@ -41,8 +41,9 @@ import hashlib
 import inspect
 import json
 import re
+import weakref
 from collections import OrderedDict
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Annotated, Any
 
 from fastapi import APIRouter, File, Form, Query, Request, Response, UploadFile
@@ -201,11 +202,13 @@ class StatusBodies:
     A finished job never changes, and the job service hands back the same view object for as
     long as it keeps the job in memory (:mod:`~precise_mrd.service.jobs.finished_cache`), so
     its rendered :class:`JobRead` is kept beside that view and reused while the view is the
-    same object; a view read again from the database is rendered again. Holds at most
-    ``max_entries`` (the oldest leave first). Used on the event loop only: no lock."""
+    same object; a view read again from the database is rendered again. A body goes when its
+    view does (a weak reference: this keeps no view alive), or when ``max_entries`` newer ones
+    came after it. Read and written on the event loop; a view may die in another thread, whose
+    callback then drops its body (at worst a newer body, rendered again on the next read)."""
 
     def __init__(self, max_entries: int = 4096) -> None:
-        self._bodies: OrderedDict[str, tuple[JobView, bytes]] = OrderedDict()
+        self._bodies: OrderedDict[str, tuple[weakref.ref[JobView], bytes]] = OrderedDict()
         self._max_entries = max_entries
 
     def __len__(self) -> int:
@@ -214,15 +217,23 @@ class StatusBodies:
     def body(self, job: JobView) -> bytes:
         """The JSON of ``job_read(job)``, as the route's response model renders it."""
         kept = self._bodies.get(job.job_id)
-        if kept is not None and kept[0] is job:
+        if kept is not None and kept[0]() is job:
             return kept[1]
         body = job_read(job).model_dump_json(by_alias=True).encode()
         if job.state.is_terminal:
-            self._bodies[job.job_id] = (job, body)
+            self._bodies[job.job_id] = (weakref.ref(job, self._forget(job.job_id)), body)
             self._bodies.move_to_end(job.job_id)
             if len(self._bodies) > self._max_entries:
                 self._bodies.popitem(last=False)
         return body
+
+    def _forget(self, job_id: str) -> Callable[[weakref.ref[JobView]], None]:
+        def forget(gone: weakref.ref[JobView]) -> None:
+            kept = self._bodies.get(job_id)
+            if kept is not None and kept[0] is gone:  # NB: not a newer view's body
+                del self._bodies[job_id]
+
+        return forget
 
 
 def job_scope(principal: Principal) -> str | None:
