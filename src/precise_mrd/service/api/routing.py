@@ -20,6 +20,7 @@ from typing import Any
 
 from fastapi import Request, Response
 from fastapi.routing import APIRoute
+from starlette.convertors import StringConvertor
 from starlette.routing import compile_path
 
 
@@ -54,17 +55,13 @@ def _check_signature(path: str, endpoint: Callable[..., Any]) -> None:
     """
     _, _, convertors = compile_path(path)
     parameters = list(inspect.signature(endpoint, eval_str=True).parameters.values())
-    names = [parameter.name for parameter in parameters]
-    plain = all(
-        parameter.annotation is str for parameter in parameters[1:] if parameter.name in convertors
-    )
+    path_parameters = parameters[1:]
     if (
         not inspect.iscoroutinefunction(endpoint)
-        or names[:1] != ["request"]
-        or parameters[0].annotation is not Request
-        or sorted(names[1:]) != sorted(convertors)
-        or not plain
-        or any(type(convertor).__name__ != "StringConvertor" for convertor in convertors.values())
+        or [(p.name, p.annotation) for p in parameters[:1]] != [("request", Request)]
+        or sorted(parameter.name for parameter in path_parameters) != sorted(convertors)
+        or any(parameter.annotation is not str for parameter in path_parameters)
+        or not all(isinstance(convertor, StringConvertor) for convertor in convertors.values())
     ):
         raise TypeError(
             f"{endpoint.__name__}: a RequestRoute endpoint takes request and its path's str "
