@@ -218,8 +218,8 @@ def test_a_queue_ten_times_what_the_workers_finish_is_shed_with_503(stressed: St
     print(f"\nsubmissions: {dict(answers)}; queued seen: {queued_seen}")
     assert set(answers) <= {202, (503, "queue_full", "60")}, answers
     assert answers[(503, "queue_full", "60")] > 0, "the queue never filled: no load was shed"
-    # NB: check-then-insert: concurrent submissions may pass the bound together, never more
-    assert max(queued_seen) <= MAX_QUEUED_JOBS + 10
+    # NB: the bound is checked in the transaction that stores the job: never passed
+    assert max(queued_seen) <= MAX_QUEUED_JOBS
     for job_id in accepted:  # nothing accepted is lost
         assert stressed.server.wait(job_id, TERMINAL, timeout=180)["state"] == "COMPLETE"
     assert _queued(url) == 0

@@ -266,6 +266,27 @@ with TestClient(app):
     assert done.stdout.split()[-2:] == ["collectable", "False"], done.stdout
 
 
+def test_every_module_validate_uploads_imports_is_a_reader_module() -> None:
+    """A reader added to ``validate_uploads`` but not to ``READER_MODULES`` would be imported by
+    the first submission, after the freeze: this test names it."""
+    import ast
+    import inspect
+    import textwrap
+
+    from precise_mrd.service.api import uploads
+
+    tree = ast.parse(textwrap.dedent(inspect.getsource(uploads.validate_uploads)))
+    imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    imported |= {
+        alias.name
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Import)
+        for alias in node.names
+    }
+    assert imported, "validate_uploads imports nothing locally any more: drop READER_MODULES"
+    assert imported <= set(uploads.READER_MODULES), imported - set(uploads.READER_MODULES)
+
+
 def test_connections_accepted_from_a_protocol_zero_socket_send_without_delay() -> None:
     """uvicorn's ``--workers N`` listening socket has protocol number 0, so asyncio leaves
     Nagle's algorithm on for what it accepts; the server's protocol turns it off."""

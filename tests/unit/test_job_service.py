@@ -26,6 +26,8 @@ from precise_mrd.service.jobs.model import (
     JobSpec,
     JobState,
     JobStateError,
+    SubmitLimits,
+    SubmitRefusedError,
 )
 from precise_mrd.service.jobs.service import (
     ALLOWED_TRANSITIONS,
@@ -380,3 +382,44 @@ def test_reads_go_to_the_read_url_and_writes_never_do(tmp_path: Path) -> None:
             finally:
                 primary.dispose()
                 replica.dispose()
+
+
+def _submit_at_once(service: SqlJobService, specs: list[JobSpec], limits: SubmitLimits) -> int:
+    """Submit every spec from its own thread, all released together; how many were stored."""
+    barrier = threading.Barrier(len(specs))
+    stored: list[str] = []
+    refused: list[SubmitRefusedError] = []
+
+    def submitter(spec: JobSpec) -> None:
+        barrier.wait(timeout=30)
+        try:
+            stored.append(service.submit(spec, limits=limits).job_id)
+        except SubmitRefusedError as error:
+            refused.append(error)
+
+    threads = [threading.Thread(target=submitter, args=(spec,)) for spec in specs]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert len(stored) + len(refused) == len(specs)
+    return len(stored)
+
+
+def test_concurrent_submissions_never_overshoot_the_queue_cap(service: SqlJobService) -> None:
+    service.submit(_spec(tenant="t0"))
+    limits = SubmitLimits(tenant_max_active=100, max_queued=4)
+    specs = [_spec(run_id=f"r{i}", tenant=f"t{i % 3}") for i in range(12)]
+    assert _submit_at_once(service, specs, limits) == 3
+    assert service.queued_jobs() == 4
+
+
+def test_concurrent_submissions_never_overshoot_the_tenant_cap(service: SqlJobService) -> None:
+    limits = SubmitLimits(tenant_max_active=2, max_queued=100)
+    specs = [_spec(run_id=f"r{i}", tenant="t1") for i in range(8)]
+    assert _submit_at_once(service, specs, limits) == 2
+    assert service.active_jobs("t1") == 2
+    with pytest.raises(SubmitRefusedError) as refused:
+        service.submit(_spec(tenant="t1"), limits=limits)
+    assert refused.value.limit == "tenant_active" and refused.value.cap == 2
+    assert service.submit(_spec(tenant="t2"), limits=limits).state == S.QUEUED

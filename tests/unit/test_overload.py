@@ -186,3 +186,45 @@ def test_a_submission_past_the_queue_bound_is_503_queue_full(tmp_path: Path) -> 
     assert refused.headers["Retry-After"] == "60"
     error = refused.json()["error"]
     assert error["code"] == "queue_full" and "PRECISE_MRD_MAX_QUEUED_JOBS" in error["fix"]
+
+
+class _StaleCounts(InMemoryJobService):
+    """A job service whose counts, read before the uploads are stored, say there is room: as when
+    concurrent submissions fill the queue between the early check and the insert."""
+
+    def queued_jobs(self) -> int:
+        return 0
+
+
+def test_a_queue_filled_during_the_upload_is_503_and_the_upload_is_removed(
+    tmp_path: Path, smoke_sample: Any
+) -> None:
+    service = _StaleCounts()
+    store = LocalArtifactStore(tmp_path / "a")
+    app = create_app(
+        Settings(data_dir=tmp_path, max_queued_jobs=1), job_service=service, store=store,
+        start_executor=False,
+    )  # fmt: skip
+    with TestClient(app) as client:
+        answers = []
+        for run_id in ("r1", "r2"):
+            with (
+                open(smoke_sample.bam_path, "rb") as reads,
+                open(smoke_sample.reference_path, "rb") as reference,
+                open(smoke_sample.vcf_path, "rb") as variants,
+            ):
+                files = {
+                    "reads": ("sample.bam", reads),
+                    "reference": ("ref.fa", reference),
+                    "variants": ("v.vcf", variants),
+                }
+                answers.append(client.post("/submit", data={"run_id": run_id}, files=files))
+    first, refused = answers
+    assert first.status_code == 202, first.text
+    assert refused.status_code == 503 and refused.json()["error"]["code"] == "queue_full"
+    assert refused.headers["Retry-After"] == "60"
+    assert len(service.list_jobs(tenant_id="default")[0]) == 1
+    kept = store.list_keys("tenants/default/jobs/")
+    assert kept and all(
+        key.startswith(f"tenants/default/jobs/{first.json()['job_id']}/") for key in kept
+    )

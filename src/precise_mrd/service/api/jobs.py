@@ -38,7 +38,6 @@ from __future__ import annotations
 import base64
 import dataclasses
 import hashlib
-import inspect
 import json
 import re
 import weakref
@@ -99,6 +98,8 @@ from precise_mrd.service.jobs.model import (
     JobSpec,
     JobState,
     JobView,
+    SubmitLimits,
+    SubmitRefusedError,
     job_key_prefix,
 )
 from precise_mrd.service.jobs.worker import DEFAULT_READ_STRUCTURES, parse_config
@@ -281,32 +282,36 @@ def resolved_job_spec(
     return spec, params
 
 
-def _check_tenant_quota(service: JobService, tenant_id: str, cap: int) -> None:
-    """429 when the tenant already has ``cap`` unfinished jobs."""
-    if service.active_jobs(tenant_id) >= cap:
-        raise TooManyRequestsError(
-            f"this tenant already has {cap} queued or running jobs",
-            fix="wait for some to finish (or ask the operator to raise "
-            "PRECISE_MRD_TENANT_MAX_ACTIVE_JOBS)",
-            headers={"Retry-After": "30"},
-        )
-
-
 #: what a 503 for a full queue asks the client to wait (about what a worker slot takes per job)
 QUEUE_FULL_RETRY_AFTER_SECONDS = 60
 
 
-def _check_queue_depth(service: JobService, cap: int) -> None:
-    """503 when ``cap`` jobs already wait for a worker, whoever submitted them: the workers are
-    behind, and a job accepted now would only wait longer."""
-    if service.queued_jobs() >= cap:
-        raise UnavailableError(
-            f"the service is at capacity: {cap} jobs are waiting for a worker",
-            code="queue_full",
-            fix="retry after the Retry-After seconds (or ask the operator to add workers or "
-            "raise PRECISE_MRD_MAX_QUEUED_JOBS)",
-            headers={"Retry-After": str(QUEUE_FULL_RETRY_AFTER_SECONDS)},
+def _refused(error: SubmitRefusedError) -> ServiceError:
+    """429 when the tenant has its cap of unfinished jobs; 503 when ``cap`` jobs of all tenants
+    already wait for a worker (the workers are behind: a job accepted now would only wait)."""
+    if error.limit == "tenant_active":
+        return TooManyRequestsError(
+            str(error),
+            fix="wait for some to finish (or ask the operator to raise "
+            "PRECISE_MRD_TENANT_MAX_ACTIVE_JOBS)",
+            headers={"Retry-After": "30"},
         )
+    return UnavailableError(
+        str(error),
+        code="queue_full",
+        fix="retry after the Retry-After seconds (or ask the operator to add workers or "
+        "raise PRECISE_MRD_MAX_QUEUED_JOBS)",
+        headers={"Retry-After": str(QUEUE_FULL_RETRY_AFTER_SECONDS)},
+    )
+
+
+def _check_limits(service: JobService, tenant_id: str, limits: SubmitLimits) -> None:
+    """Refuse early, before any upload is stored, a job that would not fit ``limits`` now. Only
+    the check in ``submit`` is exact: submissions in flight can fill the room in between."""
+    try:
+        limits.check(active=service.active_jobs(tenant_id), queued=service.queued_jobs())
+    except SubmitRefusedError as error:
+        raise _refused(error) from None
 
 
 def _new_job_id() -> str:
@@ -321,15 +326,6 @@ def _wake_executor(request: Request) -> None:
     notify = getattr(executor, "notify", None)
     if callable(notify):
         notify()
-
-
-def _submit(service: JobService, spec: JobSpec, job_id: str) -> JobView:
-    """Submit under ``job_id`` when the service takes one (so uploads live under the job)."""
-    submit: Any = service.submit
-    if "job_id" in inspect.signature(submit).parameters:
-        job: JobView = submit(spec, job_id=job_id)
-        return job
-    return service.submit(spec)
 
 
 @router.post(
@@ -411,8 +407,10 @@ def submit_job(
             f"{field}: {first['msg']}", field=field, fix="see /docs for the allowed values"
         ) from None
     check_features(create, settings)  # NB: a disabled feature is a 422 before any quota
-    _check_tenant_quota(service, principal.tenant_id, settings.tenant_max_active_jobs)
-    _check_queue_depth(service, settings.max_queued_jobs)
+    limits = SubmitLimits(
+        tenant_max_active=settings.tenant_max_active_jobs, max_queued=settings.max_queued_jobs
+    )
+    _check_limits(service, principal.tenant_id, limits)
     spec, params = resolved_job_spec(
         create,
         settings,
@@ -443,9 +441,11 @@ def submit_job(
         spec, inputs=canonical_keys(uploads), checksums=upload_checksums(uploads)
     )
     try:
-        job = _submit(service, spec, job_id)
-    except BaseException:
+        job = service.submit(spec, job_id=job_id, limits=limits)
+    except BaseException as error:
         store.delete_prefix(job_key_prefix(principal.tenant_id, job_id))
+        if isinstance(error, SubmitRefusedError):
+            raise _refused(error) from None
         raise
     _wake_executor(request)
     metrics.jobs_submitted.inc()

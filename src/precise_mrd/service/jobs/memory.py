@@ -31,6 +31,7 @@ from precise_mrd.service.jobs.model import (
     JobState,
     JobStateError,
     JobView,
+    SubmitLimits,
 )
 
 # NB: the same opaque cursor format as the SQL service, so clients cannot tell them apart.
@@ -48,9 +49,14 @@ class InMemoryJobService:
         self._artifact_root = artifact_root
         self._sequence = 0
 
-    def submit(self, spec: JobSpec, *, job_id: str | None = None) -> JobView:
-        """Store a QUEUED job (under ``job_id`` when given, as the SQL service allows)."""
+    def submit(
+        self, spec: JobSpec, *, job_id: str | None = None, limits: SubmitLimits | None = None
+    ) -> JobView:
+        """Store a QUEUED job (under ``job_id`` when given, as the SQL service allows), when it
+        fits ``limits`` (checked under the same lock as the insert)."""
         with self._lock:
+            if limits is not None:
+                limits.check(active=self._active(spec.tenant_id), queued=self._queued())
             self._sequence += 1
             # NB: equal clock readings are broken by job id, so give ids a sortable sequence.
             job_id = job_id or f"{self._sequence:08d}-{uuid.uuid4().hex[:12]}"
@@ -140,17 +146,21 @@ class InMemoryJobService:
 
     def active_jobs(self, tenant_id: str) -> int:
         with self._lock:
-            return len(
-                [
-                    job
-                    for job in self._jobs.values()
-                    if job.spec.tenant_id == tenant_id and not job.state.is_terminal
-                ]
-            )
+            return self._active(tenant_id)
 
     def queued_jobs(self) -> int:
         with self._lock:
-            return sum(1 for job in self._jobs.values() if job.state == JobState.QUEUED)
+            return self._queued()
+
+    def _active(self, tenant_id: str) -> int:
+        return sum(
+            1
+            for job in self._jobs.values()
+            if job.spec.tenant_id == tenant_id and not job.state.is_terminal
+        )
+
+    def _queued(self) -> int:
+        return sum(1 for job in self._jobs.values() if job.state == JobState.QUEUED)
 
     def counts_by_state(self) -> dict[JobState, int]:
         counts = dict.fromkeys(JobState, 0)

@@ -97,6 +97,49 @@ class JobStateError(RuntimeError):
         super().__init__(message)
 
 
+class SubmitRefusedError(RuntimeError):
+    """A cap of :class:`SubmitLimits` is reached. ``limit`` is ``"tenant_active"`` (the tenant's
+    unfinished jobs) or ``"queued"`` (jobs of all tenants waiting for a worker); ``cap`` is its
+    value."""
+
+    def __init__(self, limit: str, cap: int, message: str) -> None:
+        self.limit = limit
+        self.cap = cap
+        super().__init__(message)
+
+
+@dataclass(frozen=True)
+class SubmitLimits:
+    """The caps a new job must fit. A job service checks them in the transaction that stores the
+    job, with other submissions held off, so concurrent submissions cannot overshoot them.
+
+    >>> SubmitLimits(tenant_max_active=2, max_queued=10).check(active=1, queued=9)
+    >>> try:
+    ...     SubmitLimits(tenant_max_active=2, max_queued=10).check(active=2, queued=0)
+    ... except SubmitRefusedError as error:
+    ...     print(error.limit, error.cap, error)
+    tenant_active 2 this tenant already has 2 queued or running jobs
+    """
+
+    tenant_max_active: int
+    max_queued: int
+
+    def check(self, *, active: int, queued: int) -> None:
+        """Raise :class:`SubmitRefusedError` when ``active`` or ``queued`` is at its cap."""
+        if active >= self.tenant_max_active:
+            raise SubmitRefusedError(
+                "tenant_active",
+                self.tenant_max_active,
+                f"this tenant already has {self.tenant_max_active} queued or running jobs",
+            )
+        if queued >= self.max_queued:
+            raise SubmitRefusedError(
+                "queued",
+                self.max_queued,
+                f"the service is at capacity: {self.max_queued} jobs are waiting for a worker",
+            )
+
+
 def job_key_prefix(tenant_id: str, job_id: str) -> str:
     """Where a job's uploads and outputs live in the artifact store: under its tenant, so a
     store policy (an S3 prefix condition, a bucket per tenant behind a proxy) can fence each
@@ -129,7 +172,11 @@ class JobService(Protocol):
     """What the API needs from the job layer. Implementations: SQL-backed (service.jobs.service)
     and in-memory (for fast unit tests of the API)."""
 
-    def submit(self, spec: JobSpec) -> JobView: ...
+    #: ``job_id`` lets the API store uploads under the id first; ``limits`` are checked
+    #: atomically with the insert (:class:`SubmitRefusedError` when one is reached)
+    def submit(
+        self, spec: JobSpec, *, job_id: str | None = None, limits: SubmitLimits | None = None
+    ) -> JobView: ...
 
     #: ``tenant_id=None`` reaches every tenant's jobs (admins); otherwise another tenant's job
     #: is not found

@@ -54,12 +54,14 @@ from sqlalchemy import (
     CursorResult,
     Engine,
     Row,
+    Select,
     and_,
     bindparam,
     delete,
     func,
     or_,
     select,
+    text,
     update,
 )
 from sqlalchemy.orm import Session, sessionmaker
@@ -74,6 +76,7 @@ from precise_mrd.service.jobs.model import (
     JobState,
     JobStateError,
     JobView,
+    SubmitLimits,
     job_key_prefix,
     legacy_job_key_prefix,
 )
@@ -228,8 +231,15 @@ class SqlJobService:
         return self._sessions
 
     # ------------------------------------------------------------------ the JobService API
-    def submit(self, spec: JobSpec, *, job_id: str | None = None) -> JobView:
-        """Store a new QUEUED job. ``job_id`` lets the API store uploads under the id first."""
+    def submit(
+        self, spec: JobSpec, *, job_id: str | None = None, limits: SubmitLimits | None = None
+    ) -> JobView:
+        """Store a new QUEUED job. ``job_id`` lets the API store uploads under the id first.
+
+        ``limits`` are checked in the same transaction, with every other submission held off
+        (:func:`_hold_off_submissions`), so N concurrent submissions below a cap by one store one
+        job, not N (:class:`~precise_mrd.service.jobs.model.SubmitRefusedError` for the rest).
+        """
         now = now_utc()
         record = JobRecord(
             id=job_id or new_job_id(),
@@ -248,6 +258,16 @@ class SqlJobService:
             updated_at=now,
         )
         with self._sessions.begin() as session:
+            if limits is not None:
+                _hold_off_submissions(session)
+            _bump_generation(session, spec.tenant_id, create=True)
+            if limits is not None:
+                limits.check(
+                    active=_count(
+                        session, _ACTIVE_JOBS.where(JobRecord.tenant_id == spec.tenant_id)
+                    ),
+                    queued=_count(session, _QUEUED_JOBS),
+                )
             session.add(record)
             session.flush()  # NB: the event's foreign key needs the job row first
             session.add(
@@ -255,7 +275,6 @@ class SqlJobService:
                     job_id=record.id, from_state=None, to_state=S.QUEUED.value, created_at=now
                 )
             )
-            _bump_generation(session, spec.tenant_id, create=True)
         return to_view(record)
 
     def generation(self, tenant_id: str) -> int:
@@ -388,25 +407,12 @@ class SqlJobService:
     def active_jobs(self, tenant_id: str) -> int:
         """The tenant's jobs not yet finished (queued, starting, running or being canceled)."""
         with self._sessions() as session:
-            return int(
-                session.execute(
-                    select(func.count())
-                    .select_from(JobRecord)
-                    .where(JobRecord.tenant_id == tenant_id)
-                    .where(JobRecord.state.in_([s.value for s in JobState if not s.is_terminal]))
-                ).scalar_one()
-            )
+            return _count(session, _ACTIVE_JOBS.where(JobRecord.tenant_id == tenant_id))
 
     def queued_jobs(self) -> int:
         """Jobs waiting for a worker, all tenants (an index lookup on ``state``)."""
         with self._sessions() as session:
-            return int(
-                session.execute(
-                    select(func.count())
-                    .select_from(JobRecord)
-                    .where(JobRecord.state == JobState.QUEUED.value)
-                ).scalar_one()
-            )
+            return _count(session, _QUEUED_JOBS)
 
     # ------------------------------------------------------------------ for executors/workers
     def load(self, job_id: str) -> JobView:
@@ -667,6 +673,34 @@ class SqlJobService:
                 .values(updated_at=now_utc(), **values)
                 .execution_options(synchronize_session=False)
             )
+
+
+_ACTIVE_JOBS = (
+    select(func.count())
+    .select_from(JobRecord)
+    .where(JobRecord.state.in_([state.value for state in JobState if not state.is_terminal]))
+)
+_QUEUED_JOBS = (
+    select(func.count()).select_from(JobRecord).where(JobRecord.state == JobState.QUEUED.value)
+)
+
+#: the PostgreSQL advisory lock a submission with limits holds until its transaction ends
+SUBMIT_LOCK_KEY = 0x504D5244_53554231  # "PMRDSUB1"
+
+
+def _count(session: Session, query: Select[Any]) -> int:
+    return int(session.execute(query).scalar_one())
+
+
+def _hold_off_submissions(session: Session) -> None:
+    """Make this transaction the only submission between here and its end, so the caps it
+    counts cannot change under it. PostgreSQL: a transaction-scoped advisory lock (released at
+    commit or rollback; only submissions take it, so job updates never wait for it). SQLite: the
+    first statement of the transaction is a write (the caller's generation bump), which takes
+    the database's one write lock; a writer waits for it (busy timeout) and then reads the
+    latest commit."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": SUBMIT_LOCK_KEY})
 
 
 def _bump_generation(session: Session, tenant_id: str, *, create: bool = False) -> None:
