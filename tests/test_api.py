@@ -721,6 +721,28 @@ def test_metrics(client: TestClient, harness: Harness) -> None:
     assert "precise_mrd_http_request_duration_seconds_bucket" in text
 
 
+def test_metrics_say_where_the_memory_is(client: TestClient) -> None:
+    """Python's allocated blocks, and glibc's bytes in use and kept free (this machine is glibc;
+    elsewhere the malloc family is absent, never wrong)."""
+    import re
+    import sys
+
+    def figure(text: str, name: str) -> float:
+        found = re.search(rf"^{re.escape(name)} (\S+)$", text, re.MULTILINE)
+        assert found, name
+        return float(found.group(1))
+
+    text = client.get("/metrics").text
+    blocks = figure(text, "precise_mrd_python_allocated_blocks")
+    assert 0.5 < blocks / sys.getallocatedblocks() < 2
+    kept = [bytearray(1 << 20) for _ in range(8)]  # NB: 8 MB more in use, then given back
+    more = figure(client.get("/metrics").text, 'precise_mrd_malloc_bytes{kind="in_use"}')
+    del kept
+    after = figure(client.get("/metrics").text, 'precise_mrd_malloc_bytes{kind="in_use"}')
+    assert more - after > 7 * 2**20
+    assert figure(text, 'precise_mrd_malloc_bytes{kind="free"}') >= 0
+
+
 def test_two_apps_do_not_share_metrics(tmp_path: Path) -> None:
     first, second = Harness(tmp_path / "a"), Harness(tmp_path / "b")
     with TestClient(first.app) as one, TestClient(second.app) as two:

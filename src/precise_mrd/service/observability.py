@@ -48,6 +48,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from precise_mrd.service.heap import malloc_stats, python_allocated_blocks
 from precise_mrd.service.jobs.model import TERMINAL_STATES, JobService, JobState, JobView
 
 REQUEST_ID_HEADER = "X-Request-ID"
@@ -243,6 +244,41 @@ class _DataDiskCollector(Collector):
         return [free, size]
 
 
+class _HeapCollector(Collector):
+    """``precise_mrd_python_allocated_blocks`` and ``precise_mrd_malloc_bytes{kind}`` of this
+    process, read at scrape time (:mod:`precise_mrd.service.heap`): with RSS they tell growing
+    objects from an allocator keeping freed memory."""
+
+    @staticmethod
+    def _families() -> tuple[GaugeMetricFamily, GaugeMetricFamily]:
+        return (
+            GaugeMetricFamily(
+                "precise_mrd_python_allocated_blocks",
+                "Memory blocks Python's allocator has handed out and not freed",
+            ),
+            GaugeMetricFamily(
+                "precise_mrd_malloc_bytes",
+                "The C allocator's bytes by kind: in_use (mmap included), free (kept in its "
+                "arenas), mmap (large blocks); absent where glibc's mallinfo2 is not",
+                labels=["kind"],
+            ),
+        )
+
+    def describe(self) -> Iterable[Metric]:
+        return list(self._families())
+
+    def collect(self) -> Iterable[Metric]:
+        blocks, malloc = self._families()
+        blocks.add_metric([], float(python_allocated_blocks()))
+        stats = malloc_stats()
+        if stats is None:
+            return [blocks]
+        malloc.add_metric(["in_use"], float(stats.in_use_bytes))
+        malloc.add_metric(["free"], float(stats.free_bytes))
+        malloc.add_metric(["mmap"], float(stats.mmap_bytes))
+        return [blocks, malloc]
+
+
 class ServiceMetrics:
     """The Prometheus metrics of one app, in a registry of its own."""
 
@@ -324,6 +360,7 @@ class ServiceMetrics:
         )
         self.registry.register(_JobStateCollector(self))
         self.registry.register(_DataDiskCollector(self))
+        self.registry.register(_HeapCollector())
         # NB: CPU, memory, open files and the interpreter of this process
         ProcessCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)
