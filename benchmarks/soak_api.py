@@ -11,6 +11,10 @@ Every ``--every`` seconds (10) one row goes to ``<out>/soak.csv``:
 * ``db_connections``: PostgreSQL backends on the job database, or, for SQLite, open handles on
   the database file across the API processes;
 * ``queue_length``: QUEUED jobs (``precise_mrd_queue_length`` from ``/metrics``);
+* ``py_blocks_k``, ``malloc_in_use_mb`` and ``malloc_free_mb``: Python's allocated blocks
+  (thousands) and the C allocator's bytes in use and kept free, of the API process that answered
+  the ``/metrics`` scrape (with ``--api-processes 1``, the one process): when RSS grows while
+  these stay flat, the allocator keeps freed memory; nothing is leaking;
 * ``requests`` and ``errors`` so far.
 
 At the end it plots the four series (``soak.png``) and prints the leak check: the slope of a
@@ -20,7 +24,8 @@ same for the last half of that part, which tells growth that levels off from a l
 (:func:`leak_check`). ``--check soak.csv`` prints the check of an earlier run again.
 
     .venv/bin/python benchmarks/soak_api.py [--minutes 30] [--backend sqlite|postgresql]
-        [--cache process|redis] [--clients 20] [--submit-share 0.004] [--every 10] [--out soak-out]
+        [--cache process|redis] [--clients 20] [--submit-share 0.004] [--api-processes 2]
+        [--malloc-arena-max N] [--every 10] [--out soak-out]
     .venv/bin/python benchmarks/soak_api.py --check soak-out/soak.csv
 """
 
@@ -38,7 +43,6 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import psutil
@@ -55,7 +59,10 @@ from precise_mrd.service.jobs.model import TERMINAL_STATES  # noqa: E402
 from servers import Server  # noqa: E402
 
 FINAL_STATES = {state.value for state in TERMINAL_STATES}
-COLUMNS = ("seconds", "rss_mb", "fds", "db_connections", "queue_length", "requests", "errors")
+COLUMNS = (
+    "seconds", "rss_mb", "fds", "db_connections", "queue_length", "py_blocks_k",
+    "malloc_in_use_mb", "malloc_free_mb", "requests", "errors",
+)  # fmt: skip
 #: the leak check's bounds over the measured part of the run
 MAX_RSS_GROWTH = 0.10  # of the RSS at the start of the fit
 MAX_FD_GROWTH = 20
@@ -64,7 +71,13 @@ MAX_FD_GROWTH = 20
 def api_processes(server: Server) -> list[psutil.Process]:
     """The uvicorn supervisor and its direct children (the API workers), not the job processes."""
     root = psutil.Process(server.process.pid)
-    return [root, *root.children(recursive=False)]
+    found = [root]
+    for child in root.children(recursive=False):
+        # NB: with one API process (no supervisor) the root's children are the job processes
+        with contextlib.suppress(psutil.Error):
+            if "precise_mrd.service.jobs.worker" not in " ".join(child.cmdline()):
+                found.append(child)
+    return found
 
 
 def sqlite_handles(processes: list[psutil.Process], database: Path) -> int:
@@ -75,10 +88,23 @@ def sqlite_handles(processes: list[psutil.Process], database: Path) -> int:
     return count
 
 
-def queue_length(server: Server) -> int:
+#: what one ``/metrics`` scrape adds to a row: column -> (metric line pattern, scale)
+SCRAPED = {
+    "queue_length": (r"precise_mrd_queue_length\{[^}]*\}", 1.0),
+    "py_blocks_k": (r"precise_mrd_python_allocated_blocks", 1e-3),
+    "malloc_in_use_mb": (r'precise_mrd_malloc_bytes\{kind="in_use"\}', 1 / 1024**2),
+    "malloc_free_mb": (r'precise_mrd_malloc_bytes\{kind="free"\}', 1 / 1024**2),
+}
+
+
+def scrape(server: Server) -> dict[str, float]:
+    """The queue length and the heap figures of the API process that answered (-1: absent)."""
     text = requests.get(f"{server.url}/metrics", timeout=10).text
-    found = re.search(r"^precise_mrd_queue_length\{[^}]*\}\s+([\d.e+]+)$", text, re.MULTILINE)
-    return int(float(found.group(1))) if found else -1
+    row = {}
+    for column, (pattern, scale) in SCRAPED.items():
+        found = re.search(rf"^{pattern}\s+([\d.e+]+)$", text, re.MULTILINE)
+        row[column] = round(float(found.group(1)) * scale, 1) if found else -1
+    return row
 
 
 class Sampler(threading.Thread):
@@ -121,7 +147,7 @@ class Sampler(threading.Thread):
             "rss_mb": round(rss / 1024**2, 1),
             "fds": fds,
             "db_connections": self.db_connections(processes),
-            "queue_length": queue_length(self.server),
+            **scrape(self.server),
             "requests": self.tally.requests,
             "errors": self.tally.errors,
         }
@@ -196,15 +222,20 @@ def plot(rows: list[dict[str, float]], path: Path, title: str) -> None:
     import matplotlib.pyplot as plt
 
     minutes = [row["seconds"] / 60 for row in rows]
-    figure, axes = plt.subplots(4, 1, figsize=(8, 9), sharex=True)
-    for axis, column, label in zip(
-        axes,
-        ("rss_mb", "fds", "db_connections", "queue_length"),
-        ("RSS of the API processes (MB)", "open file descriptors", "database connections",
-         "queued jobs"),
-        strict=True,
-    ):  # fmt: skip
-        axis.plot(minutes, [row[column] for row in rows], marker=".", linewidth=1)
+    panels: list[tuple[tuple[str, ...], str]] = [
+        (("rss_mb",), "RSS of the API processes (MB)"),
+        (("fds",), "open file descriptors"),
+        (("db_connections",), "database connections"),
+        (("queue_length",), "queued jobs"),
+    ]
+    if rows and rows[0].get("malloc_in_use_mb", -1) >= 0:
+        panels.append((("malloc_in_use_mb", "malloc_free_mb"), "malloc in use / free (MB)"))
+    figure, axes = plt.subplots(len(panels), 1, figsize=(8, 2.25 * len(panels)), sharex=True)
+    for axis, (columns, label) in zip(axes, panels, strict=True):
+        for column in columns:
+            axis.plot(minutes, [row[column] for row in rows], marker=".", linewidth=1, label=column)
+        if len(columns) > 1:
+            axis.legend(fontsize=7)
         axis.set_ylabel(label, fontsize=8)
         axis.set_ylim(bottom=0)
         axis.grid(alpha=0.3)
@@ -216,7 +247,9 @@ def plot(rows: list[dict[str, float]], path: Path, title: str) -> None:
 
 
 @contextlib.contextmanager
-def deployment(backend: str, work: Path, cache: str = "process") -> Iterator[tuple[Server, str]]:
+def deployment(
+    backend: str, work: Path, cache: str = "process", processes: int = 2, malloc_arenas: int = 0
+) -> Iterator[tuple[Server, str]]:
     env = {
         "PRECISE_MRD_ENABLE_DEBUG_JOBS": "true",
         "PRECISE_MRD_WARM_KERNELS_ON_START": "false",
@@ -226,7 +259,9 @@ def deployment(backend: str, work: Path, cache: str = "process") -> Iterator[tup
     if cache == "redis":  # NB: entries expire (PRECISE_MRD_CACHE_TTL_SECONDS): nothing to clean
         env["PRECISE_MRD_REDIS_URL"] = "redis://127.0.0.1:6379/0"
         env["PRECISE_MRD_CACHE_PREFIX"] = f"pmrd-soak-{work.name}:"
-    command = [sys.executable, "-m", "precise_mrd.api", "--workers", "2"]
+    if malloc_arenas:
+        env["MALLOC_ARENA_MAX"] = str(malloc_arenas)
+    command = [sys.executable, "-m", "precise_mrd.api", "--workers", str(processes)]
     if backend == "sqlite":
         server = Server(work / "data", command, **env)
         try:
@@ -274,6 +309,11 @@ def main(argv: list[str] | None = None) -> int:
         "--cache", choices=("process", "redis"), default="process",
         help="the API's response cache: in each process (bounded, 32 MB) or the machine's Redis",
     )  # fmt: skip
+    parser.add_argument("--api-processes", type=int, default=2, help="uvicorn --workers")
+    parser.add_argument(
+        "--malloc-arena-max", type=int, default=0, metavar="N",
+        help="MALLOC_ARENA_MAX for the API processes (0: unset, glibc's default)",
+    )  # fmt: skip
     parser.add_argument("--every", type=float, default=10, help="seconds between samples")
     parser.add_argument("--out", type=Path, default=Path("soak-out"))
     parser.add_argument(
@@ -288,7 +328,9 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     with (
         tempfile.TemporaryDirectory(prefix="pmrd-soak-") as tmp,
-        deployment(args.backend, Path(tmp), args.cache) as (server, database_url),
+        deployment(
+            args.backend, Path(tmp), args.cache, args.api_processes, args.malloc_arena_max
+        ) as (server, database_url),
     ):
         real_id, known = finished_jobs(server)
         tally = Tally()
@@ -310,13 +352,14 @@ def main(argv: list[str] | None = None) -> int:
             server.wait(job_id, FINAL_STATES, timeout=300)["state"] for job_id in accepted
         )
     title = (
-        f"soak: {args.backend}, {args.cache} cache, 2 API processes, {args.clients} clients, "
+        f"soak: {args.backend}, {args.cache} cache, {args.api_processes} API processes, "
+        f"{args.clients} clients, "
         f"{args.minutes:.0f} min, {tally.requests} requests, {tally.errors} errors"
     )
     plot(rows, args.out / "soak.png", title)
     print("\n" + format_table(title, tally.rows(seconds=elapsed)))
     print(f"accepted submissions: {len(accepted)}, final states: {dict(outcomes)}")
-    report: list[Any] = leak_check(rows)
+    report = leak_check(rows)
     print("\n".join(["leak check (after the first fifth of the run):", *report]))
     print(f"samples: {args.out / 'soak.csv'}; plot: {args.out / 'soak.png'}")
     lost = len(accepted) - outcomes["COMPLETE"]

@@ -472,8 +472,7 @@ async def job_status(request: Request, job_id: str) -> Response:
     scope = job_scope(await get_principal(request))
     # NB: a finished job read lately is answered from memory, on the event loop; anything else
     # is a database read, in a worker thread
-    cached = getattr(service, "cached", None)
-    job: JobView | None = cached(job_id, tenant_id=scope) if cached is not None else None
+    job = service.cached(job_id, tenant_id=scope)
     if job is None:
         job = await run_in_threadpool(service.get, job_id, tenant_id=scope)
     state.metrics.observe_job(job)

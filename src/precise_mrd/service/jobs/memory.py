@@ -83,6 +83,15 @@ class InMemoryJobService:
         with self._lock:
             return self._get(job_id, tenant_id)
 
+    def cached(self, job_id: str, *, tenant_id: str | None) -> JobView | None:
+        """The job when it is finished (it no longer changes), as the SQL service answers
+        finished jobs from memory; None otherwise."""
+        with self._lock:
+            job = self._jobs.get(job_id)
+            if job is None or not job.state.is_terminal:
+                return None
+            return self._get(job_id, tenant_id)
+
     def _get(self, job_id: str, tenant_id: str | None) -> JobView:
         job = self._jobs.get(job_id)
         if job is None or (tenant_id is not None and job.spec.tenant_id != tenant_id):

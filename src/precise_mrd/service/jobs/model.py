@@ -182,6 +182,10 @@ class JobService(Protocol):
     #: is not found
     def get(self, job_id: str, *, tenant_id: str | None) -> JobView: ...
 
+    #: a finished job the service holds in memory, answered without I/O (so on the event
+    #: loop); None when it must be read with :meth:`get`
+    def cached(self, job_id: str, *, tenant_id: str | None) -> JobView | None: ...
+
     def list_jobs(
         self,
         *,
