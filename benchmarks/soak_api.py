@@ -73,9 +73,11 @@ def api_processes(server: Server) -> list[psutil.Process]:
     root = psutil.Process(server.process.pid)
     found = [root]
     for child in root.children(recursive=False):
-        # NB: with one API process (no supervisor) the root's children are the job processes
+        # NB: with one API process (no supervisor) the root's children are the job processes,
+        # and one caught between fork and exec still has the root's command line
         with contextlib.suppress(psutil.Error):
-            if "precise_mrd.service.jobs.worker" not in " ".join(child.cmdline()):
+            command = child.cmdline()
+            if command != root.cmdline() and "precise_mrd.service.jobs.worker" not in command:
                 found.append(child)
     return found
 
@@ -248,7 +250,11 @@ def plot(rows: list[dict[str, float]], path: Path, title: str) -> None:
 
 @contextlib.contextmanager
 def deployment(
-    backend: str, work: Path, cache: str = "process", processes: int = 2, malloc_arenas: int = 0
+    backend: str,
+    work: Path,
+    cache: str = "process",
+    processes: int = 2,
+    extra_env: dict[str, str] | None = None,
 ) -> Iterator[tuple[Server, str]]:
     env = {
         "PRECISE_MRD_ENABLE_DEBUG_JOBS": "true",
@@ -259,8 +265,7 @@ def deployment(
     if cache == "redis":  # NB: entries expire (PRECISE_MRD_CACHE_TTL_SECONDS): nothing to clean
         env["PRECISE_MRD_REDIS_URL"] = "redis://127.0.0.1:6379/0"
         env["PRECISE_MRD_CACHE_PREFIX"] = f"pmrd-soak-{work.name}:"
-    if malloc_arenas:
-        env["MALLOC_ARENA_MAX"] = str(malloc_arenas)
+    env |= extra_env or {}
     command = [sys.executable, "-m", "precise_mrd.api", "--workers", str(processes)]
     if backend == "sqlite":
         server = Server(work / "data", command, **env)
@@ -295,6 +300,12 @@ def deployment(
             server.stop()
 
 
+def _allocator_env(args: argparse.Namespace) -> dict[str, str]:
+    if args.malloc_arena_max is None:
+        return {}
+    return {"PRECISE_MRD_MALLOC_ARENA_MAX": str(args.malloc_arena_max)}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, default=30)
@@ -311,8 +322,9 @@ def main(argv: list[str] | None = None) -> int:
     )  # fmt: skip
     parser.add_argument("--api-processes", type=int, default=2, help="uvicorn --workers")
     parser.add_argument(
-        "--malloc-arena-max", type=int, default=0, metavar="N",
-        help="MALLOC_ARENA_MAX for the API processes (0: unset, glibc's default)",
+        "--malloc-arena-max", type=int, default=None, metavar="N",
+        help="PRECISE_MRD_MALLOC_ARENA_MAX for the API processes (default: the service's, 2; "
+        "0: glibc's default, eight per core)",
     )  # fmt: skip
     parser.add_argument("--every", type=float, default=10, help="seconds between samples")
     parser.add_argument("--out", type=Path, default=Path("soak-out"))
@@ -329,7 +341,7 @@ def main(argv: list[str] | None = None) -> int:
     with (
         tempfile.TemporaryDirectory(prefix="pmrd-soak-") as tmp,
         deployment(
-            args.backend, Path(tmp), args.cache, args.api_processes, args.malloc_arena_max
+            args.backend, Path(tmp), args.cache, args.api_processes, _allocator_env(args)
         ) as (server, database_url),
     ):
         real_id, known = finished_jobs(server)

@@ -38,6 +38,7 @@ from precise_mrd.service.api.docs import install_docs
 from precise_mrd.service.api.uploads import UPLOAD_FIELDS, BodySizeLimitMiddleware
 from precise_mrd.service.db.engine import display_url
 from precise_mrd.service.errors import install_error_handlers, responses
+from precise_mrd.service.heap import limit_malloc_arenas
 from precise_mrd.service.jobs.model import JobService
 from precise_mrd.service.observability import (
     RequestContextMiddleware,
@@ -123,6 +124,8 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         configure_logging(settings.log_level)
         log = get_logger("precise_mrd.service")
+        # NB: before the executor's and the request threads make arenas of their own
+        limit_malloc_arenas(settings.malloc_arena_max)
         if owns_database and settings.database_migrate_on_start:
             from sqlalchemy.exc import SQLAlchemyError
 

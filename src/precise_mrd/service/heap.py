@@ -7,7 +7,8 @@ growth is freed memory the allocator holds (``free``), not objects anyone still 
 ``precise_mrd_malloc_bytes{kind}``; the soak run (``benchmarks/soak_api.py``) records them.
 
 The C allocator's figures come from glibc's ``mallinfo2`` (glibc 2.33 or later; all arenas
-summed) and are absent elsewhere (musl, macOS).
+summed) and are absent elsewhere (musl, macOS). :func:`limit_malloc_arenas` is what the soak
+found keeps that ``free`` from growing.
 
 >>> python_allocated_blocks() > 0
 True
@@ -21,6 +22,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import functools
+import os
 import sys
 from dataclasses import dataclass
 from typing import Any
@@ -65,6 +67,37 @@ def _mallinfo2() -> Any:
     function.restype = _MallInfo2
     function.argtypes = []
     return function
+
+
+#: mallopt's parameter number for the most arenas glibc makes (malloc.h: M_ARENA_MAX)
+_M_ARENA_MAX = -8
+
+
+def limit_malloc_arenas(arenas: int) -> bool:
+    """Let glibc make at most ``arenas`` malloc arenas in this process (``mallopt(M_ARENA_MAX)``;
+    the same as ``MALLOC_ARENA_MAX`` in its environment, which wins when set). True when the
+    limit is in force (this one or the environment's); False where there is no glibc or
+    ``arenas`` is 0 (glibc's default).
+
+    By default glibc gives threads arenas of their own, up to eight per core. In an API process
+    the worker threads free in one arena what they allocated in another, and each arena keeps
+    its freed chunks, too small and scattered for ``malloc_trim`` to return: resident memory
+    creeps up with nothing alive to show for it (docs/performance.md, the soak). Call it early:
+    the limit holds for arenas made after it, before the process has more than eight."""
+    if "MALLOC_ARENA_MAX" in os.environ:
+        return True  # NB: glibc read it when the process started
+    if arenas <= 0:
+        return False
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return False
+    try:
+        mallopt = ctypes.CDLL(name).mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.restype = ctypes.c_int
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    return bool(mallopt(_M_ARENA_MAX, arenas))
 
 
 def python_allocated_blocks() -> int:

@@ -85,6 +85,14 @@ class Settings(BaseSettings):
         le=300,
         validation_alias=_env("PRECISE_MRD_SHUTDOWN_DRAIN_SECONDS", "shutdown_drain_seconds"),
     )
+    #: the most malloc arenas glibc makes in an API process (0: glibc's default, eight per
+    #: core); ``MALLOC_ARENA_MAX`` in the environment wins. More arenas hold more freed memory
+    malloc_arena_max: int = Field(
+        2,
+        ge=0,
+        le=64,
+        validation_alias=_env("PRECISE_MRD_MALLOC_ARENA_MAX", "malloc_arena_max"),
+    )
     #: requests one API process serves at once; past it a 503 with Retry-After (not a queue)
     max_inflight_requests: int = Field(
         512,
