@@ -17,7 +17,7 @@ Every ``--every`` seconds (10) one row goes to ``<out>/soak.csv``:
   these stay flat, the allocator keeps freed memory; nothing is leaking;
 * ``requests`` and ``errors`` so far.
 
-At the end it plots the four series (``soak.png``) and prints the leak check: the slope of a
+At the end it plots the series (``soak.png``) and prints the leak check: the slope of a
 least-squares line through RSS and fds after the first fifth of the run (warm-up: caches fill,
 the allocator settles), per hour, and whether either grows past its bound over the run, and the
 same for the last half of that part, which tells growth that levels off from a leak
