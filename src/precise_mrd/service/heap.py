@@ -56,16 +56,24 @@ class _MallInfo2(ctypes.Structure):
 
 
 @functools.cache
-def _mallinfo2() -> Any:
-    name = ctypes.util.find_library("c")
-    if name is None:
+def _libc_function(name: str) -> Any:
+    """The C library's function ``name``, or None (no C library found, or not glibc, or a glibc
+    without it)."""
+    library = ctypes.util.find_library("c")
+    if library is None:
         return None
     try:
-        function = ctypes.CDLL(name).mallinfo2
-    except (OSError, AttributeError):  # NB: not glibc, or glibc older than 2.33
+        return getattr(ctypes.CDLL(library), name)
+    except (OSError, AttributeError):
         return None
-    function.restype = _MallInfo2
-    function.argtypes = []
+
+
+@functools.cache
+def _mallinfo2() -> Any:
+    function = _libc_function("mallinfo2")  # NB: glibc 2.33 or later
+    if function is not None:
+        function.restype = _MallInfo2
+        function.argtypes = []
     return function
 
 
@@ -88,12 +96,8 @@ def limit_malloc_arenas(arenas: int) -> bool:
         return True  # NB: glibc read it when the process started
     if arenas <= 0:
         return False
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return False
-    try:
-        mallopt = ctypes.CDLL(name).mallopt
-    except (OSError, AttributeError):
+    mallopt = _libc_function("mallopt")
+    if mallopt is None:
         return False
     mallopt.restype = ctypes.c_int
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
